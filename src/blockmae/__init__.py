@@ -1,0 +1,3 @@
+"""blockmae: Block-Masked MAE pretraining of Vision Transformers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from blockmae.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The `blockmae` command.
+
+Each subcommand lives in the module of its concept and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the command being
+run is imported, so ``blockmae --help`` is instant and one broken area cannot break the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from blockmae.errors import BlockMAEError
+
+# (command words, module, one-line help). Group commands ("data", "bench", ...) are
+# derived from the first word.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("masks",), "blockmae.masking.cli", "print block masks as text grids"),
+    (("pretrain",), "blockmae.engine.cli", "pretrain a masked autoencoder from a YAML config"),
+    (("ckpt", "compare"), "blockmae.engine.compare", "compare the weights of two checkpoints or run dirs"),
+    (("data", "prepare"), "blockmae.data.cli_prepare", "download/verify/extract a dataset and build its cache"),
+    (("data", "preview"), "blockmae.data.cli_preview", "draw a labelled grid of dataset images"),
+    (("probe",), "blockmae.evaluation.cli_probe", "linear (or k-NN) probe of a frozen encoder"),
+    (("eval", "shape-bias"), "blockmae.evaluation.cli_shape_bias", "shape bias on cue-conflict images"),
+    (("viz", "reconstructions"), "blockmae.visualisation.cli", "draw reconstructions of checkpoints"),
+    (("runs",), "blockmae.registry", "list the runs recorded in the experiment registry"),
+    (("quickstart",), "blockmae.quickstart", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
+    (("bench", "model"), "blockmae.bench.model", "time MAE training steps against HF ViTMAE"),
+    (("bench", "data"), "blockmae.bench.data", "time the cached pipeline against ImageFolder"),
+    (("bench", "probe"), "blockmae.bench.probe", "time the cached-feature probe against the forward probe"),
+]
+
+
+def _matching(words: Sequence[str]) -> list[tuple[tuple[str, ...], str, str]]:
+    return [c for c in COMMANDS if tuple(words[: len(c[0])]) == c[0]]
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockmae",
+        description="Block-Masked MAE: pretraining, probes and texture-vs-shape diagnostics.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    selected = _matching(argv)
+    for words, module, help_text in COMMANDS:
+        if len(words) == 1:
+            target, name = sub, words[0]
+        else:
+            group = words[0]
+            if group not in groups:
+                group_parser = sub.add_parser(group, help=f"{group} commands")
+                groups[group] = group_parser.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
+            target, name = groups[group], words[1]
+        command_parser = target.add_parser(name, help=help_text, description=help_text)
+        if (words, module, help_text) in selected:
+            # Import only what will run: torch-heavy modules stay out of `blockmae --help`.
+            mod = importlib.import_module(module)
+            mod.add_arguments(command_parser)
+            command_parser.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except BlockMAEError as err:
+        print(f"blockmae: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("blockmae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
