@@ -1,0 +1,70 @@
+"""Typed configuration: dataclass schemas checked by OmegaConf, YAML files, dotted overrides.
+
+Every command that takes a config goes through :func:`load_config`, so an unknown key or a
+value of the wrong type is always the same one-line error naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from blockmae.errors import BlockMAEError
+
+T = TypeVar("T")
+
+
+def _valid_keys(schema: type, dotted: str) -> list[str]:
+    """The field names at the level of `dotted` (a key path that failed)."""
+    node: Any = schema
+    for part in dotted.split(".")[:-1]:
+        node = typing.get_type_hints(node).get(part) if dataclasses.is_dataclass(node) else None
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def _explain(err: OmegaConfBaseException, schema: type, source: str) -> BlockMAEError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError):
+        valid = _valid_keys(schema, key) if key else []
+        hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+        return BlockMAEError(f"unknown config key '{key}' in {source}{hint}")
+    msg = str(err).splitlines()[0]
+    return BlockMAEError(f"bad config value for '{key}' in {source}: {msg}")
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Schema defaults <- YAML file <- `key.sub=value` overrides; returns a checked schema instance."""
+    cfg = OmegaConf.structured(schema)
+    source = "the defaults"
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise BlockMAEError(f"config file not found: {path}")
+            source = str(path)
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        source = "the command-line overrides"
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise BlockMAEError(f"override '{bad[0]}' is not of the form key=value (e.g. train.epochs=50)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, source) from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
