@@ -1,0 +1,1 @@
+"""Datasets, caches and the batched on-device input pipeline."""
