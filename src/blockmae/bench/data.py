@@ -103,6 +103,8 @@ def _time_epoch(batches, total: int, desc: str, device) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.root is not None and not args.root.is_dir():
+        raise BlockMAEError(f"--root {args.root} is not a directory; pass a <class>/<image> folder")
     import torch
     from torchvision import datasets
 
@@ -127,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
                   f"{time.perf_counter() - start:.1f} s")
         else:
             root = args.root
-            if not root.is_dir():
-                raise BlockMAEError(f"--root {root} is not a directory; pass a <class>/<image> folder")
 
         folder = datasets.ImageFolder(str(root))
         num_images = len(folder.samples)
