@@ -326,3 +326,16 @@ def test_bench_data_bad_root_is_one_line_error(tmp_path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("blockmae: error: --root") and "Traceback" not in result.stderr
+
+
+def test_window_matrices_table_equals_direct_evaluation(monkeypatch) -> None:
+    import blockmae.data.augment as augment
+
+    p = sample_crop_params(32, 40, 40, generator=torch.Generator().manual_seed(2))
+    for interpolation in ("bilinear", "bicubic"):
+        table = augment.window_matrices(p.left, p.width, p.flip, 40, 24, interpolation, torch.device("cpu"))
+        monkeypatch.setattr(augment, "_MAX_TABLE_BYTES", 0)  # as for large images
+        direct = augment.window_matrices(p.left, p.width, p.flip, 40, 24, interpolation, torch.device("cpu"))
+        monkeypatch.undo()
+        torch.testing.assert_close(table, direct)
+        torch.testing.assert_close(table.sum(-1), torch.ones(32, 24))
