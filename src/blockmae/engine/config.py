@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from blockmae.data.augment import INTERPOLATIONS
 from blockmae.errors import BlockMAEError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -18,7 +19,6 @@ MASK_FAMILIES = ("random", "block", "rect")
 MASK_ALIGNS = ("grid", "shifted")
 POS_EMBEDS = ("sincos", "learned", "rope", "none")
 LOADERS = ("cached", "torchvision")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # Splits used for the fixed reconstruction images when `data.val_split` is not set.
 DEFAULT_VAL_SPLIT = {"cifar10": "test", "cifar100": "test"}
 
@@ -63,7 +63,9 @@ class DataConfig:
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
     interpolation: str = "bilinear"
-    loader: str = "cached"  # cached: uint8 tensors + batched on-device augmentation; torchvision: DataLoader
+    # cached: uint8 tensors + batched on-device augmentation; torchvision: ImageFolder + DataLoader over
+    # data.root (a <class>/<image> tree too big for memory; single process)
+    loader: str = "cached"
     workers: int = 4  # torchvision loader only
 
 
@@ -155,12 +157,8 @@ class PretrainConfig:
         if self.mask.family == "random" and self.mask.block != 1:
             raise BlockMAEError(f"mask.family=random masks single patches; set mask.block=1 "
                                 f"(got {self.mask.block}) or use mask.family=block")
-        lo, hi = _pair("data.crop_scale", self.data.crop_scale)
-        if not 0.0 < lo <= hi <= 1.0:
-            raise BlockMAEError(f"data.crop_scale must be 0 < min <= max <= 1, got {self.data.crop_scale}")
-        lo, hi = _pair("data.crop_ratio", self.data.crop_ratio)
-        if not 0.0 < lo <= hi:
-            raise BlockMAEError(f"data.crop_ratio must be 0 < min <= max, got {self.data.crop_ratio}")
+        _pair("data.crop_scale", self.data.crop_scale)  # ranges are checked by BatchAugment
+        _pair("data.crop_ratio", self.data.crop_ratio)
         b1, b2 = _pair("optim.betas", self.optim.betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise BlockMAEError(f"optim.betas must lie in [0, 1), got {self.optim.betas}")

@@ -109,8 +109,8 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, fused=device.type == "cuda")
         self.steps_per_epoch = len(self.loader) // cfg.train.accum_steps
         if self.steps_per_epoch < 1:
-            raise BlockMAEError(f"the {cfg.data.dataset} {cfg.data.split} split has {len(self.dataset)} images, fewer "
-                                f"than one batch of {cfg.train.batch_size}; lower train.batch_size")
+            raise BlockMAEError(f"the {cfg.data.dataset} {cfg.data.split} split has fewer than accum_steps = "
+                                f"{cfg.train.accum_steps} batches of {self.micro_batch}; lower train.batch_size")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
@@ -147,25 +147,30 @@ class Pretrainer:
         return ckpt.find_checkpoint(self.run_dir)
 
     def _build_data(self) -> None:
-        from blockmae.data import load_dataset
-
         cfg = self.cfg.data
-        options = dict(cfg.options)
-        if cfg.num_images is not None:
-            options["num_images"] = cfg.num_images
-        self.dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
         if cfg.loader == "torchvision":
-            raise BlockMAEError("data.loader=torchvision is not available in this build; use data.loader=cached")
+            if self.info.enabled:
+                raise BlockMAEError("data.loader=torchvision runs in a single process; use data.loader=cached "
+                                    "under torchrun")
+            if not cfg.root:
+                raise BlockMAEError("data.loader=torchvision reads a <class>/<image> folder: set data.root")
+            self.loader = _FolderBatches(self.cfg, self.micro_batch, self.device)
+            return
+        from blockmae.data import load_dataset
         from blockmae.data.augment import BatchAugment
         from blockmae.data.loader import TensorBatchLoader
 
+        options = dict(cfg.options)
+        if cfg.num_images is not None:
+            options["num_images"] = cfg.num_images
+        dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
         augment = None
         if cfg.augment:
             augment = BatchAugment(self.cfg.img_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
                                    hflip=cfg.hflip, interpolation=cfg.interpolation)
-        self.loader = TensorBatchLoader(self.dataset, self.micro_batch, self.device, augment, shuffle=True,
+        self.loader = TensorBatchLoader(dataset, self.micro_batch, self.device, augment, shuffle=True,
                                         drop_last=True, seed=self.cfg.run.seed, rank=self.info.rank,
-                                        world_size=self.info.world_size)
+                                        world_size=self.info.world_size, image_size=self.cfg.img_size)
 
     def _load(self, where: Path) -> None:
         meta = ckpt.read_meta(where)
@@ -418,6 +423,38 @@ class Pretrainer:
         path = self.run_dir / "figures" / f"reconstructions_epoch_{self.epoch:04d}.png"
         reconstruction_figure(self.model, self.figure_batch, self._figure_masks(), path,
                               title=f"{self.run_dir.name}: epoch {self.epoch}")
+
+
+class _FolderBatches:
+    """The torchvision path (ImageFolder + PIL transforms + DataLoader) with the cached loader's interface.
+
+    Each epoch's loader is seeded by (seed, epoch), so its order and augmentation are reproducible and
+    a resumed epoch skips its first batches by reading them again.
+    """
+
+    def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device) -> None:
+        from blockmae.data.loader import make_folder_dataloader
+
+        self.cfg, self.device, self.epoch = cfg, device, 0
+        data = cfg.data
+        self.make = lambda seed: make_folder_dataloader(
+            data.root, cfg.img_size, batch_size, workers=data.workers, train=data.augment,
+            scale=tuple(data.crop_scale), ratio=tuple(data.crop_ratio), hflip=data.hflip,
+            interpolation=data.interpolation, shuffle=True, drop_last=True, seed=seed,
+            pin_memory=device.type == "cuda")
+        self.batches = len(self.make(cfg.run.seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)  # transforms in the main process (workers=0)
+        for index, (images, labels) in enumerate(self.make(self.cfg.run.seed * 1_000_003 + self.epoch)):
+            if index >= start_batch:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 class _Window:
