@@ -165,3 +165,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert "non-finite" in err and f"last good checkpoint is {run_dir / 'checkpoints' / 'last'} (epoch 1, step 8)" in err
     weights = _weights(run_dir)
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_torchvision_folder_loader(shared_data, tmp_path):
+    """data.loader=torchvision: ImageFolder + DataLoader over a <class>/<image> tree (Tiny-ImageNet's train/)."""
+    run_dir = tmp_path / "folder"
+    code = main(["pretrain", "--config", str(SMOKE), *SMALL, "data.loader=torchvision", "data.dataset=folder",
+                 f"data.root={shared_data / 'tiny-imagenet-200-mini' / 'train'}", "data.workers=0",
+                 "data.num_images=null", "train.batch_size=50", "train.epochs=1", f"run.dir={run_dir}"])
+    assert code == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]  # 200 images / 50
+    assert ckpt.read_meta(run_dir / "checkpoints" / "last")["complete"]
