@@ -51,6 +51,7 @@ def test_two_ranks_match_one_rank(tmp_path):
     rank's crops from a (seed, epoch, rank, batch) stream, so augmented images depend on the rank count.
     Masks are drawn for the global batch and sliced per rank (see test above), so they match."""
     common = ["pretrain", "--config", str(SMOKE), "data.num_images=256", "train.batch_size=64", "train.epochs=2",
+              "run.log_every=1",
               "data.augment=false", "optim.lr=1e-3", "optim.warmup_epochs=0", "train.cpu_threads=1", "run.recon_images=0", "run.milestones=[]",
               "run.registry=false"]
     single = subprocess.run([sys.executable, "-m", "blockmae", *common, f"run.dir={tmp_path / 'one'}"], cwd=ROOT,

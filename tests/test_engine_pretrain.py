@@ -20,8 +20,8 @@ from blockmae.engine.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-# A smaller smoke run: 512 images, 8 steps of 64 per epoch, 3 epochs; one thread (the CI box is shared).
-SMALL = ["data.num_images=512", "train.batch_size=64", "train.cpu_threads=1", "run.log_every=1",
+# A smaller smoke run: 256 images, 8 steps of 32 per epoch, 3 epochs; one thread (the CI box is shared).
+SMALL = ["data.num_images=256", "train.batch_size=32", "train.cpu_threads=1", "run.log_every=1",
          "run.recon_images=0", "run.milestones=[]", "run.registry=false"]
 
 
