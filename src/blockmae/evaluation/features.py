@@ -1,9 +1,10 @@
 """Features of a frozen encoder over an ImageTensorDataset, with an optional on-disk cache.
 
-Images are normalised (ImageNet mean/std, the pipeline's `normalize`), resized to the encoder's input
-when they differ (bilinear, antialiased), and encoded under no_grad in batches (bf16 autocast on request).
-The cache key is (weights hash, dataset name, size and content fingerprint, pool, layer, image size, autocast), so features of
-another checkpoint, split or pooling are never served by mistake.
+Images go through the pipeline's evaluation path (TensorBatchLoader without augmentation: antialiased
+resize to the encoder's input when sizes differ, ImageNet normalisation) and are encoded under no_grad
+in batches (bf16 autocast on request). The cache key is (weights hash, dataset name, size and content
+fingerprint, pool, layer, image size, autocast), so features of another checkpoint, split or pooling
+are never served by mistake.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from blockmae.errors import BlockMAEError
@@ -98,23 +98,20 @@ def extract_features(
     device: str | torch.device = "cpu", autocast: bool = False, image_size: int | None = None,
     desc: str = "features",
 ) -> torch.Tensor:
-    """Features (N, D) of every image of `dataset` (no augmentation), on the CPU."""
-    from blockmae.data.augment import normalize
+    """Features (N, D) of every image of `dataset` in order (no augmentation), on the CPU."""
+    from blockmae.data.loader import TensorBatchLoader
 
-    device = torch.device(device)
+    if len(dataset) == 0:
+        raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to extract features from")
+    loader = TensorBatchLoader(dataset, batch_size, device, augment=None, shuffle=False, drop_last=False,
+                               image_size=image_size)
     model.eval()
     out = []
-    bar = tqdm(total=len(dataset), desc=desc, unit="img", unit_scale=True, disable=not sys.stderr.isatty(), leave=False)
-    for start in range(0, len(dataset), batch_size):
-        batch = normalize(dataset.images[start : start + batch_size].to(device))
-        if image_size is not None and batch.shape[-1] != image_size:
-            batch = F.interpolate(batch, size=(image_size, image_size), mode="bilinear", antialias=True,
-                                  align_corners=False)
-        out.append(encode_batch(model, batch, pool, layer, autocast).cpu())
-        bar.update(batch.shape[0])
-    bar.close()
-    if not out:
-        raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to extract features from")
+    with tqdm(total=len(dataset), desc=desc, unit="img", unit_scale=True, disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        for images, _ in loader:
+            out.append(encode_batch(model, images, pool, layer, autocast).cpu())
+            bar.update(images.shape[0])
     return torch.cat(out)
 
 
