@@ -33,7 +33,7 @@ class ProbeOutcome:
 
 def class_ids(cfg: ProbeConfig, dataset: Any) -> list[str]:
     """Stable class identifiers for the head's metadata (Tiny-ImageNet: the wnids, in class order)."""
-    if cfg.data.name == "tiny-imagenet":
+    if cfg.data.dataset == "tiny-imagenet":
         from blockmae.data.roots import resolve_root
         from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
 
@@ -52,19 +52,19 @@ def default_name(cfg: ProbeConfig) -> str:
         path = Path(ckpt)
         parts = [p for p in path.parts if p not in ("checkpoints", "last", "model.safetensors")]
         ckpt = parts[-1] if parts else path.stem
-    name = f"{cfg.kind}-{Path(ckpt).stem}-{cfg.data.name}"
+    name = f"{cfg.kind}-{Path(ckpt).stem}-{cfg.data.dataset}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
     from blockmae.data import load_dataset
 
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(cfg.data.options)
     if cfg.data.num_images is not None:
-        if cfg.data.name != "shapetex":
-            raise BlockMAEError("data.num_images applies to shapetex only; remove it for " + cfg.data.name)
+        if cfg.data.dataset != "shapetex":
+            raise BlockMAEError("data.num_images applies to shapetex only; remove it for " + cfg.data.dataset)
         options["num_images"] = cfg.data.num_images
-    return load_dataset(cfg.data.name, split, root=cfg.data.root, image_size=image_size, **options)
+    return load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -118,7 +118,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
             history = result.history
             head_meta = {
                 "pool": pool, "layer": layer, "class_names": list(train_ds.class_names),
-                "class_ids": class_ids(cfg, train_ds), "dataset": cfg.data.name, "checkpoint": parent_of(cfg.checkpoint),
+                "class_ids": class_ids(cfg, train_ds), "dataset": cfg.data.dataset, "checkpoint": parent_of(cfg.checkpoint),
                 "weights_hash": encoder.weights_hash, "encoder": to_dict(cfg.encoder), "image_size": encoder.image_size,
             }
             head_path = save_head(result.head, run_dir / "head.safetensors", head_meta)
@@ -137,7 +137,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
 
 
 def format_metrics(name: str, cfg: ProbeConfig, m: dict[str, Any]) -> str:
-    lines = [f"{name}: {cfg.data.name} {cfg.data.eval_split} ({m['num_eval']} images, {m['num_classes']} classes), "
+    lines = [f"{name}: {cfg.data.dataset} {cfg.data.eval_split} ({m['num_eval']} images, {m['num_classes']} classes), "
              f"pool={cfg.encoder.pool}"]
     if "top1" in m:
         lines.append(f"linear  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (final epoch {cfg.linear.epochs}; "
