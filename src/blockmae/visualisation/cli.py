@@ -92,6 +92,8 @@ def epochs_figure(models: Sequence[tuple[str, torch.nn.Module]], images: torch.T
                 if r == 0 and i == 0:
                     ax.set_title(name, fontsize=7, loc="left")
         axes[r][0].set_ylabel(label, fontsize=7)
+    fig.suptitle("same images and masks for every checkpoint; checkpoint rows: visible patches + reconstruction",
+                 fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
