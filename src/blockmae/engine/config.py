@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from blockmae.data.augment import INTERPOLATIONS
+from blockmae.masking import ALIGNS, FAMILIES
+from blockmae.models.mae import POS_EMBEDS
 from blockmae.errors import BlockMAEError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-MASK_FAMILIES = ("random", "block", "rect")
-MASK_ALIGNS = ("grid", "shifted")
-POS_EMBEDS = ("sincos", "learned", "rope", "none")
 LOADERS = ("cached", "torchvision")
 # Splits used for the fixed reconstruction images when `data.val_split` is not set.
 DEFAULT_VAL_SPLIT = {"cifar10": "test", "cifar100": "test"}
@@ -77,6 +76,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False
     device: str = "auto"
+    cpu_threads: Optional[int] = None  # torch CPU threads; None: torch's default (all cores)
 
 
 @dataclass
@@ -137,8 +137,8 @@ class PretrainConfig:
     def validate(self) -> None:
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("train.device", self.train.device, DEVICES)
-        _choice("mask.family", self.mask.family, MASK_FAMILIES)
-        _choice("mask.align", self.mask.align, MASK_ALIGNS)
+        _choice("mask.family", self.mask.family, FAMILIES)
+        _choice("mask.align", self.mask.align, ALIGNS)
         _choice("model.pos_embed", self.model.pos_embed, POS_EMBEDS)
         _choice("data.loader", self.data.loader, LOADERS)
         _choice("data.interpolation", self.data.interpolation, INTERPOLATIONS)
@@ -146,6 +146,8 @@ class PretrainConfig:
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.accum_steps", self.train.accum_steps)
         _positive("run.log_every", self.run.log_every)
+        if self.train.cpu_threads is not None:
+            _positive("train.cpu_threads", self.train.cpu_threads)
         _positive("data.image_size", self.data.image_size)
         if self.train.batch_size % self.train.accum_steps:
             raise BlockMAEError(f"train.batch_size {self.train.batch_size} is not divisible by train.accum_steps "

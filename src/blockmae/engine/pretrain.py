@@ -79,6 +79,8 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> None:
         self.cfg, self.info, self.device = cfg, info, device
         self.precision = resolve_precision(cfg.train.precision, device)
+        if cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)
         world_batch = cfg.train.accum_steps * info.world_size
         if cfg.train.batch_size % world_batch:
             raise BlockMAEError(f"train.batch_size {cfg.train.batch_size} is not divisible by accum_steps x ranks "
@@ -530,7 +532,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     dist.init_distributed(info, device)
     try:
         trainer = Pretrainer(cfg, info, device)
-        if not (info.is_main and cfg.run.registry):
+        finished = trainer.epoch >= cfg.train.epochs
+        if finished or not (info.is_main and cfg.run.registry):
             return trainer.run()
         from blockmae.registry import Registry
 

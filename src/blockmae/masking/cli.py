@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     masks = MaskGenerator(args.grid, args.ratio, family=args.family, block=args.block, align=args.align)
     mask = masks(args.count, generator=torch.Generator().manual_seed(args.seed))
     height, width = masks.grid
-    print(f"{masks.family} masks, block {masks.block}x{masks.block}, align {masks.align}, {height}x{width} grid, "
-          f"ratio {masks.ratio}  ('{MASKED}' masked, '{VISIBLE}' visible)")
+    shape = f" ({masks.block}x{masks.block}, {masks.align} alignment)" if masks.family == "block" else ""
+    print(f"{masks.family} masks{shape} on the {height}x{width} patch grid, ratio {masks.ratio} "
+          f"('{MASKED}' masked, '{VISIBLE}' visible)")
     for index in range(args.count):
         print(f"\nmask {index}: {int(mask.mask[index].sum())}/{masks.num_patches} masked")
         print(format_mask(mask.mask[index], masks.grid))

@@ -233,17 +233,25 @@ class MaskGenerator:
         n = self.num_patches
         min_area = max(2, n // 16)
         max_area = max(min_area, self.num_masked // 2)
-        num_rects = 4 * math.ceil(self.num_masked / ((min_area + max_area) / 2)) + 4
-        u = torch.rand(4, batch_size, num_rects, 1, device=device, generator=generator)
+        num_rects = min(62, 4 * math.ceil(self.num_masked / ((min_area + max_area) / 2)) + 4)  # bits of an int64
+        u = torch.rand(4, batch_size, 1, num_rects, device=device, generator=generator)
         area = min_area + u[0] * (max_area - min_area)
         log_aspect = math.log(0.3) + u[1] * (2 * math.log(1 / 0.3))
         rect_h = torch.sqrt(area * torch.exp(log_aspect)).round().clamp(1, height)
         rect_w = torch.sqrt(area / torch.exp(log_aspect)).round().clamp(1, width)
         top = torch.floor(u[2] * (height - rect_h + 1))
         left = torch.floor(u[3] * (width - rect_w + 1))
+        # Coverage as bit sets (bit k = rectangle k): a patch is covered where its row AND its column are,
+        # and the lowest set bit is its first rectangle. O(B (H + W) K + B N) instead of O(B N K).
+        bit = torch.ones(num_rects, dtype=torch.int64, device=device) << torch.arange(num_rects, device=device)
+        row = torch.arange(height, device=device).view(height, 1)
+        col = torch.arange(width, device=device).view(width, 1)
+        row_bits = (((row >= top) & (row < top + rect_h)) * bit).sum(2)  # (B, H)
+        col_bits = (((col >= left) & (col < left + rect_w)) * bit).sum(2)  # (B, W)
+        covered = (row_bits.unsqueeze(2) & col_bits.unsqueeze(1)).view(batch_size, n)
+        lowest = (covered & -covered).to(torch.float64)  # exact powers of two
+        first = torch.where(covered != 0, torch.log2(lowest).round_().long(), num_rects)  # (B, N)
         _, _, _, rows, cols = self._block_tables(device)
-        covered = (rows >= top) & (rows < top + rect_h) & (cols >= left) & (cols < left + rect_w)  # (B, K, N)
-        first = torch.where(covered.any(1), covered.to(torch.uint8).argmax(1), num_rects)  # (B, N)
         fallback = torch.rand(batch_size, n, device=device, generator=generator)
         priority = first.to(torch.float32) + torch.where(first < num_rects, rows * width + cols, fallback * n) / (n + 1)
         chosen = torch.topk(priority, self.num_masked, dim=1, largest=False).indices
