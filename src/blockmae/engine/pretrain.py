@@ -33,7 +33,6 @@ from blockmae.engine.optim import build_optimizer, build_scheduler
 from blockmae.errors import BlockMAEError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-FIGURE_BLOCKS = (1, 2, 4)  # block sizes drawn next to the run's own mask in reconstruction figures
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
 
 
@@ -69,7 +68,7 @@ def _map_mask(mask: Any, fn) -> Any:
 
 
 def mask_label(family: str, block: int, ratio: float) -> str:
-    shape = "random" if family == "random" or block == 1 and family == "block" else f"{family} {block}x{block}"
+    shape = "random" if family == "random" or block == 1 and family == "block" else f"{block}x{block} {family}s"
     return f"{shape} {ratio:.0%}"
 
 
@@ -401,20 +400,20 @@ class Pretrainer:
         return normalize(val.images[index].to(self.device))
 
     def _figure_masks(self) -> dict[str, Any]:
-        from blockmae.masking import MaskGenerator
+        """The run's own mask, then random / 2x2 / 4x4 blocks (those that fit and differ), fixed seeds."""
+        from blockmae.visualisation.cli import standard_masks
 
-        m = self.cfg.mask
-        count = self.figure_batch.shape[0]
-        generator = torch.Generator().manual_seed(FIGURE_SEED)
-        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)":
-                 self.mask_generator(count, generator=generator)}
-        for block in FIGURE_BLOCKS:
-            family = "random" if block == 1 else "block"
-            if block > self.grid or (family == m.family and block == m.block):
-                continue
-            generator = torch.Generator().manual_seed(FIGURE_SEED)
-            gen = MaskGenerator(self.grid, m.ratio, family, block, "grid")
-            masks[mask_label(family, block, m.ratio)] = gen(count, generator=generator)
+        m, count = self.cfg.mask, self.figure_batch.shape[0]
+        own = self.mask_generator(count, generator=torch.Generator().manual_seed(FIGURE_SEED))
+        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)": own}
+        same_as_run = None  # the standard mask that is the run's own one
+        if m.family == "random" or (m.family == "block" and m.block == 1):
+            same_as_run = "random"
+        elif m.family == "block" and m.align == "grid":
+            same_as_run = f"{m.block}x{m.block} blocks"
+        for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=m.ratio).items():
+            if name != same_as_run:
+                masks[name] = mask
         return {name: _map_mask(mask, lambda t: t.to(self.device)) for name, mask in masks.items()}
 
     def _draw_reconstructions(self) -> None:
