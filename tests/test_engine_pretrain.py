@@ -177,3 +177,30 @@ def test_torchvision_folder_loader(shared_data, tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]  # 200 images / 50
     assert ckpt.read_meta(run_dir / "checkpoints" / "last")["complete"]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_stops_and_resumes_identically(reference_run, tmp_path):
+    """SIGTERM (SLURM preemption, Ctrl-C alike): a checkpoint at the next step, status 130, then a resume."""
+    run_dir = tmp_path / "preempted"
+    args = ("pretrain", "--config", str(SMOKE), *SMALL, f"run.dir={run_dir}", f"run.output_root={tmp_path}",
+            "run.registry=true")
+    proc = _blockmae(*args)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    meta = ckpt.read_meta(run_dir / "checkpoints" / "last")
+    assert "SIGTERM: saving a checkpoint" in out and f"stopped at epoch {meta['epoch']}, batch {meta['batch']}" in out
+    assert 3 <= meta["step"] < 24 and not meta["complete"]
+    _finish(_blockmae(*args))
+    assert compare_weights(_weights(run_dir), _weights(reference_run)).identical
+    assert _losses(run_dir) == _losses(reference_run)
+    from blockmae.registry import Registry
+
+    assert [r.status for r in Registry(tmp_path).list_runs(kind="pretrain")] == ["interrupted", "completed"]

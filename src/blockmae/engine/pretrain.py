@@ -16,7 +16,9 @@ import json
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -260,13 +262,36 @@ class Pretrainer:
                   f"{self.steps_per_epoch} steps/epoch, lr {self.lr:.3g})", flush=True)
         self.last_ckpt_time = time.monotonic()
         self.figure_batch = self._figure_images() if main and cfg.run.recon_images else None
+        self.stop_signal: int | None = None
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while self.epoch < cfg.train.epochs:
                 self._run_epoch()
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             if self.logger is not None:
                 self.logger.close()
         return self.run_dir
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM (e.g. SLURM preemption) or Ctrl-C: checkpoint at the next step boundary, then stop."""
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: quit now
+        self.stop_signal = signum
+        if self.info.is_main:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                  f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def _stop(self) -> None:
+        self._save_last()
+        if self.info.is_main:
+            print(f"stopped at epoch {self.epoch}, batch {self.batch}, step {self.step}; checkpoint "
+                  f"{ckpt.checkpoints_dir(self.run_dir) / 'last'}; the same command resumes", file=sys.stderr,
+                  flush=True)
+        raise KeyboardInterrupt
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
@@ -284,9 +309,13 @@ class Pretrainer:
                 epoch_images += cfg.train.batch_size
                 bar.update(1)
                 by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
-                if self.step % cfg.run.log_every == 0 or by_steps:
+                # A single process stops at once; ranks agree on stopping at the next sync.
+                stop_here = self.stop_signal is not None and not self.info.enabled
+                if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
                     stats = self._sync(window)
                     self._log_window(stats, bar)
+                    if stats["stop"]:
+                        self._stop()
                     if (by_steps or stats["time_for_ckpt"]) and self.batch < self.steps_per_epoch * accum:
                         self._save_last()
             stats = self._sync(window)
@@ -315,8 +344,8 @@ class Pretrainer:
         """Everything ranks must agree on, in one all-reduce: window sums, non-finite flag, checkpoint time."""
         minutes = self.cfg.run.ckpt_every_minutes
         due = self.info.is_main and minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
-        packed = torch.stack([window.loss_sum, window.grad_norm_sum, window.bad.float(),
-                              torch.tensor(float(due), device=self.device)])
+        flags = torch.tensor([float(due), float(self.stop_signal is not None)], device=self.device)
+        packed = torch.cat([torch.stack([window.loss_sum, window.grad_norm_sum, window.bad.float()]), flags])
         packed = dist.all_reduce_sum(packed).tolist()
         world = self.info.world_size
         loss = packed[0] / world / max(1, window.steps)
@@ -325,7 +354,7 @@ class Pretrainer:
         self.epoch_stats["loss_sum"] += packed[0] / world
         self.epoch_stats["count"] += window.steps
         stats = {"loss": loss, "grad_norm": packed[1] / world / max(1, window.steps), "time_for_ckpt": packed[3] > 0,
-                 **window.rates()}
+                 "stop": packed[4] > 0, **window.rates()}
         window.reset()
         return stats
 
