@@ -43,7 +43,8 @@ def encoder_for_head(meta: dict[str, Any], checkpoint: str | None, device: torch
         raise BlockMAEError("the probe head does not name its checkpoint; pass --checkpoint PATH")
     enc_cfg = meta.get("encoder", {})
     encoder = load_encoder(checkpoint, enc_cfg.get("preset", "vit_micro"), int(enc_cfg.get("img_size", 32)),
-                           int(enc_cfg.get("patch_size", 4)), int(enc_cfg.get("seed", 0)), device)
+                           int(enc_cfg.get("patch_size", 4)), int(enc_cfg.get("seed", 0)), device,
+                           arch=meta.get("arch") if checkpoint == RANDOM else None)
     if meta.get("weights_hash") and meta["weights_hash"] != encoder.weights_hash:
         raise BlockMAEError(f"the probe head was trained on other weights ({meta['weights_hash']}) than {checkpoint} "
                             f"({encoder.weights_hash}); pass the checkpoint the probe was trained on")

@@ -17,6 +17,7 @@ class EncoderConfig:
     """How to read the frozen encoder; `preset`/`img_size`/`patch_size`/`seed` build checkpoint=random."""
 
     preset: str = "vit_micro"  # architecture of checkpoint=random (ignored when loading a checkpoint)
+    arch_from: Optional[str] = None  # checkpoint=random: copy this checkpoint's architecture (not its weights)
     img_size: int = 32  # input size of checkpoint=random; a loaded checkpoint keeps its own
     patch_size: int = 4  # patch size of checkpoint=random
     pool: str = "cls"  # cls | avg | both (concatenated)
