@@ -339,3 +339,12 @@ def test_window_matrices_table_equals_direct_evaluation(monkeypatch) -> None:
         monkeypatch.undo()
         torch.testing.assert_close(table, direct)
         torch.testing.assert_close(table.sum(-1), torch.ones(32, 24))
+
+
+def test_iteration_keeps_the_epoch_it_started_with() -> None:
+    ds = ImageTensorDataset(images=smooth_images(32, 16), labels=torch.arange(32), class_names=["x"] * 32)
+    loader = TensorBatchLoader(ds, batch_size=8, device="cpu", augment=BatchAugment(16), seed=1)
+    expected = [x for x, _ in loader]
+    batches = iter(loader)
+    loader.set_epoch(1)  # too late for the iteration already started
+    assert all(torch.equal(x, e) for (x, _), e in zip(batches, expected))
