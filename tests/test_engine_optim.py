@@ -68,3 +68,19 @@ def test_schedule_is_mae_warmup_then_cosine_per_iteration(warmup_epochs, min_lr)
     assert opt.param_groups[0]["lr"] == pytest.approx(lr)  # the peak right after warm-up
     sched.step_update(total)
     assert opt.param_groups[0]["lr"] == pytest.approx(min_lr)
+
+
+def test_mae_model_groups():
+    """On the real model: every trainable 1-D tensor, token and learned position table is undecayed."""
+    from blockmae.models import build_mae
+
+    model = build_mae("vit_nano", img_size=32, patch_size=4, pos_embed="learned")
+    decay = _decay_of(model, build_optimizer(model, OptimConfig(), lr=1e-3))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(decay) == trainable
+    undecayed = {n for n, wd in decay.items() if wd == 0}
+    assert {"cls_token", "mask_token", "pos_embed", "norm.weight", "blocks.0.norm1.bias"} <= undecayed
+    assert {n for n in trainable if model.get_parameter(n).ndim <= 1} <= undecayed
+    assert {n for n, wd in decay.items() if wd > 0} == {
+        n for n in trainable if model.get_parameter(n).ndim >= 2 and not n.endswith(("_token", "pos_embed"))}
+    assert "patch_embed.proj.weight" in decay and decay["patch_embed.proj.weight"] == 0.05

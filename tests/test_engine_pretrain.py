@@ -20,8 +20,8 @@ from blockmae.engine.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-# A smaller smoke run: 512 images, 8 steps of 64 per epoch, 3 epochs; one thread (the CI box is shared).
-SMALL = ["data.num_images=512", "train.batch_size=64", "train.cpu_threads=1", "run.log_every=1",
+# A smaller smoke run: 256 images, 8 steps of 32 per epoch, 3 epochs; one thread (the CI box is shared).
+SMALL = ["data.num_images=256", "train.batch_size=32", "train.cpu_threads=1", "run.log_every=1",
          "run.recon_images=0", "run.milestones=[]", "run.registry=false"]
 
 
@@ -165,3 +165,42 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert "non-finite" in err and f"last good checkpoint is {run_dir / 'checkpoints' / 'last'} (epoch 1, step 8)" in err
     weights = _weights(run_dir)
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_torchvision_folder_loader(shared_data, tmp_path):
+    """data.loader=torchvision: ImageFolder + DataLoader over a <class>/<image> tree (Tiny-ImageNet's train/)."""
+    run_dir = tmp_path / "folder"
+    code = main(["pretrain", "--config", str(SMOKE), *SMALL, "data.loader=torchvision", "data.dataset=folder",
+                 f"data.root={shared_data / 'tiny-imagenet-200-mini' / 'train'}", "data.workers=0",
+                 "data.num_images=null", "train.batch_size=50", "train.epochs=1", f"run.dir={run_dir}"])
+    assert code == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2, 3, 4]  # 200 images / 50
+    assert ckpt.read_meta(run_dir / "checkpoints" / "last")["complete"]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_stops_and_resumes_identically(reference_run, tmp_path):
+    """SIGTERM (SLURM preemption, Ctrl-C alike): a checkpoint at the next step, status 130, then a resume."""
+    run_dir = tmp_path / "preempted"
+    args = ("pretrain", "--config", str(SMOKE), *SMALL, f"run.dir={run_dir}", f"run.output_root={tmp_path}",
+            "run.registry=true")
+    proc = _blockmae(*args)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    meta = ckpt.read_meta(run_dir / "checkpoints" / "last")
+    assert "SIGTERM: saving a checkpoint" in out and f"stopped at epoch {meta['epoch']}, batch {meta['batch']}" in out
+    assert 3 <= meta["step"] < 24 and not meta["complete"]
+    _finish(_blockmae(*args))
+    assert compare_weights(_weights(run_dir), _weights(reference_run)).identical
+    assert _losses(run_dir) == _losses(reference_run)
+    from blockmae.registry import Registry
+
+    assert [r.status for r in Registry(tmp_path).list_runs(kind="pretrain")] == ["interrupted", "completed"]

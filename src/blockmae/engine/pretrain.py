@@ -16,7 +16,9 @@ import json
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,7 +35,6 @@ from blockmae.engine.optim import build_optimizer, build_scheduler
 from blockmae.errors import BlockMAEError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-FIGURE_BLOCKS = (1, 2, 4)  # block sizes drawn next to the run's own mask in reconstruction figures
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
 
 
@@ -69,7 +70,7 @@ def _map_mask(mask: Any, fn) -> Any:
 
 
 def mask_label(family: str, block: int, ratio: float) -> str:
-    shape = "random" if family == "random" or block == 1 and family == "block" else f"{family} {block}x{block}"
+    shape = "random" if family == "random" or block == 1 and family == "block" else f"{block}x{block} {family}s"
     return f"{shape} {ratio:.0%}"
 
 
@@ -261,13 +262,36 @@ class Pretrainer:
                   f"{self.steps_per_epoch} steps/epoch, lr {self.lr:.3g})", flush=True)
         self.last_ckpt_time = time.monotonic()
         self.figure_batch = self._figure_images() if main and cfg.run.recon_images else None
+        self.stop_signal: int | None = None
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while self.epoch < cfg.train.epochs:
                 self._run_epoch()
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             if self.logger is not None:
                 self.logger.close()
         return self.run_dir
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM (e.g. SLURM preemption) or Ctrl-C: checkpoint at the next step boundary, then stop."""
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: quit now
+        self.stop_signal = signum
+        if self.info.is_main:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                  f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def _stop(self) -> None:
+        self._save_last()
+        if self.info.is_main:
+            print(f"stopped at epoch {self.epoch}, batch {self.batch}, step {self.step}; checkpoint "
+                  f"{ckpt.checkpoints_dir(self.run_dir) / 'last'}; the same command resumes", file=sys.stderr,
+                  flush=True)
+        raise KeyboardInterrupt
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
@@ -285,9 +309,13 @@ class Pretrainer:
                 epoch_images += cfg.train.batch_size
                 bar.update(1)
                 by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
-                if self.step % cfg.run.log_every == 0 or by_steps:
+                # A single process stops at once; ranks agree on stopping at the next sync.
+                stop_here = self.stop_signal is not None and not self.info.enabled
+                if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
                     stats = self._sync(window)
                     self._log_window(stats, bar)
+                    if stats["stop"]:
+                        self._stop()
                     if (by_steps or stats["time_for_ckpt"]) and self.batch < self.steps_per_epoch * accum:
                         self._save_last()
             stats = self._sync(window)
@@ -316,8 +344,8 @@ class Pretrainer:
         """Everything ranks must agree on, in one all-reduce: window sums, non-finite flag, checkpoint time."""
         minutes = self.cfg.run.ckpt_every_minutes
         due = self.info.is_main and minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
-        packed = torch.stack([window.loss_sum, window.grad_norm_sum, window.bad.float(),
-                              torch.tensor(float(due), device=self.device)])
+        flags = torch.tensor([float(due), float(self.stop_signal is not None)], device=self.device)
+        packed = torch.cat([torch.stack([window.loss_sum, window.grad_norm_sum, window.bad.float()]), flags])
         packed = dist.all_reduce_sum(packed).tolist()
         world = self.info.world_size
         loss = packed[0] / world / max(1, window.steps)
@@ -326,7 +354,7 @@ class Pretrainer:
         self.epoch_stats["loss_sum"] += packed[0] / world
         self.epoch_stats["count"] += window.steps
         stats = {"loss": loss, "grad_norm": packed[1] / world / max(1, window.steps), "time_for_ckpt": packed[3] > 0,
-                 **window.rates()}
+                 "stop": packed[4] > 0, **window.rates()}
         window.reset()
         return stats
 
@@ -401,20 +429,20 @@ class Pretrainer:
         return normalize(val.images[index].to(self.device))
 
     def _figure_masks(self) -> dict[str, Any]:
-        from blockmae.masking import MaskGenerator
+        """The run's own mask, then random / 2x2 / 4x4 blocks (those that fit and differ), fixed seeds."""
+        from blockmae.visualisation.cli import standard_masks
 
-        m = self.cfg.mask
-        count = self.figure_batch.shape[0]
-        generator = torch.Generator().manual_seed(FIGURE_SEED)
-        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)":
-                 self.mask_generator(count, generator=generator)}
-        for block in FIGURE_BLOCKS:
-            family = "random" if block == 1 else "block"
-            if block > self.grid or (family == m.family and block == m.block):
-                continue
-            generator = torch.Generator().manual_seed(FIGURE_SEED)
-            gen = MaskGenerator(self.grid, m.ratio, family, block, "grid")
-            masks[mask_label(family, block, m.ratio)] = gen(count, generator=generator)
+        m, count = self.cfg.mask, self.figure_batch.shape[0]
+        own = self.mask_generator(count, generator=torch.Generator().manual_seed(FIGURE_SEED))
+        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)": own}
+        same_as_run = None  # the standard mask that is the run's own one
+        if m.family == "random" or (m.family == "block" and m.block == 1):
+            same_as_run = "random"
+        elif m.family == "block" and m.align == "grid":
+            same_as_run = f"{m.block}x{m.block} blocks"
+        for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=m.ratio).items():
+            if name != same_as_run:
+                masks[name] = mask
         return {name: _map_mask(mask, lambda t: t.to(self.device)) for name, mask in masks.items()}
 
     def _draw_reconstructions(self) -> None:
