@@ -56,3 +56,14 @@ def test_forward_probe_path_runs_with_augmentation(encoder):
     result = train_linear_probe_forward(encoder.model, ds, eval_x, ds.labels, cfg, pool="cls")
     assert len(result.history) == 2 and 0 <= result.final["top1"] <= 1
     assert result.head.num_classes == 4 and result.head.dim == 64
+
+
+def test_random_baseline_can_copy_an_architecture(encoder):
+    from blockmae.evaluation.cli_shape_bias import encoder_for_head
+
+    arch = {**encoder.arch, "depth": 1, "pos_embed": "learned"}
+    baseline = load_encoder("random", "vit_micro", seed=3, arch=arch)
+    assert baseline.arch == arch and len(baseline.model.blocks) == 1
+    # A head of that baseline finds the same untrained encoder again from its metadata alone.
+    meta = {"checkpoint": "random", "encoder": {"seed": 3}, "arch": arch, "weights_hash": baseline.weights_hash}
+    assert encoder_for_head(meta, None, torch.device("cpu")).weights_hash == baseline.weights_hash

@@ -78,10 +78,16 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
     from blockmae.evaluation.knn import knn_evaluate
     from blockmae.evaluation.linear import save_head, train_linear_probe, train_linear_probe_forward
 
+    cfg.validate()  # also when built in Python rather than by load_config
     device = resolve_device(cfg.device)
     if encoder is None:
         e = cfg.encoder
-        encoder = load_encoder(cfg.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, device)
+        arch = None
+        if cfg.checkpoint == RANDOM and e.arch_from:
+            from blockmae.models.io import load_mae
+
+            arch = dict(load_mae(e.arch_from)[0].arch)
+        encoder = load_encoder(cfg.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, device, arch=arch)
     encoder.model.to(device)
     name = cfg.name or default_name(cfg)
     root = Path(cfg.output_root)
@@ -119,7 +125,8 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
             head_meta = {
                 "pool": pool, "layer": layer, "class_names": list(train_ds.class_names),
                 "class_ids": class_ids(cfg, train_ds), "dataset": cfg.data.dataset, "checkpoint": parent_of(cfg.checkpoint),
-                "weights_hash": encoder.weights_hash, "encoder": to_dict(cfg.encoder), "image_size": encoder.image_size,
+                "weights_hash": encoder.weights_hash, "encoder": to_dict(cfg.encoder), "arch": encoder.arch,
+                "image_size": encoder.image_size,
             }
             head_path = save_head(result.head, run_dir / "head.safetensors", head_meta)
         if cfg.kind in ("knn", "both"):

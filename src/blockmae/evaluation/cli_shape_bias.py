@@ -43,7 +43,8 @@ def encoder_for_head(meta: dict[str, Any], checkpoint: str | None, device: torch
         raise BlockMAEError("the probe head does not name its checkpoint; pass --checkpoint PATH")
     enc_cfg = meta.get("encoder", {})
     encoder = load_encoder(checkpoint, enc_cfg.get("preset", "vit_micro"), int(enc_cfg.get("img_size", 32)),
-                           int(enc_cfg.get("patch_size", 4)), int(enc_cfg.get("seed", 0)), device)
+                           int(enc_cfg.get("patch_size", 4)), int(enc_cfg.get("seed", 0)), device,
+                           arch=meta.get("arch") if checkpoint == RANDOM else None)
     if meta.get("weights_hash") and meta["weights_hash"] != encoder.weights_hash:
         raise BlockMAEError(f"the probe head was trained on other weights ({meta['weights_hash']}) than {checkpoint} "
                             f"({encoder.weights_hash}); pass the checkpoint the probe was trained on")
@@ -99,15 +100,22 @@ def evaluate_cue_conflict(head: LinearProbeHead, encoder: Encoder, meta: dict[st
 def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, root: str | None = None,
                    output_root: str | Path = "outputs", name: str | None = None, device: str = "auto",
                    num_images: int | None = None, batch_size: int = 256, seed: int = 0,
-                   verbose: bool = True) -> ShapeBiasOutcome:
-    """Evaluate a probe head's shape bias on `data` and record the run; see the module docstring."""
+                   verbose: bool = True, encoder: Encoder | None = None) -> ShapeBiasOutcome:
+    """Evaluate a probe head's shape bias on `data` and record the run; see the module docstring.
+
+    `encoder`: the already loaded encoder of the head (skips loading; its weights hash is checked)."""
     if data not in ("shapetex", "cue-conflict"):
         raise BlockMAEError(f"--data must be shapetex or cue-conflict, not '{data}'")
     dev = resolve_device(device)
     head, meta = load_head(probe, dev)
-    encoder = encoder_for_head(meta, checkpoint, dev)
+    if encoder is None:
+        encoder = encoder_for_head(meta, checkpoint, dev)
+    elif meta.get("weights_hash") not in (None, encoder.weights_hash):
+        raise BlockMAEError("the probe head was trained on other weights than the encoder passed in")
+    encoder.model.to(dev)
     parent = RANDOM if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve())
-    name = name or f"shape-bias-{data}-{Path(probe).resolve().parent.name}"
+    probe_path = Path(probe).resolve()
+    name = name or f"shape-bias-{data}-{(probe_path if probe_path.is_dir() else probe_path.parent).name}"
     out_root = Path(output_root)
     run_dir = out_root / "shape-bias" / f"{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)

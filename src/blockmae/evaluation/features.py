@@ -51,16 +51,20 @@ def weights_hash(model: nn.Module) -> str:
 
 def load_encoder(
     checkpoint: str, preset: str = "vit_micro", img_size: int = 32, patch_size: int = 4, seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", arch: dict[str, Any] | None = None,
 ) -> Encoder:
-    """Load a checkpoint (file, checkpoint dir or run dir), or build `preset` untrained for checkpoint=random."""
-    from blockmae.models import build_mae
+    """Load a checkpoint (file, checkpoint dir or run dir), or, for checkpoint=random, build an untrained
+    model seeded with `seed`: of architecture `arch` when given (e.g. a pretrained run's), else `preset`."""
+    from blockmae.models import MaskedAutoencoderViT, build_mae
     from blockmae.models.io import load_mae
 
     if checkpoint == RANDOM:
         torch.manual_seed(seed)
-        model = build_mae(preset, img_size=img_size, patch_size=patch_size)
-        metadata: dict[str, Any] = {"preset": preset, "seed": seed}
+        if arch is not None:
+            model = MaskedAutoencoderViT(**arch)
+        else:
+            model = build_mae(preset, img_size=img_size, patch_size=patch_size)
+        metadata: dict[str, Any] = {"seed": seed, **({} if arch is not None else {"preset": preset})}
     else:
         model, metadata = load_mae(checkpoint)
     model = model.to(device).eval()
