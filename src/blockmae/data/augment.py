@@ -70,6 +70,17 @@ def normalize(
     return _normalize_float(batch.float(), mean, std)
 
 
+def denormalize(
+    batch: torch.Tensor,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """The inverse of `normalize`, as floats in [0, 1] (for figures)."""
+    mean_t = torch.as_tensor(mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    return (batch * std_t + mean_t).clamp(0.0, 1.0)
+
+
 def resize_normalize(
     batch: torch.Tensor,
     image_size: int,

@@ -70,13 +70,14 @@ def epochs_figure(models: Sequence[tuple[str, torch.nn.Module]], images: torch.T
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from blockmae.visualisation.reconstructions import denormalise, reconstruction_panels
+    from blockmae.data.augment import denormalize
+    from blockmae.visualisation.reconstructions import reconstruction_panels
 
     count = images.shape[0]
     panels = {label: {name: reconstruction_panels(model, images, m) for name, m in masks.items()}
               for label, model in models}
     first = panels[models[0][0]]
-    original = denormalise(images.float()).cpu()
+    original = denormalize(images.float()).cpu()
     rows: list[tuple[str, dict[str, torch.Tensor]]] = [("original", {n: original for n in masks}),
                                                        ("masked", {n: first[n]["masked"] for n in masks})]
     rows += [(label, {n: panels[label][n]["visible + reconstruction"] for n in masks}) for label, _ in models]

@@ -11,17 +11,10 @@ from typing import Mapping
 
 import torch
 
+from blockmae.data.augment import denormalize
 from blockmae.masking import Mask
 
 MASKED_GREY = 0.5  # masked patches are drawn in mid grey in the "masked" panel
-
-
-def denormalise(images: torch.Tensor) -> torch.Tensor:
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.as_tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0.0, 1.0)
 
 
 def mask_to_pixels(mask: torch.Tensor, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
@@ -44,8 +37,8 @@ def reconstruction_panels(model: torch.nn.Module, images: torch.Tensor, mask: Ma
     finally:
         model.train(was_training)
     pixels = mask_to_pixels(mask.mask.to(images.device), images.shape[-2:], model.arch["patch_size"])
-    original = denormalise(images.float())
-    recon = denormalise(recon)
+    original = denormalize(images.float())
+    recon = denormalize(recon)
     return {
         "masked": (original * (1 - pixels) + MASKED_GREY * pixels).cpu(),
         "reconstruction": recon.cpu(),
@@ -63,7 +56,7 @@ def reconstruction_figure(model: torch.nn.Module, images: torch.Tensor, masks: M
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    original = denormalise(images.float()).cpu()
+    original = denormalize(images.float()).cpu()
     columns: list[tuple[str, torch.Tensor]] = [("original", original)]
     for name, mask in masks.items():
         for panel, batch in reconstruction_panels(model, images, mask).items():
