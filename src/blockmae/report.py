@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from blockmae.errors import BlockMAEError
+
 # Wilson interval at 95%.
 _Z95 = 1.959963984540054
 
@@ -95,9 +97,11 @@ EVAL_IMAGES = ("num_eval", "num_val", "n_eval")
 SHAPE_BIAS = ("shape_bias",)
 SHAPE_BIAS_LOW = ("shape_bias_low", "shape_bias_ci_low")
 SHAPE_BIAS_HIGH = ("shape_bias_high", "shape_bias_ci_high")
-SHAPE_ONLY = ("shape_only_accuracy", "shape_only_acc", "shape_only_top1")
-TEXTURE_ONLY = ("texture_only_accuracy", "texture_only_acc", "texture_only_top1")
-NEITHER = ("neither_fraction", "neither")
+SHAPE_ONLY = ("shape_only_acc",)
+# The shape probe's decision on a texture-only image counts as right when it names the class whose
+# texture it is in training (the train-split correlation mapping).
+TEXTURE_ONLY = ("texture_only_as_shape", "texture_only_acc")
+NEITHER = ("frac_neither",)
 
 
 def arm_from_metrics(
@@ -135,17 +139,11 @@ def arm_from_registry(registry: Any, name: str, pretrained: bool, run_ids: Mappi
     """Read an arm's finished linear/knn/shape_bias runs (ids in `run_ids`) from the registry."""
     metrics = {}
     for stage in ("linear", "knn", "shape_bias"):
-        run = registry.get_run(run_ids[stage])
-        if run is None:
-            raise KeyError(f"run {run_ids[stage]} ({name}, {stage}) is not in the registry")
-        metrics[stage] = run_metrics(run)
+        run = registry.get(run_ids[stage])
+        if run.status != "completed":
+            raise BlockMAEError(f"run {run.id} ({name}, {stage}) is {run.status}, not completed; rerun it")
+        metrics[stage] = dict(run.metrics)
     return arm_from_metrics(name, pretrained, metrics["linear"], metrics["knn"], metrics["shape_bias"], run_ids)
-
-
-def run_metrics(run: Any) -> dict[str, Any]:
-    """The final metrics of a registry run record (a mapping or an object with `.metrics`)."""
-    metrics = run.get("metrics") if isinstance(run, Mapping) else getattr(run, "metrics", None)
-    return dict(metrics or {})
 
 
 # ---------------------------------------------------------------------------------------------
