@@ -29,6 +29,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 BACKENDS = ("matmul", "grid_sample")
+_MAX_TABLE_BYTES = 64 * 2**20  # window-matrix lookup tables up to this size (64 px images: 4 MiB)
 _MAX_TRIES = 10  # torchvision's RandomResizedCrop attempts before the centre-crop fallback
 
 
@@ -197,6 +198,9 @@ def window_matrices(
     interpolation: str, device: torch.device,
 ) -> torch.Tensor:
     """(B, out_size, in_size) resampling matrices of the windows, output order reversed where `flip`."""
+    if (in_size + 1) * 4 * out_size * in_size * 4 > _MAX_TABLE_BYTES:  # large images: evaluate the filter
+        mats = resample_matrices(start, length, in_size, out_size, interpolation, torch.device(device))
+        return torch.where(flip.to(device).view(-1, 1, 1), mats.flip(1), mats)
     table = _window_table(in_size, out_size, interpolation, torch.device(device))
     windows = table.unfold(-1, in_size, 1)  # (in_size + 1, 2, out_size, in_size + 1, in_size), a view
     start, length, flip = (t.to(device) for t in (start, length, flip))

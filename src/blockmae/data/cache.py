@@ -62,7 +62,7 @@ def decode_image(path: str | os.PathLike, image_size: int, resize: str = "center
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
         else:
             raise BlockMAEError(f"unknown resize policy {resize!r}; choose one of {', '.join(RESIZE_POLICIES)}")
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return np.array(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _decode_into(images_file: str, shape: tuple[int, ...], start: int, paths: Sequence[str], image_size: int,

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
+    from blockmae.data.base import ImageTensorDataset
 
 SPLITS = ("train", "test")
 VARIANTS = ("cifar10", "cifar100")
@@ -51,11 +54,12 @@ def find_data_dir(variant: str, folder: Path) -> Path | None:
 
 
 def load_cifar(variant: str, split: str, root: str | os.PathLike | None = None, image_size: int = 32, *,
-               download: bool = False, progress: bool = True) -> ImageTensorDataset:
+               download: bool = False, progress: bool = True) -> "ImageTensorDataset":
     """CIFAR-10/100 `split` ("train" or "test") as uint8 tensors, resized to `image_size` if not 32."""
     import torch
     import torch.nn.functional as F
 
+    from blockmae.data.base import ImageTensorDataset
     from blockmae.data.roots import obtain, resolve_root
 
     if split not in SPLITS:

@@ -16,10 +16,13 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blockmae.data.base import ImageTensorDataset
 from blockmae.data.download import RemoteFile
 from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
+    from blockmae.data.base import ImageTensorDataset
 
 CATEGORIES = ("airplane", "bear", "bicycle", "bird", "boat", "bottle", "car", "cat", "chair", "clock", "dog",
               "elephant", "keyboard", "knife", "oven", "truck")
@@ -81,7 +84,7 @@ def list_items(data_dir: Path) -> tuple[list[tuple[Path, int]], list[int], list[
 
 def load_cue_conflict(split: str = "test", root: str | os.PathLike | None = None, image_size: int = 64, *,
                       keep_agreeing: bool = True, cache_dir: str | os.PathLike | None = None,
-                      resize: str = "center-crop", workers: int = 0, progress: bool = True) -> ImageTensorDataset:
+                      resize: str = "center-crop", workers: int = 0, progress: bool = True) -> "ImageTensorDataset":
     """The cue-conflict stimuli at `image_size`, with shape labels and texture/agree extra labels."""
     from blockmae.data.cache import cached_image_dataset
     from blockmae.data.roots import resolve_root, split_cache_dir

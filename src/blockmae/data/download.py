@@ -119,11 +119,15 @@ def _fetch(remote: RemoteFile, part: Path, have: int, dest: Path, timeout: float
                 have = 0  # the server ignored the Range header: start over
             length = response.headers.get("Content-Length")
             total = have + int(length) if length is not None else remote.size
+            received = 0
             with open(part, "ab" if have else "wb") as out, \
                     _progress_bar(total, have, remote.filename, progress) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
+            if length is not None and received < int(length):  # urllib does not raise on a short body
+                raise http.client.IncompleteRead(b"", int(length) - received)
     except urllib.error.HTTPError as err:
         if have and err.code == 416:
             return  # nothing after `have`: the .part is already whole; verification decides

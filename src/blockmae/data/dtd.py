@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blockmae.data.base import ImageTensorDataset
 from blockmae.data.download import RemoteFile
 from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
+    from blockmae.data.base import ImageTensorDataset
 
 OFFICIAL_ARCHIVE = RemoteFile(
     url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
@@ -67,7 +70,7 @@ def list_items(data_dir: Path, split: str, partition: int) -> tuple[list[tuple[P
 
 def load_dtd(split: str, root: str | os.PathLike | None = None, image_size: int = 64, *, partition: int = 1,
              cache_dir: str | os.PathLike | None = None, resize: str = "center-crop", workers: int = 0,
-             progress: bool = True) -> ImageTensorDataset:
+             progress: bool = True) -> "ImageTensorDataset":
     """DTD `split` of `partition` at `image_size`, decoded once into a uint8 cache."""
     from blockmae.data.cache import cached_image_dataset
     from blockmae.data.roots import resolve_root, split_cache_dir

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
+    from blockmae.data.base import ImageTensorDataset
 
 LAYOUT = "one sub-folder of images per class"
 
@@ -66,7 +68,7 @@ def load_folder(root: str | os.PathLike, split: str | None = None, image_size: i
                 mapping: str | os.PathLike | None = None,
                 target_wnids: str | os.PathLike | Sequence[str] | None = None, skip_unmapped: bool = False,
                 cache_dir: str | os.PathLike | None = None, resize: str = "center-crop", workers: int = 0,
-                progress: bool = True) -> ImageTensorDataset:
+                progress: bool = True) -> "ImageTensorDataset":
     """The class-folder tree at `root` (or at `root/split` when that folder exists), decoded once into a cache."""
     from blockmae.data.cache import cached_image_dataset
     from blockmae.data.roots import resolve_root, split_cache_dir

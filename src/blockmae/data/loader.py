@@ -112,9 +112,10 @@ class TensorBatchLoader:
             order = order[: self._per_rank * self.world_size]
         return order[self.rank :: self.world_size][: self._per_rank]
 
-    def batch_generator(self, batch_index: int) -> torch.Generator:
-        """The generator that draws the augmentation of batch `batch_index` of the current epoch."""
-        return _generator(self.seed, _AUGMENT_STREAM, self.epoch, self.rank, batch_index)
+    def batch_generator(self, batch_index: int, epoch: int | None = None) -> torch.Generator:
+        """The generator that draws the augmentation of batch `batch_index` of `epoch` (default: current)."""
+        epoch = self.epoch if epoch is None else epoch
+        return _generator(self.seed, _AUGMENT_STREAM, epoch, self.rank, batch_index)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
@@ -123,15 +124,17 @@ class TensorBatchLoader:
         """Yield the current epoch's batches from `start_batch` on (resume inside an epoch)."""
         if not (0 <= start_batch <= len(self)):
             raise BlockMAEError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
-        return self._batches(start_batch)
+        # The epoch is fixed now: a set_epoch() during the iteration must not mix two epochs.
+        return self._batches(start_batch, self.epoch, self.indices())
 
-    def _batches(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.indices()
+    def _batches(
+        self, start_batch: int, epoch: int, order: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             images, labels = self._gather(idx)
             if self.augment is not None:
-                x = self.augment(images, generator=self.batch_generator(b))
+                x = self.augment(images, generator=self.batch_generator(b, epoch))
             else:
                 x = resize_normalize(images, self.image_size or images.shape[-1])
             yield x, labels

@@ -17,15 +17,20 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from blockmae.data.base import default_cache_root
 from blockmae.errors import BlockMAEError
 
 PREPARED_FILE = "blockmae-prepared.json"
 
 
+def _cache_root() -> Path:
+    from blockmae.data.base import default_cache_root  # imports torch: only when needed
+
+    return default_cache_root()
+
+
 def default_root(dataset: str) -> Path:
     """Where `blockmae data prepare DATASET` puts a dataset when no --root is given."""
-    return default_cache_root() / "datasets" / dataset
+    return _cache_root() / "datasets" / dataset
 
 
 def write_prepared(root: Path, dataset: str, data_dir: Path, **facts) -> None:
@@ -75,7 +80,7 @@ def resolve_root(dataset: str, root: str | os.PathLike | None, find_data: Callab
     if cache_dir:
         return data_dir, Path(cache_dir)
     key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return data_dir, default_cache_root() / dataset / key
+    return data_dir, _cache_root() / dataset / key
 
 
 def split_cache_dir(cache_root: Path, split: str, image_size: int, resize: str, variant: str = "") -> Path:

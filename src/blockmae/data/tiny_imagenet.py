@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blockmae.data.base import ImageTensorDataset
 from blockmae.data.download import RemoteFile
 from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
+    from blockmae.data.base import ImageTensorDataset
 
 OFFICIAL_ZIP = RemoteFile(
     url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
@@ -100,7 +103,7 @@ def list_items(data_dir: Path, split: str, wnids: list[str]) -> list[tuple[Path,
 
 def load_tiny_imagenet(split: str, root: str | os.PathLike | None = None, image_size: int = 64, *,
                        cache_dir: str | os.PathLike | None = None, resize: str = "center-crop", workers: int = 0,
-                       progress: bool = True) -> ImageTensorDataset:
+                       progress: bool = True) -> "ImageTensorDataset":
     """Tiny-ImageNet `split` ("train" or "val") at `image_size`, decoded once into a uint8 cache.
 
     `root`: a folder prepared by `blockmae data prepare tiny-imagenet`, or the extracted dataset folder.
