@@ -192,3 +192,10 @@ def test_load_dataset_names_and_options(shared_data):
         load_dataset("imagenet", "train")
     with pytest.raises(BlockMAEError, match="dataset 'dtd' has no option 'partiton'; valid options: .*partition"):
         load_dataset("dtd", "train", root=shared_data / "dtd-mini", partiton=2)
+
+
+def test_shapetex_dispatch_passes_root_as_its_cache(tmp_path):
+    pytest.importorskip("blockmae.data.shapetex", reason="ShapeTex comes from the shapetex branch")
+    ds = load_dataset("shapetex", "cue_conflict", root=tmp_path, image_size=32, num_images=20, seed=1)
+    assert ds.images.shape == (20, 3, 32, 32) and "texture" in ds.extra_labels
+    assert any(tmp_path.iterdir())  # generated images cached under root
