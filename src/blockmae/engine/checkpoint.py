@@ -122,11 +122,10 @@ def load_state(directory: Path) -> dict:
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(Path(directory) / WEIGHTS))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise BlockMAEError(f"checkpoint {directory} does not match the model: missing {sorted(missing)[:5]}, "
-                            f"unexpected {sorted(unexpected)[:5]}")
+    from blockmae.models.io import load_compatible_state
+
+    path = Path(directory) / WEIGHTS
+    load_compatible_state(model, load_file(str(path)), source=str(path))
 
 
 # --- RNG state: everything as tensors / primitives so that weights_only loading works ---

@@ -13,25 +13,19 @@ from pathlib import Path
 
 import torch
 
-from blockmae.engine.checkpoint import WEIGHTS, checkpoints_dir, find_checkpoint
+from blockmae.engine.checkpoint import find_checkpoint
 from blockmae.errors import BlockMAEError
 
 
 def weights_file(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise BlockMAEError(f"{path} is not a .safetensors file; give a weights file, checkpoint dir or run dir")
-        return path
-    if not path.exists():
-        raise BlockMAEError(f"{path} does not exist")
-    for candidate in (path / WEIGHTS, checkpoints_dir(path) / "last" / WEIGHTS):
-        if candidate.is_file():
-            return candidate
-    found = find_checkpoint(path)  # a run dir whose `last` swap was interrupted
-    if found is None:
-        raise BlockMAEError(f"no weights in {path}: expected {WEIGHTS}, or checkpoints/last/{WEIGHTS} in a run dir")
-    return found / WEIGHTS
+    if path.is_file() and path.suffix != ".safetensors":
+        raise BlockMAEError(f"{path} is not a .safetensors file; give a weights file, checkpoint dir or run dir")
+    if path.is_dir():
+        find_checkpoint(path)  # puts back a `last` whose atomic swap was interrupted
+    from blockmae.models.io import resolve_weights_path
+
+    return resolve_weights_path(path)
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from blockmae.data.augment import INTERPOLATIONS
+from blockmae.masking import ALIGNS, FAMILIES
+from blockmae.models.mae import POS_EMBEDS
 from blockmae.errors import BlockMAEError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
-MASK_FAMILIES = ("random", "block", "rect")
-MASK_ALIGNS = ("grid", "shifted")
-POS_EMBEDS = ("sincos", "learned", "rope", "none")
 LOADERS = ("cached", "torchvision")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # Splits used for the fixed reconstruction images when `data.val_split` is not set.
 DEFAULT_VAL_SPLIT = {"cifar10": "test", "cifar100": "test"}
 
@@ -63,7 +62,9 @@ class DataConfig:
     crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
     interpolation: str = "bilinear"
-    loader: str = "cached"  # cached: uint8 tensors + batched on-device augmentation; torchvision: DataLoader
+    # cached: uint8 tensors + batched on-device augmentation; torchvision: ImageFolder + DataLoader over
+    # data.root (a <class>/<image> tree too big for memory; single process)
+    loader: str = "cached"
     workers: int = 4  # torchvision loader only
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False
     device: str = "auto"
+    cpu_threads: Optional[int] = None  # torch CPU threads; None: torch's default (all cores)
 
 
 @dataclass
@@ -135,8 +137,8 @@ class PretrainConfig:
     def validate(self) -> None:
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("train.device", self.train.device, DEVICES)
-        _choice("mask.family", self.mask.family, MASK_FAMILIES)
-        _choice("mask.align", self.mask.align, MASK_ALIGNS)
+        _choice("mask.family", self.mask.family, FAMILIES)
+        _choice("mask.align", self.mask.align, ALIGNS)
         _choice("model.pos_embed", self.model.pos_embed, POS_EMBEDS)
         _choice("data.loader", self.data.loader, LOADERS)
         _choice("data.interpolation", self.data.interpolation, INTERPOLATIONS)
@@ -144,6 +146,8 @@ class PretrainConfig:
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.accum_steps", self.train.accum_steps)
         _positive("run.log_every", self.run.log_every)
+        if self.train.cpu_threads is not None:
+            _positive("train.cpu_threads", self.train.cpu_threads)
         _positive("data.image_size", self.data.image_size)
         if self.train.batch_size % self.train.accum_steps:
             raise BlockMAEError(f"train.batch_size {self.train.batch_size} is not divisible by train.accum_steps "
@@ -155,12 +159,8 @@ class PretrainConfig:
         if self.mask.family == "random" and self.mask.block != 1:
             raise BlockMAEError(f"mask.family=random masks single patches; set mask.block=1 "
                                 f"(got {self.mask.block}) or use mask.family=block")
-        lo, hi = _pair("data.crop_scale", self.data.crop_scale)
-        if not 0.0 < lo <= hi <= 1.0:
-            raise BlockMAEError(f"data.crop_scale must be 0 < min <= max <= 1, got {self.data.crop_scale}")
-        lo, hi = _pair("data.crop_ratio", self.data.crop_ratio)
-        if not 0.0 < lo <= hi:
-            raise BlockMAEError(f"data.crop_ratio must be 0 < min <= max, got {self.data.crop_ratio}")
+        _pair("data.crop_scale", self.data.crop_scale)  # ranges are checked by BatchAugment
+        _pair("data.crop_ratio", self.data.crop_ratio)
         b1, b2 = _pair("optim.betas", self.optim.betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise BlockMAEError(f"optim.betas must lie in [0, 1), got {self.optim.betas}")

@@ -7,6 +7,7 @@ on CUDA, gloo otherwise.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -98,8 +99,12 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> to
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    # Fixed sin-cos position tables are buffers/frozen parameters: nothing to broadcast each step.
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    # Buffers (rotary tables) are fixed: synced once at start, not before every forward.
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        no_buffer_sync = {"forward_sync_buffers": False}
+    else:  # torch < 2.14
+        no_buffer_sync = {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
 
 
 def rows_of_rank(batch_size: int, info: DistInfo) -> slice:

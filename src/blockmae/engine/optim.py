@@ -7,6 +7,8 @@ embeddings excluded), and a per-iteration linear warm-up from 0 followed by a co
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -34,6 +36,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
     """Stepped with `step_update(step)` where step counts optimiser updates from 0."""
     total = steps_per_epoch * epochs
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
-    return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
-                             warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    cosine = logging.getLogger("timm.scheduler.cosine_lr")
+    level = cosine.level
+    if total - warmup <= 1:  # all warm-up (short test runs): timm warns that the cosine does nothing
+        cosine.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
+                                 warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    finally:
+        cosine.setLevel(level)
 

@@ -33,7 +33,6 @@ from blockmae.engine.optim import build_optimizer, build_scheduler
 from blockmae.errors import BlockMAEError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-FIGURE_BLOCKS = (1, 2, 4)  # block sizes drawn next to the run's own mask in reconstruction figures
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
 
 
@@ -69,7 +68,7 @@ def _map_mask(mask: Any, fn) -> Any:
 
 
 def mask_label(family: str, block: int, ratio: float) -> str:
-    shape = "random" if family == "random" or block == 1 and family == "block" else f"{family} {block}x{block}"
+    shape = "random" if family == "random" or block == 1 and family == "block" else f"{block}x{block} {family}s"
     return f"{shape} {ratio:.0%}"
 
 
@@ -79,6 +78,8 @@ class Pretrainer:
     def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> None:
         self.cfg, self.info, self.device = cfg, info, device
         self.precision = resolve_precision(cfg.train.precision, device)
+        if cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)
         world_batch = cfg.train.accum_steps * info.world_size
         if cfg.train.batch_size % world_batch:
             raise BlockMAEError(f"train.batch_size {cfg.train.batch_size} is not divisible by accum_steps x ranks "
@@ -109,8 +110,8 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, fused=device.type == "cuda")
         self.steps_per_epoch = len(self.loader) // cfg.train.accum_steps
         if self.steps_per_epoch < 1:
-            raise BlockMAEError(f"the {cfg.data.dataset} {cfg.data.split} split has {len(self.dataset)} images, fewer "
-                                f"than one batch of {cfg.train.batch_size}; lower train.batch_size")
+            raise BlockMAEError(f"the {cfg.data.dataset} {cfg.data.split} split has fewer than accum_steps = "
+                                f"{cfg.train.accum_steps} batches of {self.micro_batch}; lower train.batch_size")
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
@@ -147,25 +148,30 @@ class Pretrainer:
         return ckpt.find_checkpoint(self.run_dir)
 
     def _build_data(self) -> None:
-        from blockmae.data import load_dataset
-
         cfg = self.cfg.data
-        options = dict(cfg.options)
-        if cfg.num_images is not None:
-            options["num_images"] = cfg.num_images
-        self.dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
         if cfg.loader == "torchvision":
-            raise BlockMAEError("data.loader=torchvision is not available in this build; use data.loader=cached")
+            if self.info.enabled:
+                raise BlockMAEError("data.loader=torchvision runs in a single process; use data.loader=cached "
+                                    "under torchrun")
+            if not cfg.root:
+                raise BlockMAEError("data.loader=torchvision reads a <class>/<image> folder: set data.root")
+            self.loader = _FolderBatches(self.cfg, self.micro_batch, self.device)
+            return
+        from blockmae.data import load_dataset
         from blockmae.data.augment import BatchAugment
         from blockmae.data.loader import TensorBatchLoader
 
+        options = dict(cfg.options)
+        if cfg.num_images is not None:
+            options["num_images"] = cfg.num_images
+        dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
         augment = None
         if cfg.augment:
             augment = BatchAugment(self.cfg.img_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
                                    hflip=cfg.hflip, interpolation=cfg.interpolation)
-        self.loader = TensorBatchLoader(self.dataset, self.micro_batch, self.device, augment, shuffle=True,
+        self.loader = TensorBatchLoader(dataset, self.micro_batch, self.device, augment, shuffle=True,
                                         drop_last=True, seed=self.cfg.run.seed, rank=self.info.rank,
-                                        world_size=self.info.world_size)
+                                        world_size=self.info.world_size, image_size=self.cfg.img_size)
 
     def _load(self, where: Path) -> None:
         meta = ckpt.read_meta(where)
@@ -394,20 +400,20 @@ class Pretrainer:
         return normalize(val.images[index].to(self.device))
 
     def _figure_masks(self) -> dict[str, Any]:
-        from blockmae.masking import MaskGenerator
+        """The run's own mask, then random / 2x2 / 4x4 blocks (those that fit and differ), fixed seeds."""
+        from blockmae.visualisation.cli import standard_masks
 
-        m = self.cfg.mask
-        count = self.figure_batch.shape[0]
-        generator = torch.Generator().manual_seed(FIGURE_SEED)
-        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)":
-                 self.mask_generator(count, generator=generator)}
-        for block in FIGURE_BLOCKS:
-            family = "random" if block == 1 else "block"
-            if block > self.grid or (family == m.family and block == m.block):
-                continue
-            generator = torch.Generator().manual_seed(FIGURE_SEED)
-            gen = MaskGenerator(self.grid, m.ratio, family, block, "grid")
-            masks[mask_label(family, block, m.ratio)] = gen(count, generator=generator)
+        m, count = self.cfg.mask, self.figure_batch.shape[0]
+        own = self.mask_generator(count, generator=torch.Generator().manual_seed(FIGURE_SEED))
+        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)": own}
+        same_as_run = None  # the standard mask that is the run's own one
+        if m.family == "random" or (m.family == "block" and m.block == 1):
+            same_as_run = "random"
+        elif m.family == "block" and m.align == "grid":
+            same_as_run = f"{m.block}x{m.block} blocks"
+        for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=m.ratio).items():
+            if name != same_as_run:
+                masks[name] = mask
         return {name: _map_mask(mask, lambda t: t.to(self.device)) for name, mask in masks.items()}
 
     def _draw_reconstructions(self) -> None:
@@ -418,6 +424,38 @@ class Pretrainer:
         path = self.run_dir / "figures" / f"reconstructions_epoch_{self.epoch:04d}.png"
         reconstruction_figure(self.model, self.figure_batch, self._figure_masks(), path,
                               title=f"{self.run_dir.name}: epoch {self.epoch}")
+
+
+class _FolderBatches:
+    """The torchvision path (ImageFolder + PIL transforms + DataLoader) with the cached loader's interface.
+
+    Each epoch's loader is seeded by (seed, epoch), so its order and augmentation are reproducible and
+    a resumed epoch skips its first batches by reading them again.
+    """
+
+    def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device) -> None:
+        from blockmae.data.loader import make_folder_dataloader
+
+        self.cfg, self.device, self.epoch = cfg, device, 0
+        data = cfg.data
+        self.make = lambda seed: make_folder_dataloader(
+            data.root, cfg.img_size, batch_size, workers=data.workers, train=data.augment,
+            scale=tuple(data.crop_scale), ratio=tuple(data.crop_ratio), hflip=data.hflip,
+            interpolation=data.interpolation, shuffle=True, drop_last=True, seed=seed,
+            pin_memory=device.type == "cuda")
+        self.batches = len(self.make(cfg.run.seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)  # transforms in the main process (workers=0)
+        for index, (images, labels) in enumerate(self.make(self.cfg.run.seed * 1_000_003 + self.epoch)):
+            if index >= start_batch:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 class _Window:
@@ -493,7 +531,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     dist.init_distributed(info, device)
     try:
         trainer = Pretrainer(cfg, info, device)
-        if not (info.is_main and cfg.run.registry):
+        finished = trainer.epoch >= cfg.train.epochs
+        if finished or not (info.is_main and cfg.run.registry):
             return trainer.run()
         from blockmae.registry import Registry
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from blockmae.errors import BlockMAEError
 
@@ -28,11 +28,12 @@ class EncoderConfig:
 class DataConfig:
     """Dataset probed: train split for the head/k-NN bank, eval split for the numbers."""
 
-    name: str = "shapetex"  # shapetex | tiny-imagenet | cifar10 | cifar100 | dtd | folder
+    dataset: str = "shapetex"  # shapetex | tiny-imagenet | cifar10 | cifar100 | dtd | folder
     root: Optional[str] = None  # dataset root (not needed for shapetex)
     train_split: str = "train"
-    eval_split: str = "val"
+    eval_split: str = "val"  # tiny-imagenet/shapetex: val; cifar10/cifar100/dtd: test
     num_images: Optional[int] = None  # shapetex only: images per split (None: its default)
+    options: Dict[str, Any] = field(default_factory=dict)  # more load_dataset options (texture_correlation, ...)
     batch_size: int = 256  # feature extraction batch
     cache_features: bool = True  # cache extracted features under output_root/feature_cache
 

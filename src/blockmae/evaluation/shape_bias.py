@@ -58,7 +58,8 @@ class ShapeBias:
     def metrics(self, prefix: str = "") -> dict[str, float]:
         d = asdict(self)
         out = {f"{prefix}shape_bias": d["shape_bias"], f"{prefix}shape_bias_low": d["low"],
-               f"{prefix}shape_bias_high": d["high"], f"{prefix}n_images": d["n_images"]}
+               f"{prefix}shape_bias_high": d["high"]}
+        out.update({f"{prefix}{k}": d[k] for k in ("n_images", "n_shape", "n_texture", "n_neither")})
         out.update({f"{prefix}frac_shape": self.frac_shape, f"{prefix}frac_texture": self.frac_texture,
                     f"{prefix}frac_neither": self.frac_neither})
         return out
