@@ -72,3 +72,21 @@ def test_vit_base_16_at_224_has_the_reference_parameter_count():
     count = lambda model, trainable: sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)  # noqa: E731
     assert count(ours, trainable=False) == count(hf, trainable=False) == 111_907_840
     assert count(ours, trainable=True) == count(hf, trainable=True)
+
+
+def test_benchmark_peers_do_the_same_work():
+    """`blockmae bench model` compares equal architectures: equal step FLOPs, same trainable parameters."""
+    from blockmae.bench.model import _step_flops
+
+    ours, hf = _twin_models(32, 4, norm_pix_loss=True)
+    imgs = torch.randn(2, 3, 32, 32)
+    assert _step_flops(ours, lambda: ours(imgs).loss) == _step_flops(hf, lambda: hf(pixel_values=imgs).loss) > 0
+
+
+def test_bench_model_command_parses(capsys):
+    from blockmae.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "model", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
