@@ -116,29 +116,47 @@ def test_category_aggregation_on_cue_conflict_mini_with_fake_model(shared_data):
 
 
 @pytest.mark.slow
-def test_train_linear_script_on_a_saved_checkpoint(tmp_path, shared_data, capsys):
+def test_train_linear_script_then_shapetex_shape_bias(tmp_path, capsys):
+    """The seed-layout command on a saved checkpoint, over ShapeTex; then the ShapeTex shape-bias command."""
     from blockmae.models import build_mae
     from blockmae.models.io import save_mae
 
     torch.manual_seed(0)
-    ckpt = save_mae(build_mae("vit_nano", img_size=32, patch_size=4), tmp_path / "run" / "checkpoints" / "last" /
-                    "model.safetensors", {"epoch": 1})
+    save_mae(build_mae("vit_nano", img_size=32, patch_size=4), tmp_path / "run" / "checkpoints" / "last" /
+             "model.safetensors", {"epoch": 1})
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(REPO / "train" / "train_linear.py"), "--config", str(REPO / "configs" / "linear_probe.yaml"),
-         f"checkpoint={tmp_path / 'run'}", "data.dataset=tiny-imagenet", "data.num_images=null",
-         f"data.root={shared_data / 'tiny-imagenet-200-mini'}", "linear.epochs=2", "linear.warmup_epochs=0",
-         f"output_root={out}", "device=cpu"],
+         f"checkpoint={tmp_path / 'run'}", "data.num_images=200", "linear.epochs=2", "linear.warmup_epochs=0",
+         "linear.batch_size=64", f"output_root={out}", "device=cpu"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    (rec,) = Registry(out).list_runs()
-    assert rec.parent == str((tmp_path / "run").resolve()) and ckpt.is_file()
-    assert "top1" in rec.metrics
-    # The runs table shows the probe.
+    assert "linear  top1" in proc.stdout
+    (probe,) = Registry(out).list_runs()
+    assert probe.parent == str((tmp_path / "run").resolve()) and probe.metrics["num_train"] == 200
+    assert probe.metrics["num_classes"] == 10
+
+    code = main(["eval", "shape-bias", "--probe", probe.run_dir, "--data", "shapetex", "--num-images", "100",
+                 "--output-root", str(out), "--device", "cpu"])
+    assert code == 0
+    assert "shape_only accuracy" in capsys.readouterr().out
+    (sb,) = Registry(out).list_runs(kind="shape-bias")
+    m = sb.metrics
+    assert sb.parent == probe.parent and m["n_images"] == 100
+    assert m["n_shape"] + m["n_texture"] + m["n_neither"] == 100
+    assert m["frac_shape"] + m["frac_texture"] + m["frac_neither"] == pytest.approx(1.0)
+    assert 0 <= m["shape_only_acc"] <= 1 and 0 <= m["texture_only_as_shape"] <= 1
+    # The runs table lists both, the shape-bias run with its interval.
     assert main(["runs", "--root", str(out)]) == 0
     listed = capsys.readouterr().out
-    assert rec.id in listed and "completed" in listed
+    assert probe.id in listed and sb.id in listed and "shape_bias=" in listed
+    # A head paired with other weights is refused.
+    torch.manual_seed(1)
+    other = save_mae(build_mae("vit_nano", img_size=32, patch_size=4), tmp_path / "other.safetensors")
+    assert main(["eval", "shape-bias", "--probe", probe.run_dir, "--checkpoint", str(other), "--data", "shapetex",
+                 "--num-images", "20", "--output-root", str(out), "--device", "cpu"]) == 2
+    assert "trained on other weights" in capsys.readouterr().err
 
 
 def test_probe_cli_rejects_bad_input(tmp_path, capsys):

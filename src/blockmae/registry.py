@@ -390,9 +390,25 @@ def _json_default(value: Any) -> Any:
 
 # Metrics shown in the table, in this order of preference (the first few that a run has).
 KEY_METRICS = (
-    "top1", "top5", "knn_top1", "linear_top1", "shape_bias", "shape_bias_low", "shape_bias_high",
-    "shape_only_acc", "texture_only_acc", "loss", "final_loss",
+    "top1", "top5", "knn_top1", "knn_top5", "shape_bias", "shape_only_acc", "texture_only_as_shape",
+    "frac_neither", "epoch", "loss",
 )
+
+
+def key_metrics(metrics: Mapping[str, Any], limit: int = 4) -> str:
+    """A short `name=value` summary; shape bias shows its interval; other numbers fill up to `limit`."""
+    flat = flatten(metrics)
+    keys = [k for k in KEY_METRICS if k in flat]
+    if len(keys) < limit:
+        keys += [k for k, v in flat.items() if k not in keys and k not in ("shape_bias_low", "shape_bias_high")
+                 and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    parts = []
+    for k in keys[:limit]:
+        text = f"{k}={_fmt_value(flat[k])}"
+        if k == "shape_bias" and "shape_bias_low" in flat and "shape_bias_high" in flat:
+            text += f"[{_fmt_value(flat['shape_bias_low'])},{_fmt_value(flat['shape_bias_high'])}]"
+        parts.append(text)
+    return " ".join(parts)
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -412,13 +428,6 @@ def _fmt_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)
-
-
-def key_metrics(metrics: Mapping[str, Any], limit: int = 4) -> str:
-    flat = flatten(metrics)
-    keys = [k for k in KEY_METRICS if k in flat]
-    keys += [k for k in flat if k not in keys and isinstance(flat[k], (int, float)) and not isinstance(flat[k], bool)]
-    return " ".join(f"{k}={_fmt_value(flat[k])}" for k in keys[:limit])
 
 
 def _parent_label(parent: str | None, records: Sequence[RunRecord]) -> str:

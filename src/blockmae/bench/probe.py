@@ -18,15 +18,15 @@ from blockmae.errors import BlockMAEError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=2000, help="ShapeTex train images (default 2000)")
-    parser.add_argument("--eval-images", type=int, default=500, help="ShapeTex val images (default 500)")
+    parser.add_argument("--images", type=int, default=1000, help="ShapeTex train images (default 1000)")
+    parser.add_argument("--eval-images", type=int, default=250, help="ShapeTex val images (default 250)")
     parser.add_argument("--epochs", type=int, default=20, help="probe epochs for both paths (default 20)")
-    parser.add_argument("--preset", default="vit_micro", help="encoder preset (random init; default vit_micro)")
+    parser.add_argument("--preset", default="vit_nano", help="encoder preset (random init; default vit_nano)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="1000 images, 10 epochs")
+    parser.add_argument("--quick", action="store_true", help="500 images, 100 eval images, 20 epochs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from blockmae.evaluation.linear import train_linear_probe, train_linear_probe_forward
 
     if args.quick:
-        args.images, args.eval_images, args.epochs = 1000, 250, 10
+        args.images, args.eval_images, args.epochs = 500, 100, 20
     if args.epochs < 1 or args.images < 2:
         raise BlockMAEError("--epochs must be >= 1 and --images >= 2")
     device = resolve_device(args.device)

@@ -107,7 +107,8 @@ def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, 
     head, meta = load_head(probe, dev)
     encoder = encoder_for_head(meta, checkpoint, dev)
     parent = RANDOM if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve())
-    name = name or f"shape-bias-{data}-{Path(probe).resolve().parent.name}"
+    probe_path = Path(probe).resolve()
+    name = name or f"shape-bias-{data}-{(probe_path if probe_path.is_dir() else probe_path.parent).name}"
     out_root = Path(output_root)
     run_dir = out_root / "shape-bias" / f"{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
