@@ -166,3 +166,16 @@ def test_probe_cli_rejects_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "shape-bias", "--probe", str(tmp_path), "--data", "shapetex"]) == 2
     assert "probe head not found" in capsys.readouterr().err
+
+
+def test_probe_config_defaults_and_yaml():
+    from blockmae.config import load_config
+    from blockmae.evaluation.config import ProbeConfig
+
+    cfg = load_config(ProbeConfig, REPO / "configs" / "linear_probe.yaml", ["data.dataset=cifar10"])
+    assert cfg.data.eval_split == "test" and cfg.linear.optimizer == "lars" and cfg.checkpoint == "random"
+    assert load_config(ProbeConfig, REPO / "configs" / "linear_probe.yaml").data.eval_split == "val"
+    from blockmae.errors import BlockMAEError
+
+    with pytest.raises(BlockMAEError, match="unknown config key 'linear.epoch'"):
+        load_config(ProbeConfig, None, ["linear.epoch=3"])

@@ -78,6 +78,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
     from blockmae.evaluation.knn import knn_evaluate
     from blockmae.evaluation.linear import save_head, train_linear_probe, train_linear_probe_forward
 
+    cfg.validate()  # also when built in Python rather than by load_config
     device = resolve_device(cfg.device)
     if encoder is None:
         e = cfg.encoder

@@ -99,13 +99,19 @@ def evaluate_cue_conflict(head: LinearProbeHead, encoder: Encoder, meta: dict[st
 def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, root: str | None = None,
                    output_root: str | Path = "outputs", name: str | None = None, device: str = "auto",
                    num_images: int | None = None, batch_size: int = 256, seed: int = 0,
-                   verbose: bool = True) -> ShapeBiasOutcome:
-    """Evaluate a probe head's shape bias on `data` and record the run; see the module docstring."""
+                   verbose: bool = True, encoder: Encoder | None = None) -> ShapeBiasOutcome:
+    """Evaluate a probe head's shape bias on `data` and record the run; see the module docstring.
+
+    `encoder`: the already loaded encoder of the head (skips loading; its weights hash is checked)."""
     if data not in ("shapetex", "cue-conflict"):
         raise BlockMAEError(f"--data must be shapetex or cue-conflict, not '{data}'")
     dev = resolve_device(device)
     head, meta = load_head(probe, dev)
-    encoder = encoder_for_head(meta, checkpoint, dev)
+    if encoder is None:
+        encoder = encoder_for_head(meta, checkpoint, dev)
+    elif meta.get("weights_hash") not in (None, encoder.weights_hash):
+        raise BlockMAEError("the probe head was trained on other weights than the encoder passed in")
+    encoder.model.to(dev)
     parent = RANDOM if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve())
     probe_path = Path(probe).resolve()
     name = name or f"shape-bias-{data}-{(probe_path if probe_path.is_dir() else probe_path.parent).name}"

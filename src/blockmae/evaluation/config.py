@@ -31,11 +31,14 @@ class DataConfig:
     dataset: str = "shapetex"  # shapetex | tiny-imagenet | cifar10 | cifar100 | dtd | folder
     root: Optional[str] = None  # dataset root (not needed for shapetex)
     train_split: str = "train"
-    eval_split: str = "val"  # tiny-imagenet/shapetex: val; cifar10/cifar100/dtd: test
+    eval_split: Optional[str] = None  # None: test for cifar10/cifar100/dtd, val otherwise
     num_images: Optional[int] = None  # shapetex only: images per split (None: its default)
     options: Dict[str, Any] = field(default_factory=dict)  # more load_dataset options (texture_correlation, ...)
     batch_size: int = 256  # feature extraction batch
     cache_features: bool = True  # cache extracted features under output_root/feature_cache
+
+
+EVAL_SPLITS = {"cifar10": "test", "cifar100": "test", "dtd": "test"}
 
 
 @dataclass
@@ -91,3 +94,5 @@ class ProbeConfig:
         if self.knn.k < 1 or self.knn.temperature <= 0:
             raise BlockMAEError("knn.k must be >= 1 and knn.temperature > 0")
         self.linear.validate()
+        if self.data.eval_split is None:
+            self.data.eval_split = EVAL_SPLITS.get(self.data.dataset, "val")
