@@ -93,7 +93,8 @@ def _metric(metrics: Mapping[str, Any], names: Sequence[str], run: str) -> float
 # Metric names written by blockmae.evaluation (first match wins).
 LINEAR_TOP1 = ("top1",)
 LINEAR_TOP5 = ("top5",)
-EVAL_IMAGES = ("num_eval", "num_val", "n_eval")
+KNN_TOP1 = ("knn_top1", "top1")
+EVAL_IMAGES = ("num_eval",)
 SHAPE_BIAS = ("shape_bias",)
 SHAPE_BIAS_LOW = ("shape_bias_low", "shape_bias_ci_low")
 SHAPE_BIAS_HIGH = ("shape_bias_high", "shape_bias_ci_high")
@@ -121,7 +122,7 @@ def arm_from_metrics(
         pretrained=pretrained,
         linear_top1=_metric(linear, LINEAR_TOP1, ids.get("linear", name)),
         linear_top5=_metric(linear, LINEAR_TOP5, ids.get("linear", name)),
-        knn_top1=_metric(knn, LINEAR_TOP1, ids.get("knn", name)),
+        knn_top1=_metric(knn, KNN_TOP1, ids.get("knn", name)),
         probe_images=int(_metric(linear, EVAL_IMAGES, ids.get("linear", name))),
         shape_bias=Interval(
             sb,
