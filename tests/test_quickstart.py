@@ -117,3 +117,92 @@ def test_report_table_round_trips_and_figures_are_written(tmp_path):
     # No temporary files left behind by the atomic writes.
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
     assert re.search(r"\| 4x4 \| 4x4-lin \| 4x4-pre \|", text)
+
+
+TINY = [
+    "pretrain.model.preset=vit_nano", "pretrain.data.num_images=256", "pretrain.train.epochs=1",
+    "pretrain.train.batch_size=64", "probe.data.num_images=200", "probe.linear.epochs=5",
+    "probe.linear.warmup_epochs=1", "shape_bias_images=100", "reconstruction_images=2",
+]
+
+
+def _quickstart(out, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "blockmae", "quickstart", "--out", str(out), *extra, *TINY]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
+    from blockmae.registry import Registry
+
+    monkeypatch.setenv("BLOCKMAE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "qs"
+    done = _quickstart(out, "--seed", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out / "report.md"
+    assert done.stdout.strip().endswith(f"report: {report}")
+    text = report.read_text()
+    table = parse_results_table(text)
+    assert list(table) == ["1x1 (MAE)", "2x2 blocks", "4x4 blocks", "random-init"]
+
+    # Every number of the table is the registry's, rounded as printed.
+    registry = Registry(out)
+    state = __import__("json").loads((out / "quickstart_state.json").read_text())["runs"]
+    keys = {"1x1 (MAE)": "block1", "2x2 blocks": "block2", "4x4 blocks": "block4", "random-init": "random_init"}
+    for name, key in keys.items():
+        linear = registry.get(state[f"linear/{key}"]).metrics
+        knn = registry.get(state[f"knn/{key}"]).metrics
+        bias = registry.get(state[f"shape_bias/{key}"]).metrics
+        row = table[name]
+        assert float(row["Linear top-1 (%)"]) == pytest.approx(100 * linear["top1"], abs=0.051)
+        assert float(row["Linear top-5 (%)"]) == pytest.approx(100 * linear["top5"], abs=0.051)
+        assert float(row["k-NN top-1 (%)"]) == pytest.approx(100 * knn["knn_top1"], abs=0.051)
+        value, low, high = map(float, re.findall(r"[0-9.]+", row["Shape bias [95% CI]"]))
+        assert (value, low, high) == pytest.approx((bias["shape_bias"], bias["shape_bias_low"], bias["shape_bias_high"]), abs=5.1e-4)
+        assert float(row["Shape-only acc (%)"]) == pytest.approx(100 * bias["shape_only_acc"], abs=0.051)
+        assert float(row["Texture-only acc (%)"]) == pytest.approx(100 * bias["texture_only_as_shape"], abs=0.051)
+        assert state[f"linear/{key}"] in text  # the runs table names the registry ids
+    # The seed reached the pretraining runs.
+    assert registry.get(state["pretrain/block2"]).config["run"]["seed"] == 3
+
+    for fig in ["shape_bias", "accuracy", "reconstructions_block1", "reconstructions_block2", "reconstructions_block4"]:
+        path = out / "figures" / f"{fig}.png"
+        assert path.read_bytes()[:4] == b"\x89PNG" and f"(figures/{fig}.png)" in text
+
+    import subprocess
+    import sys
+
+    runs = subprocess.run([sys.executable, "-m", "blockmae", "runs", "--root", str(out)], capture_output=True, text=True)
+    assert runs.returncode == 0, runs.stderr
+    for kind, count in [("pretrain", 3), ("probe", 4), ("knn", 4), ("shape-bias", 4)]:
+        assert sum(1 for line in runs.stdout.splitlines() if f" {kind} " in line) == count, runs.stdout
+
+    # Re-running resumes: nothing is recomputed, the report is rewritten from the same registry runs.
+    again = _quickstart(out, "--seed", "3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the quickstart" in again.stderr
+    assert len(Registry(out).list_runs()) == 15
+    assert parse_results_table(report.read_text()) == table
+
+    # Other settings into the same folder are refused, naming the difference; the report is untouched.
+    clash = _quickstart(out, "--seed", "4")
+    assert clash.returncode == 2 and "other settings" in clash.stderr and "seed" in clash.stderr
+    assert parse_results_table(report.read_text()) == table
+
+
+def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    done = _quickstart(tmp_path)
+    assert done.returncode == 2
+    assert "is not a quickstart folder" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_quickstart_config_rejects_bad_blocks(tmp_path):
+    done = _quickstart(tmp_path / "qs", "blocks=[1,16]")
+    assert done.returncode == 2 and "mask.block 16" in done.stderr

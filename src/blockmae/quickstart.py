@@ -57,6 +57,10 @@ def arm_name(block: int) -> str:
     return "1x1 (MAE)" if block == 1 else f"{block}x{block} blocks"
 
 
+def mask_phrase(block: int) -> str:
+    return "random (1x1) masking" if block == 1 else f"{block}x{block} block masking"
+
+
 def arm_key(block: int) -> str:
     return f"block{block}"
 
@@ -331,8 +335,9 @@ def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path]]
         model.eval()
         path = out / "figures" / f"reconstructions_{arm_key(block)}.png"
         with torch.no_grad():
-            reconstruction_figure(model, images, masks, path, title=f"pretrained with {arm_name(block)} masking")
-        figures.append((f"Reconstructions of the encoder pretrained with {arm_name(block)} masking", path))
+            reconstruction_figure(model, images, masks, path, title=f"pretrained with {mask_phrase(block)}")
+        figures.append((f"Reconstructions by the model pretrained with {mask_phrase(block)} (columns: the mask "
+                        "used at test time)", path))
     return figures
 
 
