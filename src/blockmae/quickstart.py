@@ -38,7 +38,7 @@ class QuickstartConfig:
     """Schema of configs/quickstart.yaml. `pretrain` is the engine's schema, shared by every arm."""
 
     blocks: List[int] = field(default_factory=lambda: [1, 2, 4])
-    budget_seconds: Optional[float] = None  # None: pretrain.train.epochs; else epochs fitted to this budget
+    budget_seconds: Optional[float] = None  # None: pretrain.train.epochs; else at most those, fitted to the budget
     reconstruction_images: int = 6
     shape_bias_images: Optional[int] = 1000  # images per ShapeTex test split (cue_conflict, shape_only, texture_only)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -168,7 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/quickstart", help="output folder (default: outputs/quickstart)")
     parser.add_argument("--config", default=None, help=f"quickstart config (default: {REPO_CONFIG.name} of this repository)")
     parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="fit the pretraining epochs to this total budget (default: the config's epochs)")
+                        help="shrink the pretraining (epochs, then images) to fit this total budget "
+                             "(default: the config's budget_seconds; budget_seconds=null disables it)")
     parser.add_argument("--seed", type=int, default=None, help="seed of pretraining and probes (default: the config's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. pretrain.train.epochs=12 pretrain.data.num_images=8000")
@@ -211,7 +212,8 @@ def fit_epochs(cfg: QuickstartConfig, out: Path) -> tuple[int, int, float]:
     """Epochs and images per arm that fit `budget_seconds`, from a measured pretraining speed.
 
     A one-epoch engine run on a few batches measures images/s; pretraining gets 60% of the budget (the
-    probes, figures and data generation the rest). Returns (epochs, num_images, images_per_second)."""
+    probes, figures and data generation the rest). The config's epochs are an upper bound, so a fast
+    machine runs exactly the configured quickstart. Returns (epochs, num_images, images_per_second)."""
     from blockmae.engine.pretrain import pretrain
 
     budget = float(cfg.budget_seconds or 0)
@@ -227,7 +229,7 @@ def fit_epochs(cfg: QuickstartConfig, out: Path) -> tuple[int, int, float]:
     ips = float(speeds[-1])
     images_per_arm = 0.6 * budget * ips / len(cfg.blocks)
     num_images = int(base.data.num_images or 4000)
-    epochs = int(images_per_arm // num_images)
+    epochs = min(base.train.epochs, int(images_per_arm // num_images))
     if epochs < 1:  # not even one epoch of the configured set: shrink the set, keep at least 4 batches
         epochs, num_images = 1, max(4 * base.train.batch_size, int(images_per_arm))
     return epochs, num_images, ips
