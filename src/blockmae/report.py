@@ -390,7 +390,7 @@ def shape_bias_figure(arms: Sequence[ArmResult], path: str | Path) -> Path:
     ax.bar(x, values, color=_colours(arms), yerr=err, capsize=6, width=0.6, edgecolor="black", linewidth=0.6)
     for xi, a in zip(x, arms):
         ax.text(
-            xi, a.shape_bias.high + 0.02, f"{a.shape_bias.value:.2f}", ha="center", va="bottom", fontsize=9,
+            xi, a.shape_bias.high + 0.02, f"{a.shape_bias.value:.3f}", ha="center", va="bottom", fontsize=9,
             bbox=dict(facecolor="white", edgecolor="none", pad=1),
         )
     ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
