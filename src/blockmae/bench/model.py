@@ -184,12 +184,12 @@ def _step_flops(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> 
 def _matmul_peak(device: torch.device, dtype: torch.dtype, sync: Callable[[], None]) -> float:
     """Best FLOP/s of a large square matmul (2048 on CPU, 8192 on GPU) at ``dtype``.
 
-    A 256 probe comes first: where a precision is emulated (bf16 without bf16 units) the large
+    A 512 probe comes first: where a precision is emulated (bf16 without bf16 units) the large
     matmul would take minutes, and the probe already says it is not worth using.
     """
     large = 8192 if device.type == "cuda" else 2048
-    probe = _matmul_rate(256, device, dtype, sync, repeats=3)
-    reference = probe if dtype == torch.float32 else _matmul_rate(256, device, torch.float32, sync, repeats=3)
+    probe = _matmul_rate(512, device, dtype, sync, repeats=2)
+    reference = probe if dtype == torch.float32 else _matmul_rate(512, device, torch.float32, sync, repeats=2)
     if probe < 0.25 * reference:
         return probe
     return _matmul_rate(large, device, dtype, sync, repeats=3)
