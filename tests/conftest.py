@@ -18,3 +18,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test may write to the user's ~/.cache: caches go to a session temp folder."""
+    os.environ["BLOCKMAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("blockmae-cache"))

@@ -72,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BlockMAEError as err:
         print(f"blockmae: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `blockmae masks | head`: the reader left; that is not an error worth a traceback.
+        sys.stderr.close()
+        return 141
     except KeyboardInterrupt:
         print("blockmae: interrupted", file=sys.stderr)
         return 130

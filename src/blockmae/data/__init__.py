@@ -1,1 +1,58 @@
-"""Datasets, caches and the batched on-device input pipeline."""
+"""Datasets, caches and the batched on-device input pipeline.
+
+`load_dataset(name, split, root, image_size, **options)` is the one entry point; each dataset lives in
+its own module, imported only when asked for (this package stays light to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from typing import TYPE_CHECKING, Any
+
+from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:
+    from blockmae.data.base import ImageTensorDataset
+
+# name -> (module, loader function); modules are imported only when their dataset is asked for.
+_LOADERS = {
+    "shapetex": ("blockmae.data.shapetex", "load_shapetex"),
+    "tiny-imagenet": ("blockmae.data.tiny_imagenet", "load_tiny_imagenet"),
+    "cifar10": ("blockmae.data.cifar", "load_cifar"),
+    "cifar100": ("blockmae.data.cifar", "load_cifar"),
+    "dtd": ("blockmae.data.dtd", "load_dtd"),
+    "folder": ("blockmae.data.folders", "load_folder"),
+    "cue-conflict": ("blockmae.data.cue_conflict", "load_cue_conflict"),
+}
+DATASETS = tuple(_LOADERS)
+
+
+def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, image_size: int = 64,
+                 **options: Any) -> "ImageTensorDataset":
+    """Load split `split` of dataset `name` as uint8 tensors of `image_size` pixels.
+
+    Options by dataset: shapetex (num_images, texture_correlation, seed, cache_dir); tiny-imagenet, dtd,
+    folder, cue-conflict (cache_dir, resize, workers, progress; dtd: partition; folder: mapping,
+    target_wnids, skip_unmapped; cue-conflict: keep_agreeing); cifar10/cifar100 (download, progress).
+    `root` is a folder prepared by `blockmae data prepare` or the dataset's own folder (see docs/data.md).
+    """
+    if name not in _LOADERS:
+        raise BlockMAEError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    module, function = _LOADERS[name]
+    loader = getattr(importlib.import_module(module), function)
+    arguments = {"split": split, "image_size": image_size}
+    if name == "shapetex":  # generated, not read: its root is where the generated images are cached
+        if root is not None:
+            arguments["cache_dir"] = root
+    else:
+        arguments["root"] = root
+    if name in ("cifar10", "cifar100"):
+        arguments["variant"] = name
+    accepted = inspect.signature(loader).parameters
+    for key in options:
+        if key not in accepted or key in arguments:
+            valid = sorted(set(accepted) - set(arguments))
+            raise BlockMAEError(f"dataset {name!r} has no option {key!r}; valid options: {', '.join(valid)}")
+    return loader(**arguments, **options)

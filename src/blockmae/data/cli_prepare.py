@@ -1,0 +1,83 @@
+"""`blockmae data prepare`: download (verified, resumable) or take a local copy, extract, build the caches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=PREPARABLE, help="which dataset to prepare")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder to hold the download, the extracted files and the caches "
+                             "(default: $BLOCKMAE_CACHE_DIR/datasets/<dataset>)")
+    parser.add_argument("--source", default=None,
+                        help="a zip/tar archive, a URL, or an already extracted folder (used in place); "
+                             "default: the official download")
+    parser.add_argument("--md5", default=None, help="expected md5 of a --source URL's file")
+    parser.add_argument("--sha256", default=None, help="expected sha256 of a --source URL's file")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the cached square images (default 64)")
+    parser.add_argument("--resize", choices=("center-crop", "stretch"), default="center-crop",
+                        help="how non-square or other-size images are fitted (default center-crop: shorter side "
+                             "to --image-size, centre crop)")
+    parser.add_argument("--partition", type=int, default=1, help="DTD partition 1..10 (default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: CPU count, at most 8; 0 = in this process)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockmae.data import load_dataset
+    from blockmae.data.cache import default_workers
+    from blockmae.data.roots import default_root, obtain
+    from blockmae.errors import BlockMAEError
+
+    if args.image_size < 1:
+        raise BlockMAEError(f"--image-size must be positive, got {args.image_size}")
+    name = args.dataset
+    root = args.root if args.root is not None else default_root(name)
+    workers = default_workers() if args.workers is None else args.workers
+    official, find, layout, members_under, splits = _dataset_facts(name)
+    if args.source is None or args.source == getattr(official, "url", None):
+        members = members_under
+    else:
+        members = None  # a user's archive: take all of it
+    root, data_dir = obtain(name, root, args.source, find, layout, official=official, md5=args.md5,
+                            sha256=args.sha256, members_under=members)
+
+    options = {} if name in ("cifar10", "cifar100") else {"workers": workers, "resize": args.resize}
+    if name == "dtd":
+        options["partition"] = args.partition
+    counts, classes = {}, 0
+    for split in splits:
+        dataset = load_dataset(name, split, root=root, image_size=args.image_size, **options)
+        counts[split], classes = len(dataset), dataset.num_classes
+    print(f"{name} prepared in {root} (data: {data_dir}; {args.image_size} px)")
+    print(f"classes: {classes}")
+    for split, count in counts.items():
+        print(f"{split}: {count}")
+    sys.stdout.flush()
+    return 0
+
+
+def _dataset_facts(name: str):
+    """(official RemoteFile, find_data_dir, layout text, archive prefix to extract, splits) of a dataset."""
+    if name == "tiny-imagenet":
+        from blockmae.data import tiny_imagenet as m
+
+        return m.OFFICIAL_ZIP, m.find_data_dir, m.LAYOUT, None, m.SPLITS
+    if name == "dtd":
+        from blockmae.data import dtd as m
+
+        return m.OFFICIAL_ARCHIVE, m.find_data_dir, m.LAYOUT, None, m.SPLITS
+    if name == "cue-conflict":
+        from blockmae.data import cue_conflict as m
+
+        return m.OFFICIAL_ARCHIVE, m.find_data_dir, m.LAYOUT, m.STIMULI_IN_ARCHIVE, ("test",)
+    from functools import partial
+
+    from blockmae.data import cifar as m
+
+    return (m.official_archive(name), partial(m.find_data_dir, name), m.layout(name), None, m.SPLITS)

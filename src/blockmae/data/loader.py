@@ -1,0 +1,206 @@
+"""Batches of a uint8 ImageTensorDataset, augmented on the training device.
+
+Every epoch's permutation is a pure function of (seed, epoch) and is the same on every DDP rank;
+rank r takes every world_size-th index of it. Each batch's augmentation draws from a generator
+seeded by (seed, epoch, rank, batch index). So `iter_from(k)` yields exactly the batches an
+uninterrupted epoch yields after its first k, and resuming a run needs only (epoch, batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from blockmae.data.augment import BatchAugment, resize_normalize
+from blockmae.data.base import ImageTensorDataset
+from blockmae.errors import BlockMAEError
+
+# Distinct streams of the seed tree, so the permutation and the augmentation never share draws.
+_PERMUTATION_STREAM = 0
+_AUGMENT_STREAM = 1
+
+
+def _generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of non-negative ints (via numpy's SeedSequence mixing)."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class TensorBatchLoader:
+    """Iterate `(images float normalised on device, labels on device)` batches of `dataset`.
+
+    With `augment` (training) each batch is randomly cropped/flipped by it; with `augment=None`
+    (evaluation) images are only resized to `image_size` (when given and different) and normalised.
+    `resident=True` (the default on CUDA) copies the whole uint8 dataset to `device` once;
+    otherwise batches are gathered from the (possibly memory-mapped) CPU tensor.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageTensorDataset,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        augment: BatchAugment | None = None,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        resident: bool | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise BlockMAEError(f"batch_size must be positive, got {batch_size}")
+        if world_size <= 0 or not (0 <= rank < world_size):
+            raise BlockMAEError(f"rank {rank} is outside world_size {world_size}")
+        if seed < 0:
+            raise BlockMAEError(f"seed must be non-negative, got {seed}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.augment = augment
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.image_size = image_size if image_size is not None else (augment.image_size if augment else None)
+        self.epoch = 0
+        if resident is None:
+            resident = self.device.type == "cuda"
+        self.resident = resident
+        n = len(dataset)
+        # drop_last also drops the tail that cannot be split evenly over the ranks, so every rank
+        # runs the same number of steps; evaluation keeps every image (shards may differ by one).
+        self._per_rank = n // world_size if drop_last else len(range(rank, n, world_size))
+        if drop_last and self._per_rank < self.batch_size:
+            raise BlockMAEError(
+                f"dataset {dataset.name or '(unnamed)'} has {n} images, fewer than one batch of {batch_size} "
+                f"per rank over {world_size} rank(s); lower the batch size"
+            )
+        if resident:
+            self._images = dataset.images.to(self.device)
+            self._labels = dataset.labels.to(self.device)
+        else:
+            self._images = dataset.images
+            self._labels = dataset.labels
+        self._pin = self.device.type == "cuda" and not resident
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation and augmentation the next iteration uses."""
+        if epoch < 0:
+            raise BlockMAEError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        if self.drop_last:
+            return self._per_rank // self.batch_size
+        return -(-self._per_rank // self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's dataset indices for the current epoch, in iteration order (int64, CPU)."""
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=_generator(self.seed, _PERMUTATION_STREAM, self.epoch))
+        else:
+            order = torch.arange(n)
+        if self.drop_last:
+            order = order[: self._per_rank * self.world_size]
+        return order[self.rank :: self.world_size][: self._per_rank]
+
+    def batch_generator(self, batch_index: int, epoch: int | None = None) -> torch.Generator:
+        """The generator that draws the augmentation of batch `batch_index` of `epoch` (default: current)."""
+        epoch = self.epoch if epoch is None else epoch
+        return _generator(self.seed, _AUGMENT_STREAM, epoch, self.rank, batch_index)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the current epoch's batches from `start_batch` on (resume inside an epoch)."""
+        if not (0 <= start_batch <= len(self)):
+            raise BlockMAEError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
+        # The epoch is fixed now: a set_epoch() during the iteration must not mix two epochs.
+        return self._batches(start_batch, self.epoch, self.indices())
+
+    def _batches(
+        self, start_batch: int, epoch: int, order: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b in range(start_batch, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            images, labels = self._gather(idx)
+            if self.augment is not None:
+                x = self.augment(images, generator=self.batch_generator(b, epoch))
+            else:
+                x = resize_normalize(images, self.image_size or images.shape[-1])
+            yield x, labels
+
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resident:
+            idx = idx.to(self.device)
+            return self._images.index_select(0, idx), self._labels.index_select(0, idx)
+        # Sorted reads are kinder to a memory-mapped file; restore the permutation order after.
+        sorted_idx, order = idx.sort()
+        images = self._images[sorted_idx][order.argsort()]
+        labels = self._labels[idx]
+        if self._pin:
+            images = images.pin_memory()
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def make_folder_dataloader(
+    root: str | Path,
+    image_size: int,
+    batch_size: int,
+    workers: int = 2,
+    train: bool = True,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    interpolation: str = "bilinear",
+    shuffle: bool | None = None,
+    drop_last: bool | None = None,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The classic path for class-folder trees too big for memory: ImageFolder + PIL transforms.
+
+    Training (`train=True`): RandomResizedCrop(image_size, scale, ratio) + RandomHorizontalFlip,
+    the same augmentation as BatchAugment; evaluation: Resize(image_size) + CenterCrop. Both end
+    with ToTensor + Normalize(ImageNet mean/std). Yields (float images, int64 labels) on the CPU.
+    """
+    from torchvision import datasets, transforms
+
+    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+
+    root = Path(root)
+    if not root.is_dir():
+        raise BlockMAEError(f"image folder {root} does not exist; pass a directory of <class>/<image> files")
+    if interpolation not in INTERPOLATIONS:
+        raise BlockMAEError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+    mode = transforms.InterpolationMode(interpolation)
+    if train:
+        steps = [transforms.RandomResizedCrop(image_size, scale=scale, ratio=ratio, interpolation=mode)]
+        if hflip:
+            steps.append(transforms.RandomHorizontalFlip())
+    else:
+        steps = [transforms.Resize(image_size, interpolation=mode), transforms.CenterCrop(image_size)]
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    try:
+        dataset = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise BlockMAEError(f"cannot read image folder {root}: {err}") from None
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train if shuffle is None else shuffle,
+        drop_last=train if drop_last is None else drop_last,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )

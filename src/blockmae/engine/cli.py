@@ -1,0 +1,35 @@
+"""`blockmae pretrain --config FILE [--resume PATH] [key=value ...]` (also `python -m blockmae` under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Pretrain a masked autoencoder. Settings come from the schema defaults, then --config, then the "
+        "key=value overrides (e.g. train.epochs=50 mask.block=4 run.dir=outputs/b4). A run dir holding "
+        "checkpoints/last resumes automatically. Multi-GPU: torchrun --nproc_per_node G -m blockmae pretrain ...")
+    parser.add_argument("--config", metavar="YAML", help="config file (e.g. configs/pretrain_block.yaml)")
+    parser.add_argument("--resume", metavar="PATH", help="resume from this run dir or checkpoint dir (= run.resume)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockmae.config import load_config, to_yaml
+    from blockmae.engine.config import PretrainConfig
+
+    overrides = list(args.overrides) + ([f"run.resume={args.resume}"] if args.resume else [])
+    cfg = load_config(PretrainConfig, args.config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    from blockmae.engine.pretrain import pretrain
+
+    run_dir = pretrain(cfg)
+    from blockmae.engine.distributed import torchrun_env
+
+    if torchrun_env().is_main:
+        print(f"done: {run_dir}")
+    return 0

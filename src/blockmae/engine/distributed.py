@@ -1,0 +1,117 @@
+"""torchrun / DistributedDataParallel support: one process per device, rank 0 writes.
+
+Launch with `torchrun --nproc_per_node G -m blockmae pretrain ...`; torchrun sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT, which is how a distributed run is detected. Backend: NCCL
+on CUDA, gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_env() -> DistInfo:
+    """The rank layout torchrun put in the environment (a single process when absent)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(preference: str, info: DistInfo) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; under torchrun each rank takes cuda:LOCAL_RANK."""
+    from blockmae.errors import BlockMAEError
+
+    if preference == "auto":
+        if torch.cuda.is_available():
+            preference = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            preference = "mps"
+        else:
+            preference = "cpu"
+    if preference == "cuda":
+        if not torch.cuda.is_available():
+            raise BlockMAEError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    if preference == "mps" and not torch.backends.mps.is_available():
+        raise BlockMAEError("train.device=mps but MPS is not available; use train.device=auto or cpu")
+    return torch.device(preference)
+
+
+def init_distributed(info: DistInfo, device: torch.device) -> None:
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **kwargs)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place); a no-op in a single process."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s value of `obj` on every rank (e.g. a run directory named with a timestamp)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    # Buffers (rotary tables) are fixed: synced once at start, not before every forward.
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        no_buffer_sync = {"forward_sync_buffers": False}
+    else:  # torch < 2.14
+        no_buffer_sync = {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
+
+
+def rows_of_rank(batch_size: int, info: DistInfo) -> slice:
+    """Which rows of a global (all-rank) batch belong to this rank.
+
+    Rank r takes rows r, r + W, r + 2W, ... This matches a loader that shards every epoch's
+    permutation DistributedSampler-style (`perm[rank::world_size]`), so per-sample randomness drawn
+    for the global batch (masks) follows each sample whatever the number of ranks.
+    """
+    return slice(info.rank, batch_size, info.world_size)

@@ -1,0 +1,48 @@
+"""MAE's optimiser and schedule, from timm's building blocks.
+
+AdamW with weight decay on weight matrices only (biases, norms, cls/mask tokens and position
+embeddings excluded), and a per-iteration linear warm-up from 0 followed by a cosine decay to
+`min_lr` (timm's CosineLRScheduler stepped per optimiser update).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+
+from blockmae.engine.config import OptimConfig
+
+# Tokens and position tables are 3-D parameters, so the 1-D rule alone would decay them.
+NO_DECAY_PATTERNS = ("*pos_embed*", "*cls_token*", "*mask_token*", "*dist_token*", "*reg_token*")
+
+
+def no_weight_decay_names(model: torch.nn.Module) -> list[str]:
+    declared = getattr(model, "no_weight_decay", None)
+    names = set(declared()) if callable(declared) else set()
+    return sorted(names | set(NO_DECAY_PATTERNS))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.AdamW:
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_weight_decay_names(model))
+    kwargs = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **kwargs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
+                    epochs: int) -> CosineLRScheduler:
+    """Stepped with `step_update(step)` where step counts optimiser updates from 0."""
+    total = steps_per_epoch * epochs
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
+    cosine = logging.getLogger("timm.scheduler.cosine_lr")
+    level = cosine.level
+    if total - warmup <= 1:  # all warm-up (short test runs): timm warns that the cosine does nothing
+        cosine.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=cfg.min_lr, warmup_t=warmup,
+                                 warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    finally:
+        cosine.setLevel(level)
+

@@ -1,0 +1,587 @@
+"""The pretraining loop: config -> data -> model -> AdamW/cosine -> logs, checkpoints, figures.
+
+Randomness that decides what is trained on is a pure function of (seed, epoch, step): the loader's
+order and augmentation come from (seed, epoch, rank), the masks of optimiser step s from (seed, s).
+With the weights, optimiser state and position restored, a resumed run is therefore the same run,
+bit for bit on the CPU. Masks are drawn for the global batch and each rank takes its rows, so a run
+on W ranks sees the same masks as a run on one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from blockmae.config import to_dict, to_yaml
+from blockmae.engine import checkpoint as ckpt
+from blockmae.engine import distributed as dist
+from blockmae.engine.config import PretrainConfig
+from blockmae.engine.environment import environment, new_run_dir
+from blockmae.engine.optim import build_optimizer, build_scheduler
+from blockmae.errors import BlockMAEError
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
+
+
+class NonFiniteLossError(BlockMAEError):
+    """The loss became NaN or infinite; the last checkpoint on disk is still the last good one."""
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _map_mask(mask: Any, fn) -> Any:
+    """Apply `fn` to every tensor field of a Mask (moving it, taking rows)."""
+    changes = {f.name: fn(getattr(mask, f.name)) for f in dataclasses.fields(mask)
+               if isinstance(getattr(mask, f.name), torch.Tensor)}
+    return dataclasses.replace(mask, **changes)
+
+
+def mask_label(family: str, block: int, ratio: float) -> str:
+    shape = "random" if family == "random" or block == 1 and family == "block" else f"{block}x{block} {family}s"
+    return f"{shape} {ratio:.0%}"
+
+
+class Pretrainer:
+    """One pretraining run (one process of it under torchrun)."""
+
+    def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> None:
+        self.cfg, self.info, self.device = cfg, info, device
+        self.precision = resolve_precision(cfg.train.precision, device)
+        if cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)
+        world_batch = cfg.train.accum_steps * info.world_size
+        if cfg.train.batch_size % world_batch:
+            raise BlockMAEError(f"train.batch_size {cfg.train.batch_size} is not divisible by accum_steps x ranks "
+                                f"= {cfg.train.accum_steps} x {info.world_size}; the global batch must split evenly")
+        self.micro_batch = cfg.train.batch_size // world_batch  # per rank, per forward
+        if cfg.run.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        self.run_dir = Path(dist.broadcast_object(str(self._pick_run_dir()) if info.is_main else None))
+        self.resume_from = self._find_resume()
+
+        self._build_data()
+        seed_everything(cfg.run.seed)  # identical initial weights on every rank
+        from blockmae.masking import MaskGenerator
+        from blockmae.models import build_mae
+
+        self.model = build_mae(cfg.model.preset, **cfg.model_kwargs()).to(device)
+        self.grid = cfg.img_size // self.model.arch["patch_size"]
+        self.mask_generator = MaskGenerator(self.grid, cfg.mask.ratio, cfg.mask.family, cfg.mask.block,
+                                            cfg.mask.align)
+        self.mask_rng = torch.Generator(device=device)
+        self.lr = cfg.optim.resolved_lr(cfg.train.batch_size)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, fused=device.type == "cuda")
+        self.steps_per_epoch = len(self.loader) // cfg.train.accum_steps
+        if self.steps_per_epoch < 1:
+            raise BlockMAEError(f"the {cfg.data.dataset} {cfg.data.split} split has fewer than accum_steps = "
+                                f"{cfg.train.accum_steps} batches of {self.micro_batch}; lower train.batch_size")
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
+
+        self.epoch, self.batch, self.step = 0, 0, 0
+        self.epoch_stats = {"loss_sum": 0.0, "count": 0}
+        self.metrics_bytes = 0
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        seed_everything(cfg.run.seed + info.rank + 1_000_003 * self.step)  # per-rank streams
+
+        self.train_model: torch.nn.Module = dist.wrap_ddp(self.model, device, info)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    # ---- setup ------------------------------------------------------------------------------
+
+    def _pick_run_dir(self) -> Path:
+        run_dir = new_run_dir(self.cfg)
+        if not self.cfg.run.dir:
+            base, n = run_dir, 1
+            while run_dir.exists():
+                n += 1
+                run_dir = base.with_name(f"{base.name}-{n}")
+        return run_dir
+
+    def _find_resume(self) -> Path | None:
+        if self.cfg.run.resume:
+            found = ckpt.find_checkpoint(self.cfg.run.resume)
+            if found is None:
+                raise BlockMAEError(f"run.resume={self.cfg.run.resume}: no checkpoint there (expected a checkpoint "
+                                    f"dir with {ckpt.META}, or a run dir with checkpoints/last)")
+            return found
+        return ckpt.find_checkpoint(self.run_dir)
+
+    def _build_data(self) -> None:
+        cfg = self.cfg.data
+        if cfg.loader == "torchvision":
+            if self.info.enabled:
+                raise BlockMAEError("data.loader=torchvision runs in a single process; use data.loader=cached "
+                                    "under torchrun")
+            if not cfg.root:
+                raise BlockMAEError("data.loader=torchvision reads a <class>/<image> folder: set data.root")
+            self.loader = _FolderBatches(self.cfg, self.micro_batch, self.device)
+            return
+        from blockmae.data import load_dataset
+        from blockmae.data.augment import BatchAugment
+        from blockmae.data.loader import TensorBatchLoader
+
+        options = dict(cfg.options)
+        if cfg.num_images is not None:
+            options["num_images"] = cfg.num_images
+        dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
+        augment = None
+        if cfg.augment:
+            augment = BatchAugment(self.cfg.img_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
+                                   hflip=cfg.hflip, interpolation=cfg.interpolation)
+        self.loader = TensorBatchLoader(dataset, self.micro_batch, self.device, augment, shuffle=True,
+                                        drop_last=True, seed=self.cfg.run.seed, rank=self.info.rank,
+                                        world_size=self.info.world_size, image_size=self.cfg.img_size)
+
+    def _load(self, where: Path) -> None:
+        meta = ckpt.read_meta(where)
+        ckpt.check_compatible(meta, self.model.arch, to_dict(self.cfg), where)
+        ckpt.load_weights(where, self.model)
+        state = ckpt.load_state(where)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.epoch_stats = dict(state["epoch_stats"])
+        # Metrics logged after this checkpoint will be logged again: cut them off.
+        same_run = Path(where).resolve().parent.parent == self.run_dir.resolve()
+        self.metrics_bytes = meta.get("metrics_bytes", 0) if same_run else 0
+        if self.info.is_main:
+            ckpt.set_rng_state(state["rng"])
+            print(f"resuming from {where} (epoch {self.epoch}, batch {self.batch}, step {self.step})", flush=True)
+
+    # ---- one optimiser step -----------------------------------------------------------------
+
+    def _masks(self, micro_index: int, rows: int) -> Any:
+        """The masks of global micro-batch `micro_index`: drawn for all ranks, this rank's rows kept."""
+        self.mask_rng.manual_seed(self.cfg.run.seed * 1_000_003 + micro_index)
+        mask = self.mask_generator(rows * self.info.world_size, device=self.device, generator=self.mask_rng)
+        if not self.info.enabled:
+            return mask
+        keep = dist.rows_of_rank(rows * self.info.world_size, self.info)
+        return _map_mask(mask, lambda t: t[keep])
+
+    def _train_step(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Forward/backward over accum_steps micro-batches, then one AdamW step; returns (loss, grad_norm,
+        data_time) with the loss and grad norm left on the device (no sync)."""
+        accum = self.cfg.train.accum_steps
+        autocast = torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
+                                  enabled=self.precision in AUTOCAST_DTYPES)
+        loss_sum = torch.zeros((), device=self.device)
+        data_time = 0.0
+        self.scheduler.step_update(self.step)
+        for m in range(accum):
+            t0 = time.perf_counter()
+            images, _ = next(batches)
+            data_time += time.perf_counter() - t0
+            mask = self._masks(self.step * accum + m, images.shape[0])
+            sync = contextlib.nullcontext()
+            if self.info.enabled and m < accum - 1:
+                sync = self._ddp().no_sync()  # all-reduce gradients once, on the last micro-batch
+            with sync:
+                with autocast:
+                    loss = self.train_model(images, mask=mask).loss
+                scaled = loss.float() / accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_sum += loss.detach().float()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.optim.clip_grad is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.batch += accum
+        return loss_sum / accum, grad_norm, data_time
+
+    def _ddp(self) -> Any:
+        model = self.train_model
+        return getattr(model, "_orig_mod", model)  # under torch.compile the DDP wrapper is inside
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        cfg, main = self.cfg, self.info.is_main
+        if self.epoch >= cfg.train.epochs:
+            if main:
+                print(f"run {self.run_dir} is already complete ({self.epoch} epochs)", flush=True)
+            return self.run_dir
+        self.logger = _RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
+        if main:
+            self._write_run_files()
+            print(f"run dir: {self.run_dir}  ({self.device}, {self.precision}, {self.info.world_size} rank(s), "
+                  f"{self.steps_per_epoch} steps/epoch, lr {self.lr:.3g})", flush=True)
+        self.last_ckpt_time = time.monotonic()
+        self.figure_batch = self._figure_images() if main and cfg.run.recon_images else None
+        self.stop_signal: int | None = None
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while self.epoch < cfg.train.epochs:
+                self._run_epoch()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            if self.logger is not None:
+                self.logger.close()
+        return self.run_dir
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM (e.g. SLURM preemption) or Ctrl-C: checkpoint at the next step boundary, then stop."""
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: quit now
+        self.stop_signal = signum
+        if self.info.is_main:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                  f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def _stop(self) -> None:
+        self._save_last()
+        if self.info.is_main:
+            print(f"stopped at epoch {self.epoch}, batch {self.batch}, step {self.step}; checkpoint "
+                  f"{ckpt.checkpoints_dir(self.run_dir) / 'last'}; the same command resumes", file=sys.stderr,
+                  flush=True)
+        raise KeyboardInterrupt
+
+    def _run_epoch(self) -> None:
+        cfg, epoch = self.cfg, self.epoch
+        accum = cfg.train.accum_steps
+        self.loader.set_epoch(epoch)
+        batches = iter(self.loader.iter_from(self.batch))
+        window = _Window(self.device)
+        epoch_start, epoch_images = time.perf_counter(), 0
+        bar = _progress(self.info.is_main, self.steps_per_epoch, self.batch // accum,
+                        f"epoch {epoch + 1}/{cfg.train.epochs}")
+        try:
+            while self.batch < self.steps_per_epoch * accum:
+                loss, grad_norm, data_time = self._train_step(batches)
+                window.add(loss, grad_norm, data_time, cfg.train.batch_size)
+                epoch_images += cfg.train.batch_size
+                bar.update(1)
+                by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
+                # A single process stops at once; ranks agree on stopping at the next sync.
+                stop_here = self.stop_signal is not None and not self.info.enabled
+                if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
+                    stats = self._sync(window)
+                    self._log_window(stats, bar)
+                    if stats["stop"]:
+                        self._stop()
+                    if (by_steps or stats["time_for_ckpt"]) and self.batch < self.steps_per_epoch * accum:
+                        self._save_last()
+            stats = self._sync(window)
+            if window.steps:
+                self._log_window(stats, bar)
+        finally:
+            bar.close()
+        self.epoch, self.batch = epoch + 1, 0
+        seconds = time.perf_counter() - epoch_start
+        epoch_loss = self.epoch_stats["loss_sum"] / max(1, self.epoch_stats["count"])
+        self.epoch_stats = {"loss_sum": 0.0, "count": 0}
+        if self.logger is not None:
+            self.logger.write({"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": epoch_loss,
+                               "lr": self._lr(), "img_per_s": epoch_images / seconds,
+                               "epoch_time_s": seconds, "memory_mb": _memory_mb(self.device)}, self.step)
+        self._save_last()
+        if self.epoch in self.cfg.run.milestones:
+            self._save(ckpt.checkpoints_dir(self.run_dir) / ckpt.milestone_name(self.epoch))
+        if self.epoch in self.cfg.run.milestones or self.epoch == self.cfg.train.epochs:
+            self._draw_reconstructions()
+
+    def _lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def _sync(self, window: "_Window") -> dict[str, float]:
+        """Everything ranks must agree on, in one all-reduce: window sums, non-finite flag, checkpoint time."""
+        minutes = self.cfg.run.ckpt_every_minutes
+        due = self.info.is_main and minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
+        flags = torch.tensor([float(due), float(self.stop_signal is not None)], device=self.device)
+        packed = torch.cat([torch.stack([window.loss_sum, window.grad_norm_sum, window.bad.float()]), flags])
+        packed = dist.all_reduce_sum(packed).tolist()
+        world = self.info.world_size
+        loss = packed[0] / world / max(1, window.steps)
+        if packed[2] > 0 or not np.isfinite(loss):
+            self._fail_non_finite()
+        self.epoch_stats["loss_sum"] += packed[0] / world
+        self.epoch_stats["count"] += window.steps
+        stats = {"loss": loss, "grad_norm": packed[1] / world / max(1, window.steps), "time_for_ckpt": packed[3] > 0,
+                 "stop": packed[4] > 0, **window.rates()}
+        window.reset()
+        return stats
+
+    def _log_window(self, stats: dict[str, float], bar: Any) -> None:
+        if self.logger is None:
+            return
+        record = {"kind": "step", "epoch": self.epoch + self.batch / (self.steps_per_epoch * self.cfg.train.accum_steps),
+                  "step": self.step, "loss": stats["loss"], "lr": self._lr(), "grad_norm": stats["grad_norm"],
+                  "img_per_s": stats["img_per_s"], "data_time": stats["data_time"],
+                  "memory_mb": _memory_mb(self.device)}
+        self.logger.write(record, self.step)
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}")
+
+    def _fail_non_finite(self) -> None:
+        last = ckpt.find_checkpoint(self.run_dir)
+        kept = (f"the last good checkpoint is {last} (epoch {ckpt.read_meta(last)['epoch']}, step "
+                f"{ckpt.read_meta(last)['step']})" if last else "no checkpoint was written before it")
+        raise NonFiniteLossError(f"the loss became non-finite near step {self.step} (epoch {self.epoch + 1}); {kept}; "
+                                 f"lower optim.base_lr, set optim.clip_grad, or use train.precision=bf16/fp32")
+
+    # ---- checkpoints and files ------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "epoch": self.epoch, "batch": self.batch, "step": self.step,
+                "epoch_stats": dict(self.epoch_stats), "rng": ckpt.rng_state()}
+
+    def _save(self, directory: Path) -> None:
+        if not self.info.is_main:
+            return
+        meta = {"epoch": self.epoch, "batch": self.batch, "step": self.step, "total_steps": self.total_steps,
+                "complete": self.epoch >= self.cfg.train.epochs, "arch": self.model.arch,
+                "config": to_dict(self.cfg), "world_size": self.info.world_size,
+                "metrics_bytes": self.logger.tell() if self.logger else 0,
+                "saved_at": _dt.datetime.now().isoformat(timespec="seconds")}
+        ckpt.save_checkpoint(directory, self.model, self._state(), meta)
+
+    def _save_last(self) -> None:
+        self._save(ckpt.checkpoints_dir(self.run_dir) / "last")
+        self.last_ckpt_time = time.monotonic()
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "config.yaml.tmp"
+        tmp.write_text(to_yaml(self.cfg))
+        os.replace(tmp, self.run_dir / "config.yaml")
+        env = environment(self.cfg, self.device, self.info.world_size, self.precision)
+        env_path = self.run_dir / "env.json"
+        if self.resume_from is not None and env_path.is_file():
+            first = json.loads(env_path.read_text())
+            first.setdefault("resumes", []).append({**env, "resumed_from": str(self.resume_from), "step": self.step})
+            env = first
+        ckpt.write_json_atomic(env_path, env)
+
+    def _figure_images(self) -> torch.Tensor | None:
+        from blockmae.data import load_dataset
+        from blockmae.data.augment import normalize
+
+        cfg = self.cfg.data
+        options = dict(cfg.options)
+        if cfg.dataset == "shapetex":
+            options["num_images"] = max(64, self.cfg.run.recon_images)
+        try:
+            val = load_dataset(cfg.dataset, self.cfg.val_split(), root=cfg.root, image_size=self.cfg.img_size,
+                               **options)
+        except BlockMAEError as err:
+            print(f"warning: no reconstruction figures ({err})", file=sys.stderr, flush=True)
+            return None
+        count = min(self.cfg.run.recon_images, len(val))
+        index = torch.linspace(0, len(val) - 1, count).long()  # spread over the split (and its classes)
+        return normalize(val.images[index].to(self.device))
+
+    def _figure_masks(self) -> dict[str, Any]:
+        """The run's own mask, then random / 2x2 / 4x4 blocks (those that fit and differ), fixed seeds."""
+        from blockmae.visualisation.cli import standard_masks
+
+        m, count = self.cfg.mask, self.figure_batch.shape[0]
+        own = self.mask_generator(count, generator=torch.Generator().manual_seed(FIGURE_SEED))
+        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)": own}
+        same_as_run = None  # the standard mask that is the run's own one
+        if m.family == "random" or (m.family == "block" and m.block == 1):
+            same_as_run = "random"
+        elif m.family == "block" and m.align == "grid":
+            same_as_run = f"{m.block}x{m.block} blocks"
+        for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=m.ratio).items():
+            if name != same_as_run:
+                masks[name] = mask
+        return {name: _map_mask(mask, lambda t: t.to(self.device)) for name, mask in masks.items()}
+
+    def _draw_reconstructions(self) -> None:
+        if self.figure_batch is None:
+            return
+        from blockmae.visualisation.reconstructions import reconstruction_figure
+
+        path = self.run_dir / "figures" / f"reconstructions_epoch_{self.epoch:04d}.png"
+        reconstruction_figure(self.model, self.figure_batch, self._figure_masks(), path,
+                              title=f"{self.run_dir.name}: epoch {self.epoch}")
+
+
+class _FolderBatches:
+    """The torchvision path (ImageFolder + PIL transforms + DataLoader) with the cached loader's interface.
+
+    Each epoch's loader is seeded by (seed, epoch), so its order and augmentation are reproducible and
+    a resumed epoch skips its first batches by reading them again.
+    """
+
+    def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device) -> None:
+        from blockmae.data.loader import make_folder_dataloader
+
+        self.cfg, self.device, self.epoch = cfg, device, 0
+        data = cfg.data
+        self.make = lambda seed: make_folder_dataloader(
+            data.root, cfg.img_size, batch_size, workers=data.workers, train=data.augment,
+            scale=tuple(data.crop_scale), ratio=tuple(data.crop_ratio), hflip=data.hflip,
+            interpolation=data.interpolation, shuffle=True, drop_last=True, seed=seed,
+            pin_memory=device.type == "cuda")
+        self.batches = len(self.make(cfg.run.seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)  # transforms in the main process (workers=0)
+        for index, (images, labels) in enumerate(self.make(self.cfg.run.seed * 1_000_003 + self.epoch)):
+            if index >= start_batch:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+class _Window:
+    """Sums over the optimiser steps since the last log line, kept on the device until a sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.grad_norm_sum = torch.zeros((), device=self.device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.steps, self.images, self.data_time = 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, data_time: float, images: int) -> None:
+        """One optimiser step; `images` counts the global batch (all ranks)."""
+        self.loss_sum += loss
+        self.grad_norm_sum += grad_norm.float()
+        self.bad |= ~torch.isfinite(loss)
+        self.steps += 1
+        self.images += images
+        self.data_time += data_time
+
+    def rates(self) -> dict[str, float]:
+        seconds = max(1e-9, time.perf_counter() - self.start)  # measured after the sync: device work included
+        return {"img_per_s": self.images / seconds, "data_time": self.data_time / max(1, self.steps)}
+
+
+class _RunLogger:
+    """metrics.jsonl (cut back to `resume_bytes` on resume) and TensorBoard events under tb/."""
+
+    def __init__(self, run_dir: Path, step: int, resume_bytes: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "metrics.jsonl"
+        with open(path, "a") as f:
+            f.truncate(resume_bytes if step else 0)
+        self.file = open(path, "a")
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
+
+    def write(self, record: dict, step: int) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        prefix = "epoch" if record["kind"] == "epoch" else "train"
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+        self.tb.flush()
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    # Quiet when stderr is not a terminal (CI, log files) and on every rank but 0.
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
+                disable=not (enabled and sys.stderr.isatty()))
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) one pretraining run; returns its run directory."""
+    info = dist.torchrun_env()
+    device = dist.resolve_device(cfg.train.device, info)
+    dist.init_distributed(info, device)
+    try:
+        trainer = Pretrainer(cfg, info, device)
+        finished = trainer.epoch >= cfg.train.epochs
+        if finished or not (info.is_main and cfg.run.registry):
+            return trainer.run()
+        from blockmae.registry import Registry
+
+        parent = str(trainer.resume_from) if trainer.resume_from else None
+        with Registry(cfg.run.output_root).track("pretrain", trainer.run_dir, to_dict(cfg), parent=parent,
+                                                 name=cfg.run.name) as record:
+            run_dir = trainer.run()
+            record.metrics.update(_final_metrics(run_dir))
+        return run_dir
+    finally:
+        dist.cleanup()
+
+
+def _final_metrics(run_dir: Path) -> dict[str, Any]:
+    """The last epoch line of metrics.jsonl (loss, lr, img/s ...)."""
+    path = run_dir / "metrics.jsonl"
+    last: dict[str, Any] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "epoch":
+                last = record
+    return {k: v for k, v in last.items() if k != "kind"}

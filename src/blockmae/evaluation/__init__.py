@@ -1,0 +1,1 @@
+"""Evaluations of frozen encoders: features, linear and k-NN probes, shape bias."""

@@ -1,0 +1,166 @@
+"""`blockmae probe --config configs/linear_probe.yaml [checkpoint=PATH|random] [key=value ...]`.
+
+Linear and/or k-NN probe of a frozen encoder; writes `results.json` and `head.safetensors` to the run
+directory and records the run (parent = the checkpoint) in the registry of `output_root`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blockmae.config import load_config, to_dict
+from blockmae.errors import BlockMAEError
+from blockmae.evaluation.config import ProbeConfig
+from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
+from blockmae.registry import Registry
+
+
+@dataclass
+class ProbeOutcome:
+    run_id: str
+    run_dir: Path
+    metrics: dict[str, Any]
+    head_path: Path | None
+
+
+def class_ids(cfg: ProbeConfig, dataset: Any) -> list[str]:
+    """Stable class identifiers for the head's metadata (Tiny-ImageNet: the wnids, in class order)."""
+    if cfg.data.dataset == "tiny-imagenet":
+        from blockmae.data.roots import resolve_root
+        from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
+
+        data_dir, _ = resolve_root("tiny-imagenet", cfg.data.root, find_data_dir, LAYOUT, None)
+        return read_wnids(data_dir)
+    return list(dataset.class_names)
+
+
+def parent_of(checkpoint: str) -> str:
+    return RANDOM if checkpoint == RANDOM else str(Path(checkpoint).resolve())
+
+
+def default_name(cfg: ProbeConfig) -> str:
+    ckpt = cfg.checkpoint
+    if ckpt != RANDOM:
+        path = Path(ckpt)
+        parts = [p for p in path.parts if p not in ("checkpoints", "last", "model.safetensors")]
+        ckpt = parts[-1] if parts else path.stem
+    name = f"{cfg.kind}-{Path(ckpt).stem}-{cfg.data.dataset}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
+    from blockmae.data import load_dataset
+
+    options: dict[str, Any] = dict(cfg.data.options)
+    if cfg.data.num_images is not None:
+        if cfg.data.dataset != "shapetex":
+            raise BlockMAEError("data.num_images applies to shapetex only; remove it for " + cfg.data.dataset)
+        options["num_images"] = cfg.data.num_images
+    return load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = True) -> ProbeOutcome:
+    """Run the probe(s) of `cfg` and record them; `encoder` skips loading when the caller has it."""
+    from blockmae.evaluation.knn import knn_evaluate
+    from blockmae.evaluation.linear import save_head, train_linear_probe, train_linear_probe_forward
+
+    cfg.validate()  # also when built in Python rather than by load_config
+    device = resolve_device(cfg.device)
+    if encoder is None:
+        e = cfg.encoder
+        arch = None
+        if cfg.checkpoint == RANDOM and e.arch_from:
+            from blockmae.models.io import load_mae
+
+            arch = dict(load_mae(e.arch_from)[0].arch)
+        encoder = load_encoder(cfg.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, device, arch=arch)
+    encoder.model.to(device)
+    name = cfg.name or default_name(cfg)
+    root = Path(cfg.output_root)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else root / "probes" / f"{name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = to_dict(cfg)
+    config["weights_hash"] = encoder.weights_hash
+    kind = "knn" if cfg.kind == "knn" else "probe"
+    registry = Registry(root)
+    head_path = None
+    with registry.track(kind, run_dir, config, parent=parent_of(cfg.checkpoint), name=name) as run:
+        train_ds = load_split(cfg, cfg.data.train_split, encoder.image_size)
+        eval_ds = load_split(cfg, cfg.data.eval_split, encoder.image_size)
+        cache = root / "feature_cache" if cfg.data.cache_features else None
+        pool, layer = cfg.encoder.pool, cfg.encoder.layer
+
+        def feats(ds: Any) -> torch.Tensor:
+            return encoder_features(encoder, ds, pool, layer, cfg.data.batch_size, device, cfg.autocast, cache)
+
+        eval_x = feats(eval_ds)
+        train_x = feats(train_ds) if (cfg.kind != "linear" or not cfg.linear.augment) else None
+        metrics: dict[str, Any] = {"num_train": len(train_ds), "num_eval": len(eval_ds), "num_classes": train_ds.num_classes}
+        history: list[dict[str, float]] = []
+        if cfg.kind in ("linear", "both"):
+            if cfg.linear.augment:
+                result = train_linear_probe_forward(encoder.model, train_ds, eval_x, eval_ds.labels, cfg.linear, pool,
+                                                    layer, device, cfg.autocast)
+            else:
+                assert train_x is not None
+                result = train_linear_probe(train_x, train_ds.labels, eval_x, eval_ds.labels, train_ds.num_classes,
+                                            cfg.linear, device)
+            metrics.update(result.metrics())
+            history = result.history
+            head_meta = {
+                "pool": pool, "layer": layer, "class_names": list(train_ds.class_names),
+                "class_ids": class_ids(cfg, train_ds), "dataset": cfg.data.dataset, "checkpoint": parent_of(cfg.checkpoint),
+                "weights_hash": encoder.weights_hash, "encoder": to_dict(cfg.encoder), "arch": encoder.arch,
+                "image_size": encoder.image_size,
+            }
+            head_path = save_head(result.head, run_dir / "head.safetensors", head_meta)
+        if cfg.kind in ("knn", "both"):
+            assert train_x is not None
+            knn = knn_evaluate(train_x, train_ds.labels, eval_x, eval_ds.labels, train_ds.num_classes,
+                               cfg.knn.k, cfg.knn.temperature)
+            metrics.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
+        run.metrics.update(metrics)
+        _write_json(run_dir / "results.json", {"run_id": run.id, "config": config, "metrics": metrics,
+                                               "history": history})
+    if verbose:
+        print(format_metrics(name, cfg, metrics))
+        print(f"run: {run_dir} (registry id {run.id})")
+    return ProbeOutcome(run.id, run_dir, metrics, head_path)
+
+
+def format_metrics(name: str, cfg: ProbeConfig, m: dict[str, Any]) -> str:
+    lines = [f"{name}: {cfg.data.dataset} {cfg.data.eval_split} ({m['num_eval']} images, {m['num_classes']} classes), "
+             f"pool={cfg.encoder.pool}"]
+    if "top1" in m:
+        lines.append(f"linear  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (final epoch {cfg.linear.epochs}; "
+                     f"best epoch {m['best_epoch']}: top1 {m['best_top1']:.4f})")
+    if "knn_top1" in m:
+        lines.append(f"k-NN    top1 {m['knn_top1']:.4f}  top5 {m['knn_top5']:.4f}  (k={cfg.knn.k}, T={cfg.knn.temperature})")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="probe YAML (e.g. configs/linear_probe.yaml); defaults otherwise")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. checkpoint=outputs/run/checkpoints/last kind=both linear.epochs=50")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(ProbeConfig, args.config, args.overrides)
+    run_probe(cfg)
+    return 0

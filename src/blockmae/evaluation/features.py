@@ -1,0 +1,158 @@
+"""Features of a frozen encoder over an ImageTensorDataset, with an optional on-disk cache.
+
+Images go through the pipeline's evaluation path (TensorBatchLoader without augmentation: antialiased
+resize to the encoder's input when sizes differ, ImageNet normalisation) and are encoded under no_grad
+in batches (bf16 autocast on request). The cache key is (weights hash, dataset name, size and content
+fingerprint, pool, layer, image size, autocast), so features of another checkpoint, split or pooling
+are never served by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from blockmae.errors import BlockMAEError
+
+RANDOM = "random"
+
+
+@dataclass
+class Encoder:
+    """A frozen MAE encoder plus what identifies it (for caches, head metadata and the registry)."""
+
+    model: nn.Module
+    checkpoint: str  # path as given, or "random"
+    weights_hash: str
+    arch: dict[str, Any]
+    metadata: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.arch.get("img_size", 64))
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, bytes): identifies the weights wherever they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def load_encoder(
+    checkpoint: str, preset: str = "vit_micro", img_size: int = 32, patch_size: int = 4, seed: int = 0,
+    device: str | torch.device = "cpu", arch: dict[str, Any] | None = None,
+) -> Encoder:
+    """Load a checkpoint (file, checkpoint dir or run dir), or, for checkpoint=random, build an untrained
+    model seeded with `seed`: of architecture `arch` when given (e.g. a pretrained run's), else `preset`."""
+    from blockmae.models import MaskedAutoencoderViT, build_mae
+    from blockmae.models.io import load_mae
+
+    if checkpoint == RANDOM:
+        torch.manual_seed(seed)
+        if arch is not None:
+            model = MaskedAutoencoderViT(**arch)
+        else:
+            model = build_mae(preset, img_size=img_size, patch_size=patch_size)
+        metadata: dict[str, Any] = {"seed": seed, **({} if arch is not None else {"preset": preset})}
+    else:
+        model, metadata = load_mae(checkpoint)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Encoder(model, checkpoint, weights_hash(model), dict(model.arch), dict(metadata or {}))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise BlockMAEError(f"unknown device '{device}'; use auto, cpu, cuda or mps") from None
+
+
+@torch.no_grad()
+def encode_batch(
+    model: nn.Module, images: torch.Tensor, pool: str = "cls", layer: int | None = None, autocast: bool = False
+) -> torch.Tensor:
+    """Features (B, D) of normalised float images; float32 whatever the autocast precision."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+        feats = model.forward_features(images, pool=pool, layer=layer)
+    return feats.float()
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, dataset: Any, pool: str = "cls", layer: int | None = None, batch_size: int = 256,
+    device: str | torch.device = "cpu", autocast: bool = False, image_size: int | None = None,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Features (N, D) of every image of `dataset` in order (no augmentation), on the CPU."""
+    from blockmae.data.loader import TensorBatchLoader
+
+    if len(dataset) == 0:
+        raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to extract features from")
+    loader = TensorBatchLoader(dataset, batch_size, device, augment=None, shuffle=False, drop_last=False,
+                               image_size=image_size)
+    model.eval()
+    out = []
+    with tqdm(total=len(dataset), desc=desc, unit="img", unit_scale=True, disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        for images, _ in loader:
+            out.append(encode_batch(model, images, pool, layer, autocast).cpu())
+            bar.update(images.shape[0])
+    return torch.cat(out)
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """Hash of the labels and of every n-th image (64 at most): tells apart same-sized sets of other content."""
+    digest = hashlib.sha256(dataset.labels.cpu().numpy().tobytes())
+    step = max(1, len(dataset) // 64)
+    digest.update(dataset.images[::step].contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def feature_cache_path(
+    cache_dir: str | Path, encoder: Encoder, dataset: Any, pool: str, layer: int | None, autocast: bool = False
+) -> Path:
+    key = hashlib.sha256(
+        f"{encoder.weights_hash}|{dataset.name}|{len(dataset)}|{dataset_fingerprint(dataset)}|{pool}|{layer}|{encoder.image_size}|{autocast}".encode()
+    ).hexdigest()[:20]
+    return Path(cache_dir) / f"{dataset.name}-{pool}-{key}.safetensors"
+
+
+def encoder_features(
+    encoder: Encoder, dataset: Any, pool: str = "cls", layer: int | None = None, batch_size: int = 256,
+    device: str | torch.device = "cpu", autocast: bool = False, cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """`extract_features` at the encoder's input size, read from / written to `cache_dir` when given."""
+    from safetensors.torch import load_file, save_file
+
+    path = feature_cache_path(cache_dir, encoder, dataset, pool, layer, autocast) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        cached = load_file(str(path))["features"]
+        if cached.shape[0] == len(dataset):
+            return cached
+    feats = extract_features(encoder.model, dataset, pool, layer, batch_size, device, autocast,
+                             image_size=encoder.image_size, desc=f"features {dataset.name}")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"features": feats.contiguous()}, str(tmp), metadata={"dataset": dataset.name, "pool": pool})
+        tmp.replace(path)
+    return feats

@@ -1,0 +1,492 @@
+"""Markdown reports of compared encoders: results table, figures and an interpretation that the
+numbers support.
+
+The report is the last step of the data flow (... -> evaluations -> registry -> report): it reads the
+finished runs' metrics from the registry (:func:`arm_from_registry`) and never recomputes them.
+It is generic over "arms" (one encoder each: a pretraining recipe or a baseline), so ablation reports
+reuse it; the quickstart is its first user.
+
+Interpretation rules (kept deliberately conservative):
+- two numbers are called different only when their 95% intervals do not overlap; otherwise the report
+  says the difference is inside the intervals;
+- accuracy intervals are Wilson score intervals over the evaluated images; shape-bias intervals are the
+  bootstrap intervals of the shape-bias evaluation;
+- whether the pretrained encoders beat the random-init baseline on the probe is always stated, plainly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from blockmae.errors import BlockMAEError
+
+# Wilson interval at 95%.
+_Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def overlaps(self, other: "Interval") -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+    def above(self, other: "Interval") -> bool:
+        """Higher than `other`, with the two intervals apart."""
+        return self.low > other.high
+
+
+def wilson_interval(accuracy: float, n: int) -> Interval:
+    """95% Wilson score interval of an accuracy measured on `n` images."""
+    if n <= 0:
+        return Interval(accuracy, 0.0, 1.0)
+    centre = (accuracy + _Z95**2 / (2 * n)) / (1 + _Z95**2 / n)
+    half = _Z95 * math.sqrt(accuracy * (1 - accuracy) / n + _Z95**2 / (4 * n * n)) / (1 + _Z95**2 / n)
+    return Interval(accuracy, max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class ArmResult:
+    """Everything the report says about one encoder. Accuracies are fractions in [0, 1]."""
+
+    name: str
+    pretrained: bool
+    linear_top1: float
+    linear_top5: float
+    knn_top1: float
+    probe_images: int  # images the probes were evaluated on (for the accuracy intervals)
+    shape_bias: Interval
+    shape_only_accuracy: float
+    texture_only_accuracy: float
+    neither_fraction: float | None = None
+    run_ids: dict[str, str] = field(default_factory=dict)  # stage -> registry run id
+
+    @property
+    def linear(self) -> Interval:
+        return wilson_interval(self.linear_top1, self.probe_images)
+
+    @property
+    def knn(self) -> Interval:
+        return wilson_interval(self.knn_top1, self.probe_images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results from the registry
+
+
+def _metric(metrics: Mapping[str, Any], names: Sequence[str], run: str) -> float:
+    for name in names:
+        if name in metrics and metrics[name] is not None:
+            return float(metrics[name])
+    raise KeyError(f"run {run} has none of the metrics {list(names)} (it has {sorted(metrics)})")
+
+
+# Metric names written by blockmae.evaluation (first match wins).
+LINEAR_TOP1 = ("top1",)
+LINEAR_TOP5 = ("top5",)
+KNN_TOP1 = ("knn_top1", "top1")
+EVAL_IMAGES = ("num_eval",)
+SHAPE_BIAS = ("shape_bias",)
+SHAPE_BIAS_LOW = ("shape_bias_low", "shape_bias_ci_low")
+SHAPE_BIAS_HIGH = ("shape_bias_high", "shape_bias_ci_high")
+SHAPE_ONLY = ("shape_only_acc",)
+# The shape probe's decision on a texture-only image counts as right when it names the class whose
+# texture it is in training (the train-split correlation mapping).
+TEXTURE_ONLY = ("texture_only_as_shape", "texture_only_acc")
+NEITHER = ("frac_neither",)
+
+
+def arm_from_metrics(
+    name: str,
+    pretrained: bool,
+    linear: Mapping[str, Any],
+    knn: Mapping[str, Any],
+    shape: Mapping[str, Any],
+    run_ids: Mapping[str, str] | None = None,
+) -> ArmResult:
+    """Build an :class:`ArmResult` from the metric dicts of the linear, k-NN and shape-bias runs."""
+    ids = dict(run_ids or {})
+    sb = _metric(shape, SHAPE_BIAS, ids.get("shape_bias", name))
+    neither = next((float(shape[k]) for k in NEITHER if shape.get(k) is not None), None)
+    return ArmResult(
+        name=name,
+        pretrained=pretrained,
+        linear_top1=_metric(linear, LINEAR_TOP1, ids.get("linear", name)),
+        linear_top5=_metric(linear, LINEAR_TOP5, ids.get("linear", name)),
+        knn_top1=_metric(knn, KNN_TOP1, ids.get("knn", name)),
+        probe_images=int(_metric(linear, EVAL_IMAGES, ids.get("linear", name))),
+        shape_bias=Interval(
+            sb,
+            _metric(shape, SHAPE_BIAS_LOW, ids.get("shape_bias", name)),
+            _metric(shape, SHAPE_BIAS_HIGH, ids.get("shape_bias", name)),
+        ),
+        shape_only_accuracy=_metric(shape, SHAPE_ONLY, ids.get("shape_bias", name)),
+        texture_only_accuracy=_metric(shape, TEXTURE_ONLY, ids.get("shape_bias", name)),
+        neither_fraction=neither,
+        run_ids=ids,
+    )
+
+
+def arm_from_registry(registry: Any, name: str, pretrained: bool, run_ids: Mapping[str, str]) -> ArmResult:
+    """Read an arm's finished linear/knn/shape_bias runs (ids in `run_ids`) from the registry."""
+    metrics = {}
+    for stage in ("linear", "knn", "shape_bias"):
+        run = registry.get(run_ids[stage])
+        if run.status != "completed":
+            raise BlockMAEError(f"run {run.id} ({name}, {stage}) is {run.status}, not completed; rerun it")
+        metrics[stage] = dict(run.metrics)
+    return arm_from_metrics(name, pretrained, metrics["linear"], metrics["knn"], metrics["shape_bias"], run_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpretation
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci_pct(iv: Interval) -> str:
+    return f"{_pct(iv.value)} [{_pct(iv.low)}, {_pct(iv.high)}]"
+
+
+def _ci(iv: Interval) -> str:
+    return f"{iv.value:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def _names(arms: Sequence[ArmResult]) -> str:
+    names = [a.name for a in arms]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def probe_verdict(arms: Sequence[ArmResult], baseline: ArmResult, probe: str = "linear") -> str:
+    """One plain sentence: do the pretrained encoders beat the random-init baseline on `probe`?"""
+    label = {"linear": "linear probe", "knn": "k-NN probe"}[probe]
+    pretrained = [a for a in arms if a.pretrained]
+    base = getattr(baseline, probe)
+    better = [a for a in pretrained if getattr(a, probe).above(base)]
+    worse = [a for a in pretrained if base.above(getattr(a, probe))]
+    tied = [a for a in pretrained if a not in better and a not in worse]
+    figures = "; ".join(f"{a.name} {_ci_pct(getattr(a, probe))}" for a in pretrained)
+    ref = f"{baseline.name} {_ci_pct(base)}"
+    if len(better) == len(pretrained):
+        head = f"All pretrained encoders beat the {baseline.name} baseline on the {label}"
+    elif not better:
+        head = f"The pretrained encoders do not beat the {baseline.name} baseline on the {label}"
+    else:
+        head = f"Only {_names(better)} beat{'s' if len(better) == 1 else ''} the {baseline.name} baseline on the {label}"
+    tail = []
+    if tied and better:
+        tail.append(f"{_names(tied)} {'is' if len(tied) == 1 else 'are'} inside the baseline's interval")
+    if worse:
+        tail.append(f"{_names(worse)} {'is' if len(worse) == 1 else 'are'} below it")
+    if not better and tied and not worse:
+        tail.append("the differences are inside the 95% intervals")
+    extra = f"; {'; '.join(tail)}" if tail else ""
+    return f"{head} (top-1 with 95% intervals: {figures}; {ref}){extra}."
+
+
+def shape_bias_comparisons(arms: Sequence[ArmResult]) -> list[str]:
+    """Pairwise shape-bias statements between the pretrained arms, in their order."""
+    pretrained = [a for a in arms if a.pretrained]
+    apart, inside = [], []
+    for i, a in enumerate(pretrained):
+        for b in pretrained[i + 1 :]:
+            if a.shape_bias.overlaps(b.shape_bias):
+                inside.append(f"{a.name} vs {b.name}")
+            else:
+                hi, lo = (a, b) if a.shape_bias.above(b.shape_bias) else (b, a)
+                apart.append(
+                    f"{hi.name} has a higher shape bias than {lo.name} "
+                    f"({_ci(hi.shape_bias)} vs {_ci(lo.shape_bias)}; the 95% intervals do not overlap)."
+                )
+    out = list(apart)
+    if inside and not apart:
+        out.append(
+            "The shape-bias differences between "
+            + _names(pretrained)
+            + " are inside the 95% bootstrap intervals ("
+            + "; ".join(f"{a.name} {_ci(a.shape_bias)}" for a in pretrained)
+            + "): this run does not show that the masking changes shape bias."
+        )
+    elif inside:
+        out.append("The differences " + "; ".join(inside) + " are inside the 95% bootstrap intervals.")
+    return out
+
+
+def baseline_shape_bias(arms: Sequence[ArmResult], baseline: ArmResult) -> str:
+    """How the pretrained arms' shape bias compares with the random-init encoder's."""
+    pretrained = [a for a in arms if a.pretrained]
+    higher = [a for a in pretrained if a.shape_bias.above(baseline.shape_bias)]
+    lower = [a for a in pretrained if baseline.shape_bias.above(a.shape_bias)]
+    inside = [a for a in pretrained if a not in higher and a not in lower]
+    parts = []
+    if higher:
+        parts.append(f"{_names(higher)} {'is' if len(higher) == 1 else 'are'} more shape-biased than")
+    if lower:
+        parts.append(f"{_names(lower)} {'is' if len(lower) == 1 else 'are'} less shape-biased than")
+    if inside:
+        parts.append(f"{_names(inside)} {'is' if len(inside) == 1 else 'are'} inside the interval of")
+    return (
+        "Against the baseline: "
+        + "; ".join(f"{p} the {baseline.name} encoder" for p in parts)
+        + f" (shape bias {_ci(baseline.shape_bias)})."
+    )
+
+
+def cue_preference(arms: Sequence[ArmResult]) -> str | None:
+    """Say which cue the decisions follow, only where every interval lies on one side of 0.5."""
+    texture = [a for a in arms if a.shape_bias.high < 0.5]
+    shape = [a for a in arms if a.shape_bias.low > 0.5]
+    parts = []
+    if texture:
+        parts.append(f"{_names(texture)} decide{'s' if len(texture) == 1 else ''} by texture more often than by shape")
+    if shape:
+        parts.append(f"{_names(shape)} decide{'s' if len(shape) == 1 else ''} by shape more often than by texture")
+    if not parts:
+        return None
+    return "On cue-conflict images " + "; ".join(parts) + " (the whole 95% interval is on that side of 0.5)."
+
+
+def interpret(arms: Sequence[ArmResult], baseline_name: str = "random-init") -> list[str]:
+    """The interpretation paragraphs: only claims that the numbers and their intervals support."""
+    baseline = next((a for a in arms if a.name == baseline_name), None)
+    if baseline is None:
+        raise ValueError(f"no arm named {baseline_name!r} among {[a.name for a in arms]}")
+    pretrained = [a for a in arms if a.pretrained]
+    paragraphs = [probe_verdict(arms, baseline, "linear") + " " + probe_verdict(arms, baseline, "knn")]
+    beats = [a for a in pretrained if a.linear.above(baseline.linear) or a.knn.above(baseline.knn)]
+    if not beats:
+        paragraphs.append(
+            "Since pretraining did not produce better features than random weights here, the shape-bias "
+            "numbers below describe probes on weak features and say little about what the masking teaches; "
+            "a longer pretraining budget is needed to answer the question."
+        )
+    paragraphs.append(" ".join(shape_bias_comparisons(arms)))
+    paragraphs.append(baseline_shape_bias(arms, baseline))
+    preference = cue_preference(arms)
+    if preference:
+        paragraphs.append(preference)
+    paragraphs.append(
+        "Shape-only and texture-only accuracy show how well each probe reads each cue on its own: "
+        + "; ".join(
+            f"{a.name} {_pct(a.shape_only_accuracy)} shape-only, {_pct(a.texture_only_accuracy)} texture-only"
+            for a in arms
+        )
+        + "."
+    )
+    paragraphs.append(
+        "Caveat: one seed and a small budget. The intervals cover the sampling of test images only, not "
+        "seed-to-seed variation of pretraining, so a difference that is outside them here may still not "
+        "hold across seeds."
+    )
+    return paragraphs
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+RESULT_HEADERS = [
+    "Encoder",
+    "Linear top-1 (%)",
+    "Linear top-5 (%)",
+    "k-NN top-1 (%)",
+    "Shape bias [95% CI]",
+    "Shape-only acc (%)",
+    "Texture-only acc (%)",
+]
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(arms: Sequence[ArmResult]) -> str:
+    rows = [
+        [
+            a.name,
+            f"{100 * a.linear_top1:.1f}",
+            f"{100 * a.linear_top5:.1f}",
+            f"{100 * a.knn_top1:.1f}",
+            f"{a.shape_bias.value:.3f} [{a.shape_bias.low:.3f}, {a.shape_bias.high:.3f}]",
+            f"{100 * a.shape_only_accuracy:.1f}",
+            f"{100 * a.texture_only_accuracy:.1f}",
+        ]
+        for a in arms
+    ]
+    return markdown_table(RESULT_HEADERS, rows)
+
+
+def parse_results_table(markdown: str) -> dict[str, dict[str, str]]:
+    """Inverse of :func:`results_table` (for tests and tools): encoder -> column -> cell text."""
+    lines = markdown.splitlines()
+    header = "| " + " | ".join(RESULT_HEADERS) + " |"
+    start = lines.index(header)
+    out: dict[str, dict[str, str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        out[cells[0]] = dict(zip(RESULT_HEADERS, cells))
+    return out
+
+
+def runs_table(arms: Sequence[ArmResult]) -> str:
+    stages = sorted({s for a in arms for s in a.run_ids})
+    return markdown_table(["Encoder"] + stages, ([a.name] + [a.run_ids.get(s, "-") for s in stages] for a in arms))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _colours(arms: Sequence[ArmResult]) -> list[str]:
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
+    out, i = [], 0
+    for a in arms:
+        if a.pretrained:
+            out.append(palette[i % len(palette)])
+            i += 1
+        else:
+            out.append("#9a9a9a")
+    return out
+
+
+def shape_bias_figure(arms: Sequence[ArmResult], path: str | Path) -> Path:
+    """Bar chart of shape bias per arm with its 95% bootstrap interval and the 0.5 line."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.3 * len(arms) + 1.8, 3.6))
+    ax = fig.add_subplot()
+    x = list(range(len(arms)))
+    values = [a.shape_bias.value for a in arms]
+    err = [[a.shape_bias.value - a.shape_bias.low for a in arms], [a.shape_bias.high - a.shape_bias.value for a in arms]]
+    ax.bar(x, values, color=_colours(arms), yerr=err, capsize=6, width=0.6, edgecolor="black", linewidth=0.6)
+    for xi, a in zip(x, arms):
+        ax.text(
+            xi, a.shape_bias.high + 0.02, f"{a.shape_bias.value:.3f}", ha="center", va="bottom", fontsize=9,
+            bbox=dict(facecolor="white", edgecolor="none", pad=1),
+        )
+    ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
+    ax.text(len(arms) - 0.45, 0.5, "no preference", ha="left", va="center", fontsize=8)
+    ax.set_xticks(x, [a.name for a in arms])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("shape bias (shape / (shape + texture))")
+    ax.set_title("Shape bias on ShapeTex cue-conflict (95% bootstrap CI)", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save_figure(fig, Path(path))
+
+
+def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float | None = None) -> Path:
+    """Grouped bars per arm: linear top-1 and k-NN top-1 (with Wilson intervals), shape-only and
+    texture-only accuracy; `chance` draws the chance level."""
+    from matplotlib.figure import Figure
+
+    series = [
+        ("linear top-1", [a.linear for a in arms]),
+        ("k-NN top-1", [a.knn for a in arms]),
+        ("shape-only", [a.shape_only_accuracy for a in arms]),
+        ("texture-only", [a.texture_only_accuracy for a in arms]),
+    ]
+    fig = Figure(figsize=(1.6 * len(arms) + 2.5, 3.6))
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    colours = ["#4C72B0", "#55A868", "#8172B3", "#DD8452"]
+    for k, (label, values) in enumerate(series):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(arms))]
+        ivs = [v for v in values if isinstance(v, Interval)]
+        err = [[100 * (iv.value - iv.low) for iv in ivs], [100 * (iv.high - iv.value) for iv in ivs]] if ivs else None
+        heights = [100 * (v.value if isinstance(v, Interval) else v) for v in values]
+        ax.bar(xs, heights, width=width, color=colours[k], label=label, yerr=err, capsize=3)
+    if chance is not None:
+        ax.axhline(100 * chance, color="black", linestyle=":", linewidth=1)
+        ax.text(len(arms) - 0.45, 100 * chance, "chance", ha="left", va="center", fontsize=8)
+    ax.set_xticks(range(len(arms)), [a.name for a in arms])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Probe accuracy per encoder (bars: 95% Wilson CI)", fontsize=10)
+    ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save_figure(fig, Path(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    arms: Sequence[ArmResult],
+    intro: str = "",
+    figures: Sequence[tuple[str, str | Path]] = (),
+    baseline_name: str = "random-init",
+    sections: Sequence[tuple[str, str]] = (),
+) -> Path:
+    """Write the markdown report. `figures` are (caption, path) pairs, linked relative to the report;
+    `sections` are extra (heading, markdown) pairs appended at the end (settings, how to reproduce)."""
+    path = Path(path)
+    parts = [f"# {title}", ""]
+    if intro:
+        parts += [intro.strip(), ""]
+    parts += ["## Results", "", results_table(arms), ""]
+    parts += [
+        "Accuracies are on held-out images; the probe, k-NN and shape-bias columns of one row use the same "
+        "frozen encoder. Shape bias = shape decisions / (shape + texture decisions) on cue-conflict images.",
+        "",
+        "## Interpretation",
+        "",
+    ]
+    for paragraph in interpret(arms, baseline_name):
+        parts += [paragraph, ""]
+    if figures:
+        parts += ["## Figures", ""]
+        for caption, fig_path in figures:
+            rel = os.path.relpath(Path(fig_path), path.parent)
+            parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body.strip(), ""]
+    parts += ["## Runs in the registry", "", runs_table(arms), ""]
+    return write_text_atomic(path, "\n".join(parts))

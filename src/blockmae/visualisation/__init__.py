@@ -1,0 +1,1 @@
+"""Figures: reconstructions of masked images (`reconstructions`)."""

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+
+from blockmae.config import load_config, to_dict
+from blockmae.engine.config import PretrainConfig
+from blockmae.errors import BlockMAEError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_unknown_key_names_key_and_valid_keys():
+    with pytest.raises(BlockMAEError) as err:
+        load_config(PretrainConfig, None, ["train.epoch=5"])
+    msg = str(err.value)
+    assert "train.epoch" in msg and "epochs" in msg and "batch_size" in msg
+
+
+def test_unknown_section_lists_sections():
+    with pytest.raises(BlockMAEError, match="model, mask, data, train, optim, run"):
+        load_config(PretrainConfig, None, ["optimizer.lr=1"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(BlockMAEError, match="train.batch_size"):
+        load_config(PretrainConfig, None, ["train.batch_size=lots"])
+
+
+def test_block_that_does_not_fit_names_the_grid():
+    with pytest.raises(BlockMAEError, match="4x4 patch grid"):
+        load_config(PretrainConfig, None, ["model.patch_size=16", "mask.block=8"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.precision=fp8", "train.precision"),
+    ("mask.ratio=1.0", "mask.ratio"),
+    ("mask.family=random", "mask.block=1"),
+    ("train.accum_steps=3", "accum_steps"),
+    ("data.crop_scale=[0.5]", "crop_scale"),
+    ("data.interpolation=lanczos", "interpolation"),
+    ("model.patch_size=7", "multiple"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("run.milestones=[0]", "milestones"),
+])
+def test_bad_values_are_named(override, fragment):
+    with pytest.raises(BlockMAEError, match=fragment.replace(".", r"\.")):
+        load_config(PretrainConfig, None, [override])
+
+
+def test_lr_scales_with_effective_batch():
+    cfg = load_config(PretrainConfig, None, [])
+    assert cfg.optim.resolved_lr(cfg.train.batch_size) == pytest.approx(1.5e-4 * 512 / 256)
+    cfg = load_config(PretrainConfig, None, ["optim.lr=0.01"])
+    assert cfg.optim.resolved_lr(4096) == 0.01
+
+
+def test_shipped_configs_load_and_differ_only_in_masking():
+    block = to_dict(load_config(PretrainConfig, CONFIGS / "pretrain_block.yaml"))
+    rand = to_dict(load_config(PretrainConfig, CONFIGS / "pretrain_random.yaml"))
+    assert block["mask"] == {"family": "block", "block": 2, "ratio": 0.75, "align": "grid"}
+    assert (rand["mask"]["family"], rand["mask"]["block"]) == ("random", 1)
+    assert block["model"]["preset"] == "vit_small" and block["model"]["patch_size"] == 8
+    assert block["data"]["dataset"] == "tiny-imagenet" and block["data"]["image_size"] == 64
+    for section in ("model", "data", "train", "optim"):
+        assert block[section] == rand[section]
+
+
+def test_model_kwargs_pass_only_set_overrides():
+    cfg = load_config(PretrainConfig, None, ["model.decoder_depth=2", "data.image_size=32", "mask.block=4"])
+    kwargs = cfg.model_kwargs()
+    assert kwargs["decoder_depth"] == 2 and kwargs["img_size"] == 32 and kwargs["mask_block"] == 4
+    assert "embed_dim" not in kwargs and "decoder_embed_dim" not in kwargs

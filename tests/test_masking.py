@@ -1,0 +1,262 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from blockmae.errors import BlockMAEError
+from blockmae.masking import Mask, MaskGenerator, mask_from_noise
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def tiles(height: int, width: int, b: int, dy: int = 0, dx: int = 0) -> list[np.ndarray]:
+    """Patch indices of each b x b tile, written from scratch: tiles start at (dy, dx) and wrap (torus)
+    when shifted, or are cut by the border when the grid is not a multiple of b."""
+    out = []
+    for top in range(0, height, b):
+        for left in range(0, width, b):
+            cells = [
+                ((top + i + dy) % height) * width + (left + j + dx) % width
+                for i in range(min(b, height - top))
+                for j in range(min(b, width - left))
+            ]
+            out.append(np.array(cells))
+    return out
+
+
+def block_violation(mask_row: np.ndarray, height: int, width: int, b: int, shifted: bool) -> str | None:
+    """None when every masked patch lies in a fully masked tile, except at most one partial tile."""
+    offsets = [(dy, dx) for dy in range(b) for dx in range(b)] if shifted else [(0, 0)]
+    for dy, dx in offsets:
+        counts = [(mask_row[t].sum(), len(t)) for t in tiles(height, width, b, dy, dx)]
+        partial = [c for c, n in counts if 0 < c < n]
+        if len(partial) <= 1:
+            return None
+    return f"{len(partial)} partial blocks"
+
+
+def check_layout(m: Mask, num_patches: int, num_masked: int) -> None:
+    batch = m.mask.shape[0]
+    assert m.mask.shape == (batch, num_patches) and m.mask.dtype == torch.float32
+    assert m.ids_keep.shape == (batch, num_patches - num_masked) and m.ids_keep.dtype == torch.int64
+    assert m.ids_restore.shape == (batch, num_patches) and m.ids_restore.dtype == torch.int64
+    assert torch.equal(m.mask.sum(1), torch.full((batch,), float(num_masked)))
+    # The kept ids are exactly the visible patches.
+    visible = torch.zeros(batch, num_patches).scatter_(1, m.ids_keep, 1.0)
+    assert torch.equal(visible, 1 - m.mask)
+    # Round trip: [kept tokens..., mask tokens...] unshuffled by ids_restore puts tokens back in place.
+    tokens = torch.randn(batch, num_patches, 3)
+    kept = tokens.gather(1, m.ids_keep.unsqueeze(-1).expand(-1, -1, 3))
+    sequence = torch.cat([kept, torch.full((batch, num_masked, 3), 1e9)], 1)
+    restored = sequence.gather(1, m.ids_restore.unsqueeze(-1).expand(-1, -1, 3))
+    expected = torch.where(m.mask.bool().unsqueeze(-1), torch.tensor(1e9), tokens)
+    assert torch.equal(restored, expected)
+
+
+GEOMETRIES = [
+    ((8, 8), 1), ((8, 8), 2), ((8, 8), 4), ((16, 16), 2), ((16, 16), 4),
+    ((8, 12), 2), ((8, 12), 4), ((4, 6), 2), ((14, 14), 2), ((14, 14), 4), ((7, 7), 3), ((4, 4), 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("grid,b", GEOMETRIES)
+@pytest.mark.parametrize("align", ["grid", "shifted"])
+@pytest.mark.parametrize("ratio", [0.1, 0.4, 0.65, 0.75, 0.85, 0.9])
+def test_block_masks_have_exact_counts_and_whole_blocks(grid, b, align, ratio):
+    height, width = grid
+    if align == "shifted" and (height % b or width % b):
+        with pytest.raises(BlockMAEError, match=f"{height}x{width} patch grid"):
+            MaskGenerator(grid, ratio, block=b, align=align)
+        return
+    masks = MaskGenerator(grid, ratio, block=b, align=align)
+    expected = int(np.floor(ratio * height * width + 0.5))
+    assert masks.num_masked == expected and masks.num_keep == height * width - expected
+    m = masks(32, generator=seeded(1))
+    check_layout(m, height * width, expected)
+    assert m.ratio == pytest.approx(expected / (height * width))
+    for row in m.mask.numpy():
+        assert block_violation(row, height, width, b, align == "shifted") is None
+
+
+@pytest.mark.parametrize("ratio,partial_size", [(0.65, 2), (0.75, 0), (0.85, 2)])
+def test_partial_block_on_8x8_fills_raster_order(ratio, partial_size):
+    # 65% and 85% of 64 patches (42, 54) are not multiples of 4: one 2x2 block has 2 cells, its top row.
+    m = MaskGenerator(8, ratio, block=2)(200, generator=seeded(2)).mask.numpy()
+    for row in m:
+        counts = np.array([row[t].sum() for t in tiles(8, 8, 2)])
+        partial = np.flatnonzero((counts > 0) & (counts < 4))
+        assert len(partial) == (partial_size > 0)
+        if partial_size:
+            cells = tiles(8, 8, 2)[partial[0]]
+            assert row[cells].tolist() == [1, 1, 0, 0]
+
+
+def test_checker_rejects_scattered_masks():
+    scattered = MaskGenerator(8, 0.65, family="random")(20, generator=seeded(3)).mask.numpy()
+    assert all(block_violation(row, 8, 8, 2, shifted=True) for row in scattered)
+
+
+def test_block_size_one_is_the_random_family():
+    random_masks = MaskGenerator(8, 0.75, family="random")(64, generator=seeded(4))
+    block_masks = MaskGenerator(8, 0.75, block=1, align="shifted")(64, generator=seeded(4))
+    assert torch.equal(random_masks.mask, block_masks.mask)
+    # The block algorithm itself, run with 1x1 blocks, draws the same masks from the same noise.
+    general = MaskGenerator(8, 0.75, block=1)
+    assert torch.equal(general._blocks(64, torch.device("cpu"), seeded(4)).float(), random_masks.mask)
+
+
+def _marginal_pvalue(masks: MaskGenerator, samples: int, seed: int) -> float:
+    counts = masks(samples, generator=seeded(seed)).mask.sum(0).numpy()
+    return chisquare(counts).pvalue
+
+
+@pytest.mark.parametrize("grid,b,ratio", [(8, 2, 0.65), (8, 4, 0.75), (16, 4, 0.85), ((8, 12), 2, 0.75)])
+def test_shifted_blocks_mask_every_position_equally_often(grid, b, ratio):
+    assert _marginal_pvalue(MaskGenerator(grid, ratio, block=b, align="shifted"), 20_000, seed=5) > 1e-3
+
+
+def test_chi_square_detects_the_grid_aligned_partial_block_bias():
+    # Grid mode puts the partial block's cells on the top row of a tile: not uniform, and the test sees it.
+    assert _marginal_pvalue(MaskGenerator(8, 0.65, block=2, align="grid"), 20_000, seed=5) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs", [dict(family="random"), dict(block=2), dict(block=2, align="shifted"),
+                                    dict(family="rect")])  # fmt: skip
+def test_same_seed_same_masks_and_different_seed_different_masks(kwargs):
+    masks = MaskGenerator(8, 0.75, **kwargs)
+    first, again, other = masks(16, generator=seeded(7)), masks(16, generator=seeded(7)), masks(16, generator=seeded(8))
+    for name in ("ids_keep", "ids_restore", "mask"):
+        assert torch.equal(getattr(first, name), getattr(again, name))
+    assert not torch.equal(first.mask, other.mask)
+    torch.manual_seed(9)
+    global_a = masks(16)
+    torch.manual_seed(9)
+    assert torch.equal(global_a.mask, masks(16).mask)
+
+
+def test_rect_family_exact_counts_and_contiguous_regions():
+    masks = MaskGenerator((8, 10), 0.6, family="rect")
+    m = masks(256, generator=seeded(10))
+    check_layout(m, 80, 48)
+    random = MaskGenerator((8, 10), 0.6, family="random")(256, generator=seeded(10))
+
+    def masked_neighbour_pairs(mask: torch.Tensor) -> float:
+        grid = mask.view(-1, 8, 10)
+        return float((grid[:, 1:] * grid[:, :-1]).sum() + (grid[:, :, 1:] * grid[:, :, :-1]).sum()) / len(mask)
+
+    # Rectangles are compact: far more masked-masked neighbours than independent patches give.
+    assert masked_neighbour_pairs(m.mask) > 1.4 * masked_neighbour_pairs(random.mask)
+
+
+def test_mask_from_noise_hand_example():
+    noise = torch.tensor([[0.5, 0.1, 0.9, 0.3], [0.2, 0.8, 0.4, 0.6]])
+    m = mask_from_noise(noise, num_keep=2)
+    # ids_shuffle: [1, 3, 0, 2] and [0, 2, 3, 1]; keep the first two; ids_restore = argsort(ids_shuffle).
+    assert m.ids_keep.tolist() == [[1, 3], [0, 2]]
+    assert m.ids_restore.tolist() == [[2, 0, 3, 1], [0, 3, 1, 2]]
+    assert m.mask.tolist() == [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
+    assert m.ratio == 0.5
+
+
+@pytest.mark.slow  # importing transformers takes seconds
+def test_mask_from_noise_matches_hf_vitmae_random_masking():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTMAEConfig(hidden_size=8, image_size=32, patch_size=4, mask_ratio=0.75)
+    embeddings = transformers.models.vit_mae.modeling_vit_mae.ViTMAEEmbeddings(config)
+    sequence = torch.randn(5, 64, 8, generator=seeded(11))
+    noise = torch.rand(5, 64, generator=seeded(12))
+    kept, hf_mask, hf_restore = embeddings.random_masking(sequence, noise=noise)
+    m = mask_from_noise(noise, num_keep=int(64 * (1 - 0.75)))
+    assert torch.equal(m.mask, hf_mask) and torch.equal(m.ids_restore, hf_restore)
+    assert torch.equal(sequence.gather(1, m.ids_keep.unsqueeze(-1).expand(-1, -1, 8)), kept)
+
+
+@pytest.mark.parametrize("kwargs", [dict(family="random"), dict(block=2), dict(block=2, align="shifted"),
+                                    dict(family="rect")])  # fmt: skip
+def test_device_placement(kwargs):
+    masks = MaskGenerator(8, 0.75, **kwargs)
+    on_meta = masks(4, device="meta")
+    assert all(t.device.type == "meta" for t in (on_meta.ids_keep, on_meta.ids_restore, on_meta.mask))
+    assert on_meta.ids_keep.shape == (4, 16)
+    cpu = masks(4, device="cpu", generator=seeded(13))
+    assert cpu.mask.device.type == "cpu"
+    if torch.cuda.is_available():
+        # A CPU generator with a CUDA device: drawn on the CPU, same masks, moved to the GPU.
+        on_gpu = masks(4, device="cuda", generator=seeded(13))
+        assert on_gpu.mask.is_cuda and on_gpu.ids_keep.is_cuda
+        assert torch.equal(on_gpu.mask.cpu(), cpu.mask)
+        drawn_on_gpu = masks(4, device="cuda", generator=torch.Generator("cuda").manual_seed(13))
+        check_layout(drawn_on_gpu.to("cpu"), 64, 48)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (dict(grid_size=4, ratio=0.75, block=4), "4x4 mask block is the whole 4x4 patch grid"),
+        (dict(grid_size=4, ratio=0.75, block=5), "5x5 mask block does not fit in the 4x4 patch grid"),
+        (dict(grid_size=(4, 8), ratio=0.75, block=6), "does not fit in the 4x8 patch grid"),
+        (dict(grid_size=8, ratio=0.999), "leaves no visible patch on the 8x8 patch grid"),
+        (dict(grid_size=8, ratio=0.001), "masks no patch of the 8x8 patch grid"),
+        (dict(grid_size=8, ratio=1.0), r"must be in \(0, 1\)"),
+        (dict(grid_size=8, ratio=0.0), r"must be in \(0, 1\)"),
+        (dict(grid_size=14, ratio=0.75, block=4, align="shifted"), "multiple of 4.*14x14 patch grid"),
+        (dict(grid_size=8, ratio=0.75, family="blocks"), "unknown mask family 'blocks'"),
+        (dict(grid_size=8, ratio=0.75, align="random"), "unknown mask alignment 'random'"),
+        (dict(grid_size=8, ratio=0.75, block=0), "positive integer"),
+        (dict(grid_size=(8, 8, 8), ratio=0.75), "grid_size must be"),
+    ],
+)
+def test_impossible_requests_raise_clear_errors(args, message):
+    with pytest.raises(BlockMAEError, match=message):
+        MaskGenerator(**args)
+
+
+def test_block_equal_to_one_side_of_a_rectangular_grid_is_allowed():
+    m = MaskGenerator((4, 8), 0.5, block=4)(10, generator=seeded(14)).mask.view(10, 4, 8)
+    # Two 4x4 blocks, exactly one masked.
+    halves = torch.stack([m[:, :, :4].sum((1, 2)), m[:, :, 4:].sum((1, 2))], 1)
+    assert sorted(halves.flatten().tolist()) == [0.0] * 10 + [16.0] * 10
+
+
+def blockmae(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "blockmae", "masks", *args], capture_output=True, text=True)
+
+
+def test_cli_prints_grids_and_realised_ratio():
+    proc = blockmae("--grid", "8", "--block", "2", "--ratio", "0.75", "--count", "3", "--seed", "0")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    grid_rows = [line for line in lines if line and set(line) <= {"#", "."}]
+    assert len(grid_rows) == 24 and all(len(row) == 8 for row in grid_rows)
+    for start in range(0, 24, 8):
+        assert sum(row.count("#") for row in grid_rows[start : start + 8]) == 48
+    assert "realised ratio: 0.7500" in proc.stdout
+    expected = MaskGenerator(8, 0.75, block=2)(3, generator=seeded(0)).mask
+    printed = torch.tensor([[c == "#" for c in "".join(grid_rows[i * 8 : i * 8 + 8])] for i in range(3)]).float()
+    assert torch.equal(printed, expected)
+
+
+def test_cli_shifted_and_rectangular_grid(capsys):
+    from blockmae.cli import main
+
+    assert main(["masks", "--grid", "6x8", "--block", "2", "--ratio", "0.65", "--count", "2", "--align", "shifted"]) == 0
+    out = capsys.readouterr().out
+    grid_rows = [line for line in out.splitlines() if line and set(line) <= {"#", "."}]
+    assert len(grid_rows) == 12 and all(len(row) == 8 for row in grid_rows)
+    assert all(sum(r.count("#") for r in grid_rows[i : i + 6]) == 31 for i in (0, 6))
+    assert "31 of 48 patches" in out
+    assert main(["masks", "--grid", "6x8", "--family", "rect", "--ratio", "0.5", "--count", "1"]) == 0
+    assert "".join(capsys.readouterr().out.splitlines()[3:9]).count("#") == 24
+
+
+def test_cli_whole_image_block_fails_with_one_line_error():
+    proc = blockmae("--grid", "4", "--block", "4", "--ratio", "0.75")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "4x4 patch grid" in proc.stderr
+    assert proc.stderr.startswith("blockmae: error:")

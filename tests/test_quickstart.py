@@ -1,0 +1,208 @@
+"""The report's interpretation rules, its table and figures, and a reduced quickstart end to end."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from blockmae.report import (
+    ArmResult,
+    Interval,
+    accuracy_figure,
+    interpret,
+    parse_results_table,
+    probe_verdict,
+    shape_bias_figure,
+    wilson_interval,
+    write_report,
+)
+
+
+def arm(name: str, linear: float, knn: float, bias: tuple[float, float, float], pretrained: bool = True, n: int = 1000):
+    return ArmResult(
+        name=name,
+        pretrained=pretrained,
+        linear_top1=linear,
+        linear_top5=min(1.0, linear + 0.2),
+        knn_top1=knn,
+        probe_images=n,
+        shape_bias=Interval(*bias),
+        shape_only_accuracy=0.4,
+        texture_only_accuracy=0.7,
+        run_ids={"pretrain": f"{name}-pre", "linear": f"{name}-lin"} if pretrained else {"linear": f"{name}-lin"},
+    )
+
+
+def test_wilson_interval_matches_known_values():
+    iv = wilson_interval(0.5, 100)
+    # Wilson 95% interval for 50/100: [0.4038, 0.5962].
+    assert iv.low == pytest.approx(0.4038, abs=1e-4) and iv.high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0.0, 50).low == pytest.approx(0.0, abs=1e-12)
+    assert wilson_interval(1.0, 50).high == pytest.approx(1.0, abs=1e-12)
+
+
+def test_overlapping_shape_bias_intervals_are_reported_as_inside_the_intervals():
+    arms = [
+        arm("1x1", 0.60, 0.55, (0.30, 0.26, 0.34)),
+        arm("2x2", 0.61, 0.56, (0.32, 0.28, 0.36)),
+        arm("4x4", 0.62, 0.57, (0.33, 0.29, 0.37)),
+        arm("random-init", 0.30, 0.28, (0.31, 0.27, 0.35), pretrained=False),
+    ]
+    text = " ".join(interpret(arms))
+    assert "are inside the 95% bootstrap intervals" in text
+    assert "does not show that the masking changes shape bias" in text
+    assert "higher shape bias" not in text
+    assert "All pretrained encoders beat the random-init baseline on the linear probe" in text
+
+
+def test_separated_shape_bias_intervals_are_claimed_and_the_rest_are_inside():
+    arms = [
+        arm("1x1", 0.60, 0.55, (0.20, 0.17, 0.23)),
+        arm("2x2", 0.61, 0.56, (0.24, 0.21, 0.27)),
+        arm("4x4", 0.62, 0.57, (0.40, 0.36, 0.44)),
+        arm("random-init", 0.30, 0.28, (0.31, 0.27, 0.35), pretrained=False),
+    ]
+    text = " ".join(interpret(arms))
+    assert "4x4 has a higher shape bias than 1x1" in text
+    assert "4x4 has a higher shape bias than 2x2" in text
+    assert "1x1 vs 2x2" in text and "inside the 95% bootstrap intervals" in text
+    assert "2x2 has a higher" not in text and "1x1 has a higher" not in text
+    # Decisions follow texture only where the whole interval is below 0.5.
+    assert "decide by texture more often than by shape" in text
+
+
+def test_pretrained_not_beating_random_init_is_said_plainly():
+    arms = [
+        arm("1x1", 0.31, 0.27, (0.30, 0.26, 0.34)),
+        arm("2x2", 0.29, 0.28, (0.32, 0.28, 0.36)),
+        arm("random-init", 0.30, 0.28, (0.31, 0.27, 0.35), pretrained=False),
+    ]
+    paragraphs = interpret(arms)
+    assert paragraphs[0].startswith("The pretrained encoders do not beat the random-init baseline on the linear probe")
+    assert "do not beat the random-init baseline on the k-NN probe" in paragraphs[0]
+    assert "did not produce better features than random weights" in paragraphs[1]
+
+
+def test_partial_win_names_the_winner_and_the_others():
+    base = arm("random-init", 0.30, 0.30, (0.3, 0.25, 0.35), pretrained=False)
+    arms = [arm("1x1", 0.45, 0.30, (0.3, 0.25, 0.35)), arm("4x4", 0.31, 0.30, (0.3, 0.25, 0.35)), base]
+    sentence = probe_verdict(arms, base, "linear")
+    assert sentence.startswith("Only 1x1 beats the random-init baseline on the linear probe")
+    assert "4x4 is inside the baseline's interval" in sentence
+    # An arm clearly worse than the baseline is called worse, not "inside".
+    arms = [arm("1x1", 0.10, 0.30, (0.3, 0.25, 0.35)), base]
+    assert "1x1 is below it" in probe_verdict(arms, base, "linear")
+
+
+def test_report_table_round_trips_and_figures_are_written(tmp_path):
+    arms = [
+        arm("1x1", 0.6123, 0.55, (0.30, 0.26, 0.34)),
+        arm("4x4", 0.6234, 0.57, (0.41, 0.37, 0.45)),
+        arm("random-init", 0.30, 0.28, (0.31, 0.27, 0.35), pretrained=False),
+    ]
+    figs = [
+        ("Shape bias", shape_bias_figure(arms, tmp_path / "figures" / "shape_bias.png")),
+        ("Accuracy", accuracy_figure(arms, tmp_path / "figures" / "accuracy.png")),
+    ]
+    report = write_report(tmp_path / "report.md", "Test report", arms, figures=figs)
+    text = report.read_text()
+    table = parse_results_table(text)
+    assert set(table) == {"1x1", "4x4", "random-init"}
+    assert float(table["1x1"]["Linear top-1 (%)"]) == pytest.approx(61.2)
+    assert table["4x4"]["Shape bias [95% CI]"] == "0.410 [0.370, 0.450]"
+    for _, fig in figs:
+        assert fig.stat().st_size > 5000 and fig.read_bytes()[:4] == b"\x89PNG"
+        assert f"]({fig.relative_to(tmp_path)})" in text
+    # No temporary files left behind by the atomic writes.
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
+    assert re.search(r"\| 4x4 \| 4x4-lin \| 4x4-pre \|", text)
+
+
+TINY = [
+    "pretrain.model.preset=vit_nano", "pretrain.data.num_images=256", "pretrain.train.epochs=1",
+    "pretrain.train.batch_size=64", "probe.data.num_images=200", "probe.linear.epochs=5",
+    "probe.linear.warmup_epochs=1", "shape_bias_images=100", "reconstruction_images=2",
+]
+
+
+def _quickstart(out, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "blockmae", "quickstart", "--out", str(out), *extra, *TINY]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
+    from blockmae.registry import Registry
+
+    monkeypatch.setenv("BLOCKMAE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "qs"
+    done = _quickstart(out, "--seed", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out / "report.md"
+    assert done.stdout.strip().endswith(f"report: {report}")
+    text = report.read_text()
+    table = parse_results_table(text)
+    assert list(table) == ["1x1 (MAE)", "2x2 blocks", "4x4 blocks", "random-init"]
+
+    # Every number of the table is the registry's, rounded as printed.
+    registry = Registry(out)
+    state = __import__("json").loads((out / "quickstart_state.json").read_text())["runs"]
+    keys = {"1x1 (MAE)": "block1", "2x2 blocks": "block2", "4x4 blocks": "block4", "random-init": "random_init"}
+    for name, key in keys.items():
+        linear = registry.get(state[f"linear/{key}"]).metrics
+        knn = registry.get(state[f"knn/{key}"]).metrics
+        bias = registry.get(state[f"shape_bias/{key}"]).metrics
+        row = table[name]
+        assert float(row["Linear top-1 (%)"]) == pytest.approx(100 * linear["top1"], abs=0.051)
+        assert float(row["Linear top-5 (%)"]) == pytest.approx(100 * linear["top5"], abs=0.051)
+        assert float(row["k-NN top-1 (%)"]) == pytest.approx(100 * knn["knn_top1"], abs=0.051)
+        value, low, high = map(float, re.findall(r"[0-9.]+", row["Shape bias [95% CI]"]))
+        assert (value, low, high) == pytest.approx((bias["shape_bias"], bias["shape_bias_low"], bias["shape_bias_high"]), abs=5.1e-4)
+        assert float(row["Shape-only acc (%)"]) == pytest.approx(100 * bias["shape_only_acc"], abs=0.051)
+        assert float(row["Texture-only acc (%)"]) == pytest.approx(100 * bias["texture_only_as_shape"], abs=0.051)
+        assert state[f"linear/{key}"] in text  # the runs table names the registry ids
+    # The seed reached the pretraining runs.
+    assert registry.get(state["pretrain/block2"]).config["run"]["seed"] == 3
+
+    for fig in ["shape_bias", "accuracy", "reconstructions_block1", "reconstructions_block2", "reconstructions_block4"]:
+        path = out / "figures" / f"{fig}.png"
+        assert path.read_bytes()[:4] == b"\x89PNG" and f"(figures/{fig}.png)" in text
+
+    import subprocess
+    import sys
+
+    runs = subprocess.run([sys.executable, "-m", "blockmae", "runs", "--root", str(out)], capture_output=True, text=True)
+    assert runs.returncode == 0, runs.stderr
+    for kind, count in [("pretrain", 3), ("probe", 4), ("knn", 4), ("shape-bias", 4)]:
+        assert sum(1 for line in runs.stdout.splitlines() if f" {kind} " in line) == count, runs.stdout
+
+    # Re-running resumes: nothing is recomputed, the report is rewritten from the same registry runs.
+    again = _quickstart(out, "--seed", "3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the quickstart" in again.stderr
+    assert len(Registry(out).list_runs()) == 15
+    assert parse_results_table(report.read_text()) == table
+
+    # Other settings into the same folder are refused, naming the difference; the report is untouched.
+    clash = _quickstart(out, "--seed", "4")
+    assert clash.returncode == 2 and "other settings" in clash.stderr and "seed" in clash.stderr
+    assert parse_results_table(report.read_text()) == table
+
+
+def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    done = _quickstart(tmp_path)
+    assert done.returncode == 2
+    assert "is not a quickstart folder" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_quickstart_config_rejects_bad_blocks(tmp_path):
+    done = _quickstart(tmp_path / "qs", "blocks=[1,16]")
+    assert done.returncode == 2 and "mask.block 16" in done.stderr
