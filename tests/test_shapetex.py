@@ -269,30 +269,26 @@ def cue_conflict():
 
 @pytest.fixture(scope="module")
 def texture_model():
+    """Trained with texture labels, on `texture_only`."""
     torch.set_num_threads(2)
-    train = generate_shapetex("texture_only", num_images=3000, seed=101)
-    return _train(train.images, train.labels, epochs=2)
+    train = generate_shapetex("texture_only", num_images=5000, seed=101)
+    return _train(train.images, train.labels, epochs=3)
 
 
 @pytest.fixture(scope="module")
-def shape_only_model():
+def shape_model():
+    """Trained with shape labels on images whose texture is independent of the shape."""
     torch.set_num_threads(2)
-    train = generate_shapetex("shape_only", num_images=3000, seed=102)
-    return _train(train.images, train.labels, epochs=2)
+    train = generate_shapetex("train", num_images=8000, texture_correlation=0.0, seed=103)
+    return _train(train.images, train.labels, epochs=8)
 
 
 @pytest.mark.slow
-def test_control_shape_is_learnable_when_texture_is_uninformative(fixed_threads):
-    train = generate_shapetex("train", num_images=SHAPE_CONTROL_IMAGES, texture_correlation=0.0, seed=103)
+def test_control_shape_is_learnable_when_texture_is_uninformative(fixed_threads, shape_model):
     test = generate_shapetex("val", num_images=1000, texture_correlation=0.0, seed=103)
-    model = _train(train.images, train.labels, epochs=SHAPE_CONTROL_EPOCHS)
-    accuracy = (_predict(model, test.images) == test.labels).float().mean().item()
+    accuracy = (_predict(shape_model, test.images) == test.labels).float().mean().item()
     print(f"shape control accuracy: {accuracy:.3f}")
     assert accuracy >= 0.90
-
-
-SHAPE_CONTROL_IMAGES = 8000
-SHAPE_CONTROL_EPOCHS = 8
 
 
 @pytest.mark.slow
@@ -305,11 +301,14 @@ def test_control_texture_is_learnable(fixed_threads, texture_model):
 
 @pytest.mark.slow
 def test_control_shape_bias_separates_texture_and_shape_classifiers(
-    fixed_threads, texture_model, shape_only_model, cue_conflict
+    fixed_threads, texture_model, shape_model, cue_conflict
 ):
+    # The shape-driven classifier is the texture-independent one: a CNN trained on flat
+    # `shape_only` silhouettes does not transfer to texture-defined shapes (measured bias ~0.47,
+    # see docs/shapetex.md), so it cannot serve as the shape end of this scale.
     shape, texture = cue_conflict.labels, cue_conflict.extra_labels["texture"]
     texture_bias = _shape_bias(_predict(texture_model, cue_conflict.images), shape, texture)
-    shape_bias = _shape_bias(_predict(shape_only_model, cue_conflict.images), shape, texture)
-    print(f"shape bias: texture classifier {texture_bias:.3f}, shape_only classifier {shape_bias:.3f}")
+    shape_bias = _shape_bias(_predict(shape_model, cue_conflict.images), shape, texture)
+    print(f"shape bias: texture classifier {texture_bias:.3f}, shape classifier {shape_bias:.3f}")
     assert texture_bias < 0.2
     assert shape_bias > 0.8

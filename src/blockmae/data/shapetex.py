@@ -36,7 +36,7 @@ DEFAULT_NUM_IMAGES: dict[str, int] = {
     "train": 10_000, "val": 2_000, "cue_conflict": 990, "shape_only": 1_000, "texture_only": 1_000,
 }
 # Bump whenever the drawing changes: it is part of the cache key, so old caches are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _CHUNK = 1024  # images drawn per batch; part of the generator's definition (random draws are per chunk)
 
 # Shape size: radius of the shape's bounding circle in normalised units (the image is 2 wide).
@@ -140,8 +140,9 @@ def _shape_sdf(shape: int, x: Tensor, y: Tensor) -> Tensor:
     if name == "crescent":
         return torch.maximum(r - 0.95, -(torch.sqrt((x - 0.45) ** 2 + (y + 0.2) ** 2) - 0.75))
     if name == "arrow":
-        shaft = _sdf_box(x + 0.35, y, 0.6, 0.2)
-        head = _sdf_polygon(-(y), x - 0.2, 3, 0.4)  # triangle pointing right
+        # Head: a triangle whose tip points to +x (the polygon's vertex points to its frame's -y).
+        shaft = _sdf_box(x + 0.55, y, 0.45, 0.2)
+        head = _sdf_polygon(y, 0.15 - x, 3, 0.4)
         return torch.minimum(shaft, head)
     raise AssertionError(name)
 
