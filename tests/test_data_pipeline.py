@@ -238,10 +238,21 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch() -> None:
         shards.append([i for images, _ in loader for i in batch_ids(images)])
     assert not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == list(range(48))
-    # Augmentation differs across ranks (seeded by rank), for the same batch index.
-    aug_ds = ImageTensorDataset(images=smooth_images(48, 24), labels=torch.zeros(48, dtype=torch.long), class_names=["x"])
-    gens = [TensorBatchLoader(aug_ds, 6, "cpu", BatchAugment(16), rank=r, world_size=2).batch_generator(0) for r in range(2)]
-    assert torch.rand(4, generator=gens[0]).tolist() != torch.rand(4, generator=gens[1]).tolist()
+
+
+def test_augmented_batches_do_not_depend_on_the_number_of_ranks() -> None:
+    """2 ranks x batch 6 see exactly the augmented images of 1 rank x batch 12 (same crops and flips)."""
+    aug_ds = ImageTensorDataset(images=smooth_images(48, 24), labels=torch.arange(48), class_names=["x"] * 48)
+    single = TensorBatchLoader(aug_ds, 12, "cpu", BatchAugment(16), seed=3)
+    ranks = [TensorBatchLoader(aug_ds, 6, "cpu", BatchAugment(16), seed=3, rank=r, world_size=2) for r in range(2)]
+    for loader in (single, *ranks):
+        loader.set_epoch(1)
+    for (images, labels), *shards in zip(single, *ranks):
+        for rank, (shard_images, shard_labels) in enumerate(shards):
+            assert torch.equal(shard_labels, labels[rank::2])
+            assert torch.equal(shard_images, images[rank::2])
+    # The two ranks' crops of one global batch are different draws, not copies.
+    assert not torch.equal(next(iter(ranks[0]))[0], next(iter(ranks[1]))[0])
 
 
 def test_eval_mode_preserves_order_and_resizes() -> None:

@@ -1,9 +1,10 @@
 """Batches of a uint8 ImageTensorDataset, augmented on the training device.
 
 Every epoch's permutation is a pure function of (seed, epoch) and is the same on every DDP rank;
-rank r takes every world_size-th index of it. Each batch's augmentation draws from a generator
-seeded by (seed, epoch, rank, batch index). So `iter_from(k)` yields exactly the batches an
-uninterrupted epoch yields after its first k, and resuming a run needs only (epoch, batch).
+rank r takes every world_size-th index of it. Each global batch's augmentation is drawn from a
+generator seeded by (seed, epoch, batch index) and every rank takes its rows, so an image is cropped
+alike on any number of ranks. So `iter_from(k)` yields exactly the batches an uninterrupted epoch
+yields after its first k, and resuming a run needs only (epoch, batch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from blockmae.data.augment import BatchAugment, resize_normalize
+from blockmae.data.augment import BatchAugment, CropParams, resize_normalize
 from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
 
@@ -113,9 +114,24 @@ class TensorBatchLoader:
         return order[self.rank :: self.world_size][: self._per_rank]
 
     def batch_generator(self, batch_index: int, epoch: int | None = None) -> torch.Generator:
-        """The generator that draws the augmentation of batch `batch_index` of `epoch` (default: current)."""
+        """The generator that draws the augmentation of global batch `batch_index` of `epoch` (default: current).
+
+        It does not depend on the rank: the parameters are drawn for the whole global batch and each rank
+        takes its rows, so an image is cropped the same way whatever the number of ranks.
+        """
         epoch = self.epoch if epoch is None else epoch
-        return _generator(self.seed, _AUGMENT_STREAM, epoch, self.rank, batch_index)
+        return _generator(self.seed, _AUGMENT_STREAM, epoch, batch_index)
+
+    def augment_params(self, batch_index: int, num_images: int, height: int, width: int,
+                       epoch: int | None = None) -> CropParams:
+        """This rank's crop/flip parameters for batch `batch_index`: its rows of the global batch's draw."""
+        assert self.augment is not None
+        global_params = self.augment.sample_params(
+            self.batch_size * self.world_size, height, width, self.batch_generator(batch_index, epoch))
+        # Rank r holds global positions r, r + W, r + 2W, ... of each global batch (see `indices`).
+        rows = slice(self.rank, self.rank + self.world_size * num_images, self.world_size)
+        return CropParams(*(t[rows] for t in (global_params.top, global_params.left, global_params.height,
+                                              global_params.width, global_params.flip)))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
@@ -134,7 +150,8 @@ class TensorBatchLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             images, labels = self._gather(idx)
             if self.augment is not None:
-                x = self.augment(images, generator=self.batch_generator(b, epoch))
+                params = self.augment_params(b, images.shape[0], images.shape[2], images.shape[3], epoch)
+                x = self.augment.apply(images, params)
             else:
                 x = resize_normalize(images, self.image_size or images.shape[-1])
             yield x, labels

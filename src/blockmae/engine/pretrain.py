@@ -1,10 +1,10 @@
 """The pretraining loop: config -> data -> model -> AdamW/cosine -> logs, checkpoints, figures.
 
 Randomness that decides what is trained on is a pure function of (seed, epoch, step): the loader's
-order and augmentation come from (seed, epoch, rank), the masks of optimiser step s from (seed, s).
+order and augmentation come from (seed, epoch, batch), the masks of optimiser step s from (seed, s).
 With the weights, optimiser state and position restored, a resumed run is therefore the same run,
-bit for bit on the CPU. Masks are drawn for the global batch and each rank takes its rows, so a run
-on W ranks sees the same masks as a run on one.
+bit for bit on the CPU. Crops and masks are drawn for the global batch and each rank takes its rows,
+so a run on W ranks sees the same images and masks as a run on one.
 """
 
 from __future__ import annotations
