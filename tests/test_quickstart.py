@@ -206,3 +206,20 @@ def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
 def test_quickstart_config_rejects_bad_blocks(tmp_path):
     done = _quickstart(tmp_path / "qs", "blocks=[1,16]")
     assert done.returncode == 2 and "mask.block 16" in done.stderr
+
+
+def test_random_init_baseline_has_the_pretrained_arms_architecture(tmp_path):
+    """Model overrides (depth, pos_embed, ...) reach the random-init baseline, not only the preset."""
+    from blockmae.config import load_config
+    from blockmae.models import build_mae
+    from blockmae.quickstart import REPO_CONFIG, QuickstartConfig, arm_pretrain_config, quickstart_encoder
+
+    cfg = load_config(QuickstartConfig, REPO_CONFIG, ["pretrain.model.depth=2", "pretrain.model.pos_embed=rope",
+                                                      "pretrain.model.embed_dim=64", "pretrain.model.num_heads=2"])
+    arm = arm_pretrain_config(cfg.pretrain, 2, tmp_path, tmp_path / "arm")
+    arm_arch = build_mae(arm.model.preset, **arm.model_kwargs()).arch
+    baseline = quickstart_encoder(cfg, tmp_path, "random", "random_init").model
+    encoder_keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed")
+    assert {k: baseline.arch[k] for k in encoder_keys} == {k: arm_arch[k] for k in encoder_keys}
+    assert (baseline.arch["depth"], baseline.arch["pos_embed"], baseline.arch["embed_dim"]) == (2, "rope", 64)
+    assert len(baseline.blocks) == 2

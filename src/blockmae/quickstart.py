@@ -269,19 +269,30 @@ def _probe_config(cfg: QuickstartConfig, out: Path, checkpoint: str, kind: str, 
     return probe
 
 
+def quickstart_encoder(cfg: QuickstartConfig, out: Path, checkpoint: str, key: str) -> Any:
+    """The frozen encoder of one arm; the random-init baseline gets the arms' full architecture (width,
+    depth, pos_embed ... overrides included), not just the preset's."""
+    from blockmae.evaluation.features import load_encoder
+    from blockmae.models import build_mae
+
+    e = _probe_config(cfg, out, checkpoint, "linear", key).encoder
+    arch = None
+    if checkpoint == "random":
+        arch = build_mae(cfg.pretrain.model.preset, **cfg.pretrain.model_kwargs()).arch
+    return load_encoder(checkpoint, e.preset, e.img_size, e.patch_size, e.seed, arch=arch)
+
+
 def _evaluate(cfg: QuickstartConfig, out: Path, key: str, checkpoint: str, stages: Stages, progress: Progress,
               registry: Any) -> None:
     """Linear probe, k-NN probe and ShapeTex shape bias of one encoder, each a registry run."""
     from blockmae.evaluation.cli_probe import run_probe
     from blockmae.evaluation.cli_shape_bias import run_shape_bias
-    from blockmae.evaluation.features import load_encoder
 
     encoder_cache: dict[str, Any] = {}
 
     def encoder() -> Any:
         if "e" not in encoder_cache:
-            e = _probe_config(cfg, out, checkpoint, "linear", key).encoder
-            encoder_cache["e"] = load_encoder(checkpoint, e.preset, e.img_size, e.patch_size, e.seed)
+            encoder_cache["e"] = quickstart_encoder(cfg, out, checkpoint, key)
         return encoder_cache["e"]
 
     for kind in ("linear", "knn"):
