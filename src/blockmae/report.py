@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from blockmae.errors import BlockMAEError
+from blockmae.visualisation import save_figure
 
 # Wilson interval at 95%.
 _Z95 = 1.959963984540054
@@ -352,20 +353,6 @@ def runs_table(arms: Sequence[ArmResult]) -> str:
 # Figures
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
-    """Write a matplotlib figure atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def _colours(arms: Sequence[ArmResult]) -> list[str]:
     palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
     out, i = [], 0
@@ -400,7 +387,7 @@ def shape_bias_figure(arms: Sequence[ArmResult], path: str | Path) -> Path:
     ax.set_ylabel("shape bias (shape / (shape + texture))")
     ax.set_title("Shape bias on ShapeTex cue-conflict (95% bootstrap CI)", fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float | None = None) -> Path:
@@ -433,7 +420,7 @@ def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float |
     ax.set_title("Probe accuracy per encoder (bars: 95% Wilson CI)", fontsize=10)
     ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return _save_figure(fig, Path(path))
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------------------

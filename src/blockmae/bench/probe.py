@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 
 from blockmae.errors import BlockMAEError
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
+from blockmae.visualisation import save_figure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,17 +79,7 @@ def preview_figure(data: ImageTensorDataset, path: Path, count: int = 32, seed: 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ for every checkpoint, one row per checkpoint, so that only the weights change fr
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -18,6 +17,7 @@ import torch
 
 from blockmae.errors import BlockMAEError
 from blockmae.masking import Mask, MaskGenerator
+from blockmae.visualisation import save_figure
 
 MASK_SPECS = (("random", "random", 1), ("2x2 blocks", "block", 2), ("4x4 blocks", "block", 4))
 
@@ -96,13 +96,7 @@ def epochs_figure(models: Sequence[tuple[str, torch.nn.Module]], images: torch.T
     fig.suptitle("same images and masks for every checkpoint; checkpoint rows: visible patches + reconstruction",
                  fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def draw_reconstructions(checkpoints: Sequence[str], out: str | Path, data: str = "shapetex", root: str | None = None,

@@ -5,7 +5,6 @@ Used by the pretraining engine at milestones and by `blockmae viz reconstruction
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping
 
@@ -13,6 +12,7 @@ import torch
 
 from blockmae.data.augment import denormalize
 from blockmae.masking import Mask
+from blockmae.visualisation import save_figure
 
 MASKED_GREY = 0.5  # masked patches are drawn in mid grey in the "masked" panel
 
@@ -73,9 +73,4 @@ def reconstruction_figure(model: torch.nn.Module, images: torch.Tensor, masks: M
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=120)
