@@ -36,7 +36,7 @@ DEFAULT_NUM_IMAGES: dict[str, int] = {
     "train": 10_000, "val": 2_000, "cue_conflict": 990, "shape_only": 1_000, "texture_only": 1_000,
 }
 # Bump whenever the drawing changes: it is part of the cache key, so old caches are rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _CHUNK = 1024  # images drawn per batch; part of the generator's definition (random draws are per chunk)
 
 # Shape size: radius of the shape's bounding circle in normalised units (the image is 2 wide).
@@ -285,13 +285,18 @@ def _compose_textured(
     shapes: Tensor, fg: Tensor, bg: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int
 ) -> Tensor:
     """Shape filled with texture `fg` on texture `bg`; both with the same mean colour."""
-    n = shapes.shape[0]
     alpha = _draw_shapes(shapes, x, y, gen, size)
     ink_fg = _draw_textures(fg, x, y, gen, size)
     ink_bg = _draw_textures(bg, x, y, gen, size)
+    return _colourise(alpha, ink_fg, ink_bg, gen)
+
+
+def _colourise(alpha: Tensor, ink_fg: Tensor, ink_bg: Tensor, gen: torch.Generator) -> Tensor:
+    """Figure ink inside `alpha`, ground ink outside, in differing colour pairs around one mean colour."""
+    n = alpha.shape[0]
     mid, delta_fg, hue_fg = _colour_pair(n, gen)
     _, delta_bg, _ = _colour_pair(n, gen, hue=hue_fg)
-    # Centre each texture on its own mean coverage: both then average to the shared `mid`, while
+    # Centre each ink on its own mean coverage: both then average to the shared `mid`, while
     # their colour pairs differ, so the boundary shows without a mean-colour blob.
     ink_fg = ink_fg - ink_fg.mean(dim=(1, 2), keepdim=True)
     ink_bg = ink_bg - ink_bg.mean(dim=(1, 2), keepdim=True)
@@ -314,12 +319,25 @@ def _fit_contrast(mid: Tensor, delta: Tensor, centred_ink: Tensor) -> Tensor:
     return delta * scale
 
 
-def _compose_flat(shapes: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int) -> Tensor:
+def _neutral_ink(n: int, gen: torch.Generator, size: int) -> Tensor:
+    """Coin-flip ink per cell of a 32 x 32 grid: full ink contrast, like the textures, but no spatial
+    structure, so no texture family's statistics. Cells (not pixels) keep 64 px the 32 px scene."""
+    cells = min(size, 32)
+    coins = (torch.rand(n, 1, cells, cells, generator=gen) < 0.5).float()
+    return torch.nn.functional.interpolate(coins, size=(size, size), mode="nearest")[:, 0]
+
+
+def _compose_neutral(shapes: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int) -> Tensor:
+    """Silhouette on a background, both filled with neutral noise in the textured splits' colour scheme.
+
+    The figure/ground boundary is the one of the textured splits (a change of colour direction and
+    contrast at one mean colour), but neither side carries a texture class.
+    """
+    n = shapes.shape[0]
     alpha = _draw_shapes(shapes, x, y, gen, size)
-    mid, delta, _ = _colour_pair(shapes.shape[0], gen)
-    fg, bg = mid + delta / 2, mid - delta / 2
-    img = alpha[:, None] * fg[:, :, None, None] + (1 - alpha[:, None]) * bg[:, :, None, None]
-    return _to_uint8(img)
+    ink_fg = _neutral_ink(n, gen, size)
+    ink_bg = _neutral_ink(n, gen, size)
+    return _colourise(alpha, ink_fg, ink_bg, gen)
 
 
 def _compose_texture_only(families: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int) -> Tensor:
@@ -386,7 +404,7 @@ def generate_shapetex(
     for start in range(0, n, _CHUNK):
         part = slice(start, min(start + _CHUNK, n))
         if split == "shape_only":
-            images[part] = _compose_flat(labels["shape"][part], x, y, gen, image_size)
+            images[part] = _compose_neutral(labels["shape"][part], x, y, gen, image_size)
         elif split == "texture_only":
             images[part] = _compose_texture_only(labels["texture"][part], x, y, gen, image_size)
         else:
@@ -470,7 +488,8 @@ def load_shapetex(
     extra_labels["texture"]: the foreground texture class (-1 for `shape_only`).
     Splits: train and val (the foreground of shape k is texture k with probability
     `texture_correlation`, else another texture, uniformly), cue_conflict (shape i with texture
-    j != i, the 90 pairs balanced), shape_only (flat silhouettes), texture_only (texture alone).
+    j != i, the 90 pairs balanced), shape_only (silhouette and ground in neutral noise, no
+    texture), texture_only (texture alone).
     """
     _validate(split, image_size, num_images, texture_correlation)
     n = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images
