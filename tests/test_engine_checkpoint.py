@@ -6,6 +6,7 @@ import torch
 
 from blockmae.engine import checkpoint as ckpt
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import write_json_atomic
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
@@ -26,7 +27,7 @@ def _fake_checkpoint(directory, step):
     directory.mkdir(parents=True)
     for name in (ckpt.WEIGHTS, ckpt.STATE):
         (directory / name).write_bytes(b"x")
-    ckpt.write_json_atomic(directory / ckpt.META, {"step": step})
+    write_json_atomic(directory / ckpt.META, {"step": step})
 
 
 @pytest.mark.parametrize("leftovers, expected_step", [

@@ -25,7 +25,7 @@ from blockmae.config import load_config, to_dict, to_yaml
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
-from blockmae.report import write_text_atomic
+from blockmae.fileio import write_text_atomic
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 CONFIG_NAME = "quickstart.yaml"

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import write_text_atomic
 from blockmae.visualisation import save_figure
 
 # Wilson interval at 95%.
@@ -425,22 +425,6 @@ def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float |
 
 # ---------------------------------------------------------------------------------------------
 # The report
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_report(

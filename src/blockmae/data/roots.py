@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import write_json_atomic
 
 PREPARED_FILE = "blockmae-prepared.json"
 
@@ -36,9 +37,7 @@ def default_root(dataset: str) -> Path:
 def write_prepared(root: Path, dataset: str, data_dir: Path, **facts) -> None:
     """Record (atomically) that `root` holds `dataset`, read from `data_dir`."""
     record = {"dataset": dataset, "data_dir": str(Path(data_dir).resolve()), **facts}
-    tmp = root / f".{PREPARED_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, root / PREPARED_FILE)
+    write_json_atomic(root / PREPARED_FILE, record, indent=1)
 
 
 def read_prepared(root: Path, dataset: str) -> dict | None:

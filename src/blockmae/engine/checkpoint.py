@@ -13,12 +13,12 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import write_json_atomic
 from blockmae.registry import flatten
 
 WEIGHTS = "model.safetensors"
@@ -50,16 +50,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: dict) -> Path:
     """Write the checkpoint `directory` atomically (replacing an older one of the same name)."""
     from blockmae.models.io import save_mae
@@ -75,7 +65,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: 
     torch.save(state, tmp / STATE)
     for name in (WEIGHTS, STATE):
         _fsync_file(tmp / name)
-    write_json_atomic(tmp / META, meta)
+    write_json_atomic(tmp / META, meta, sort_keys=True)
     _fsync_dir(tmp)
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from blockmae.config import load_config, to_dict
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.config import ProbeConfig
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
 from blockmae.registry import Registry
@@ -65,12 +65,6 @@ def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
             raise BlockMAEError("data.num_images applies to shapetex only; remove it for " + cfg.data.dataset)
         options["num_images"] = cfg.data.num_images
     return load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = True) -> ProbeOutcome:
@@ -135,8 +129,8 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
                                cfg.knn.k, cfg.knn.temperature)
             metrics.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
         run.metrics.update(metrics)
-        _write_json(run_dir / "results.json", {"run_id": run.id, "config": config, "metrics": metrics,
-                                               "history": history})
+        write_json_atomic(run_dir / "results.json",
+                          {"run_id": run.id, "config": config, "metrics": metrics, "history": history}, default=str)
     if verbose:
         print(format_metrics(name, cfg, metrics))
         print(f"run: {run_dir} (registry id {run.id})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
 from blockmae.evaluation.linear import LinearProbeHead, head_scores, load_head
 from blockmae.evaluation.shape_bias import (
@@ -127,9 +127,7 @@ def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, 
         else:
             metrics = evaluate_cue_conflict(head, encoder, meta, dev, root, batch_size, seed)
         run.metrics.update(metrics)
-        tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps({"run_id": run.id, "config": config, "metrics": metrics}, indent=2) + "\n")
-        tmp.replace(run_dir / "results.json")
+        write_json_atomic(run_dir / "results.json", {"run_id": run.id, "config": config, "metrics": metrics})
     if verbose:
         print(format_shape_bias(data, metrics))
         print(f"run: {run_dir} (registry id {run.id})")
