@@ -39,10 +39,14 @@ def torchrun_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(preference: str, info: DistInfo) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; under torchrun each rank takes cuda:LOCAL_RANK."""
+def resolve_device(preference: str, info: DistInfo | None = None, key: str = "train.device") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; under torchrun each rank takes cuda:LOCAL_RANK.
+
+    `key` names the setting in error messages (the probes call it `device`).
+    """
     from blockmae.errors import BlockMAEError
 
+    info = info or DistInfo()
     if preference == "auto":
         if torch.cuda.is_available():
             preference = "cuda"
@@ -52,12 +56,15 @@ def resolve_device(preference: str, info: DistInfo) -> torch.device:
             preference = "cpu"
     if preference == "cuda":
         if not torch.cuda.is_available():
-            raise BlockMAEError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+            raise BlockMAEError(f"{key}=cuda but no CUDA device is available; use {key}=auto or cpu")
         torch.cuda.set_device(info.local_rank)
         return torch.device("cuda", info.local_rank)
     if preference == "mps" and not torch.backends.mps.is_available():
-        raise BlockMAEError("train.device=mps but MPS is not available; use train.device=auto or cpu")
-    return torch.device(preference)
+        raise BlockMAEError(f"{key}=mps but MPS is not available; use {key}=auto or cpu")
+    try:
+        return torch.device(preference)
+    except RuntimeError:
+        raise BlockMAEError(f"unknown {key} '{preference}'; use auto, cpu, cuda or mps") from None
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:

@@ -74,16 +74,10 @@ def load_encoder(
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise BlockMAEError(f"unknown device '{device}'; use auto, cpu, cuda or mps") from None
+    """The probes' `device` setting: the engine's rule (auto = cuda, then mps, then cpu)."""
+    from blockmae.engine.distributed import resolve_device as engine_resolve_device
+
+    return engine_resolve_device(device, key="device")
 
 
 @torch.no_grad()
