@@ -212,7 +212,12 @@ def test_random_init_baseline_has_the_pretrained_arms_architecture(tmp_path):
     """Model overrides (depth, pos_embed, ...) reach the random-init baseline, not only the preset."""
     from blockmae.config import load_config
     from blockmae.models import build_mae
-    from blockmae.quickstart import REPO_CONFIG, QuickstartConfig, arm_pretrain_config, quickstart_encoder
+    from blockmae.quickstart import (
+        REPO_CONFIG,
+        QuickstartConfig,
+        arm_pretrain_config,
+        quickstart_encoder,
+    )
 
     cfg = load_config(QuickstartConfig, REPO_CONFIG, ["pretrain.model.depth=2", "pretrain.model.pos_embed=rope",
                                                       "pretrain.model.embed_dim=64", "pretrain.model.num_heads=2"])
@@ -223,3 +228,41 @@ def test_random_init_baseline_has_the_pretrained_arms_architecture(tmp_path):
     assert {k: baseline.arch[k] for k in encoder_keys} == {k: arm_arch[k] for k in encoder_keys}
     assert (baseline.arch["depth"], baseline.arch["pos_embed"], baseline.arch["embed_dim"]) == (2, "rope", 64)
     assert len(baseline.blocks) == 2
+
+
+def test_default_settings_follow_the_device(monkeypatch, capsys):
+    """CPU: the budgeted config; CUDA: the GPU config, which asks the same question with more pretraining."""
+    import argparse
+
+    import torch
+
+    from blockmae.config import to_dict
+    from blockmae.quickstart import (
+        REPO_CONFIG,
+        REPO_GPU_CONFIG,
+        add_arguments,
+        load_quickstart_config,
+    )
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = load_quickstart_config(parser.parse_args([]))
+    assert f"settings: {REPO_CONFIG}" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = load_quickstart_config(parser.parse_args([]))
+    assert f"settings: {REPO_GPU_CONFIG}" in capsys.readouterr().err
+    gpu.validate()
+    assert load_quickstart_config(parser.parse_args(["--config", str(REPO_CONFIG)])).budget_seconds == 280
+
+    # Same question: arms, model, mask, data distribution and evaluation are identical; only sizes differ.
+    a, b = to_dict(cpu), to_dict(gpu)
+    for key in ("blocks", "probe", "shape_bias_images", "reconstruction_images"):
+        assert a[key] == b[key], key
+    for key in ("model", "mask"):
+        assert a["pretrain"][key] == b["pretrain"][key], key
+    assert {k: v for k, v in a["pretrain"]["data"].items() if k != "num_images"} == \
+        {k: v for k, v in b["pretrain"]["data"].items() if k != "num_images"}
+    assert gpu.budget_seconds is None and gpu.pretrain.train.precision == "auto"
+    cpu_images, gpu_images = (c.pretrain.train.epochs * c.pretrain.data.num_images for c in (cpu, gpu))
+    assert gpu_images >= 30 * cpu_images
