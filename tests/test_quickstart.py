@@ -111,6 +111,10 @@ def test_report_table_round_trips_and_figures_are_written(tmp_path):
     assert set(table) == {"1x1", "4x4", "random-init"}
     assert float(table["1x1"]["Linear top-1 (%)"]) == pytest.approx(61.2)
     assert table["4x4"]["Shape bias [95% CI]"] == "0.410 [0.370, 0.450]"
+    assert table["4x4"]["Neither (%)"] == "-"  # not measured is shown as such, never as 0
+    arms[1].neither_fraction = 0.7456
+    table = parse_results_table(write_report(tmp_path / "report.md", "Test report", arms).read_text())
+    assert table["4x4"]["Neither (%)"] == "74.6" and table["1x1"]["Neither (%)"] == "-"
     for _, fig in figs:
         assert fig.stat().st_size > 5000 and fig.read_bytes()[:4] == b"\x89PNG"
         assert f"]({fig.relative_to(tmp_path)})" in text
@@ -165,6 +169,7 @@ def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
         value, low, high = map(float, re.findall(r"[0-9.]+", row["Shape bias [95% CI]"]))
         assert (value, low, high) == pytest.approx((bias["shape_bias"], bias["shape_bias_low"], bias["shape_bias_high"]), abs=5.1e-4)
         assert float(row["Shape-only acc (%)"]) == pytest.approx(100 * bias["shape_only_acc"], abs=0.051)
+        assert float(row["Neither (%)"]) == pytest.approx(100 * bias["frac_neither"], abs=0.051)
         assert float(row["Texture-only acc (%)"]) == pytest.approx(100 * bias["texture_only_as_shape"], abs=0.051)
         assert state[f"linear/{key}"] in text  # the runs table names the registry ids
     # The seed reached the pretraining runs.

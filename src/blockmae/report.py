@@ -303,6 +303,7 @@ RESULT_HEADERS = [
     "Linear top-5 (%)",
     "k-NN top-1 (%)",
     "Shape bias [95% CI]",
+    "Neither (%)",
     "Shape-only acc (%)",
     "Texture-only acc (%)",
 ]
@@ -322,6 +323,7 @@ def results_table(arms: Sequence[ArmResult]) -> str:
             f"{100 * a.linear_top5:.1f}",
             f"{100 * a.knn_top1:.1f}",
             f"{a.shape_bias.value:.3f} [{a.shape_bias.low:.3f}, {a.shape_bias.high:.3f}]",
+            "-" if a.neither_fraction is None else f"{100 * a.neither_fraction:.1f}",
             f"{100 * a.shape_only_accuracy:.1f}",
             f"{100 * a.texture_only_accuracy:.1f}",
         ]
@@ -445,7 +447,9 @@ def write_report(
     parts += ["## Results", "", results_table(arms), ""]
     parts += [
         "Accuracies are on held-out images; the probe, k-NN and shape-bias columns of one row use the same "
-        "frozen encoder. Shape bias = shape decisions / (shape + texture decisions) on cue-conflict images.",
+        "frozen encoder. Shape bias = shape decisions / (shape + texture decisions) on cue-conflict images; "
+        "Neither = the cue-conflict decisions that name neither the shape's nor the texture's class, which the "
+        "shape bias leaves out.",
         "",
         "## Interpretation",
         "",
