@@ -271,3 +271,18 @@ def test_default_settings_follow_the_device(monkeypatch, capsys):
     assert gpu.budget_seconds is None and gpu.pretrain.train.precision == "auto"
     cpu_images, gpu_images = (c.pretrain.train.epochs * c.pretrain.data.num_images for c in (cpu, gpu))
     assert gpu_images >= 30 * cpu_images
+
+
+@pytest.mark.parametrize("images, expected", [
+    (14_400, (4, 3600)),       # 3.6 epochs of 4000: round the epochs up, shrink the set to fill the budget
+    (12_000, (3, 4000)),       # exactly 3 epochs
+    (1_000_000, (6, 4000)),    # a fast machine runs the configured quickstart, never more
+    (1_000, (1, 1000)),        # below one epoch: one epoch of fewer images
+    (100, (1, 512)),           # at least 4 batches of 128
+])
+def test_budget_sizes_fill_the_budget_within_the_config(images, expected):
+    from blockmae.quickstart import fit_sizes
+
+    epochs, num_images = fit_sizes(images, max_epochs=6, max_images=4000, batch_size=128)
+    assert (epochs, num_images) == expected
+    assert epochs * num_images <= max(images, 4 * 128)
