@@ -314,6 +314,38 @@ def test_make_folder_dataloader(tmp_path) -> None:
         make_folder_dataloader(tmp_path / "missing", 24, 5, 0)
 
 
+def test_folder_batches_do_not_depend_on_workers_ranks_or_skipped_batches(tmp_path) -> None:
+    """Order and crops are seeded per image: 2 workers = 0 workers, starting at batch k = batches k...,
+    and rank r of 2 with batch 3 gets rows r::2 of the single process's batch of 6."""
+    write_folder(tmp_path, per_class=8)  # 24 images
+
+    def batches(batch_size: int, **kwargs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(make_folder_dataloader(tmp_path, image_size=16, batch_size=batch_size, seed=7, **kwargs))
+
+    single = batches(6, workers=0)
+    assert len(single) == 4
+    for (a, la), (b, lb) in zip(single, batches(6, workers=2), strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    for (a, _), (b, _) in zip(single[2:], batches(6, workers=0, start_batch=2), strict=True):
+        assert torch.equal(a, b)
+    for rank in (0, 1):
+        shard = batches(3, workers=0, rank=rank, world_size=2)
+        assert len(shard) == 4
+        for (whole, labels), (part, part_labels) in zip(single, shard, strict=True):
+            assert torch.equal(whole[rank::2], part) and torch.equal(labels[rank::2], part_labels)
+    # The crops are random (two seeds differ) and the caller's RNG stream is left alone.
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    other = list(make_folder_dataloader(tmp_path, image_size=16, batch_size=6, seed=8, workers=0))
+    assert torch.equal(torch.rand(3), expected)
+    assert not torch.equal(other[0][0], single[0][0])
+    with pytest.raises(BlockMAEError, match="fewer than one batch of 20 per rank over 2"):
+        make_folder_dataloader(tmp_path, 16, 20, 0, world_size=2, rank=1)
+    with pytest.raises(BlockMAEError, match="rank 2 is outside"):
+        make_folder_dataloader(tmp_path, 16, 2, 0, world_size=2, rank=2)
+
+
 @pytest.mark.slow
 def test_bench_data_small_run_ends_with_speedup() -> None:
     start = time.perf_counter()

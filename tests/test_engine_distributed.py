@@ -17,6 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
+def _one_rank_and_two(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`blockmae <args>` in one process into tmp_path/one, then under torchrun with 2 ranks into tmp_path/two;
+    both must succeed. Returns the torchrun run."""
+    single = subprocess.run([sys.executable, "-m", "blockmae", *args, f"run.dir={tmp_path / 'one'}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert single.returncode == 0, single.stdout + single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "blockmae", *args, f"run.dir={tmp_path / 'two'}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    return ddp
+
+
 def test_rank_rows_follow_the_loader_shards():
     """Rank r's batch b holds rows r::W of the single-process batch b: masks drawn for the global batch
     and sliced with rows_of_rank land on the same images whatever the number of ranks."""
@@ -53,13 +66,7 @@ def test_two_ranks_match_one_rank(tmp_path):
               "run.log_every=1",
               "optim.lr=1e-3", "optim.warmup_epochs=0", "train.cpu_threads=1", "run.recon_images=0", "run.milestones=[]",
               "run.registry=false"]
-    single = subprocess.run([sys.executable, "-m", "blockmae", *common, f"run.dir={tmp_path / 'one'}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stdout + single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "blockmae", *common, f"run.dir={tmp_path / 'two'}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    ddp = _one_rank_and_two(common, tmp_path)
     assert "2 rank(s)" in ddp.stdout and ddp.stdout.count("run dir:") == 1  # rank 0 alone speaks
     from safetensors.torch import load_file
 
@@ -79,3 +86,22 @@ def test_two_ranks_match_one_rank(tmp_path):
 
     assert len(losses(tmp_path / "two")) == 2 * 4 + 2
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_rank_on_the_folder_loader(shared_data, tmp_path):
+    """data.loader=torchvision under torchrun: each rank reads its share of every global batch, with the
+    crops seeded per image, so 2 ranks x 25 train like 1 rank x 50 (200 Tiny-ImageNet train images)."""
+    common = ["pretrain", "--config", str(SMOKE), "data.loader=torchvision", "data.dataset=folder",
+              f"data.root={shared_data / 'tiny-imagenet-200-mini' / 'train'}", "data.workers=0",
+              "data.num_images=null", "train.batch_size=50", "train.epochs=1", "run.log_every=1",
+              "optim.lr=1e-3", "optim.warmup_epochs=0", "train.cpu_threads=1", "run.recon_images=0",
+              "run.milestones=[]", "run.registry=false"]
+    ddp = _one_rank_and_two(common, tmp_path)
+    assert "2 rank(s), 4 steps/epoch" in ddp.stdout
+
+    def losses(d):
+        return [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(losses(tmp_path / "two")) == 4 + 1
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)

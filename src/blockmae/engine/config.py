@@ -63,7 +63,7 @@ class DataConfig:
     hflip: bool = True
     interpolation: str = "bilinear"
     # cached: uint8 tensors + batched on-device augmentation; torchvision: ImageFolder + DataLoader over
-    # data.root (a <class>/<image> tree too big for memory; single process)
+    # data.root (a <class>/<image> tree too big for memory; sharded over DDP ranks like the cached path)
     loader: str = "cached"
     workers: int = 4  # torchvision loader only
 

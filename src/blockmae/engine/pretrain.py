@@ -153,12 +153,10 @@ class Pretrainer:
     def _build_data(self) -> None:
         cfg = self.cfg.data
         if cfg.loader == "torchvision":
-            if self.info.enabled:
-                raise BlockMAEError("data.loader=torchvision runs in a single process; use data.loader=cached "
-                                    "under torchrun")
             if not cfg.root:
                 raise BlockMAEError("data.loader=torchvision reads a <class>/<image> folder: set data.root")
-            self.loader = _FolderBatches(self.cfg, self.micro_batch, self.device)
+            self.loader = _FolderBatches(self.cfg, self.micro_batch, self.device, self.info.rank,
+                                         self.info.world_size)
             return
         from blockmae.data import load_dataset
         from blockmae.data.augment import BatchAugment
@@ -457,21 +455,23 @@ class Pretrainer:
 class _FolderBatches:
     """The torchvision path (ImageFolder + PIL transforms + DataLoader) with the cached loader's interface.
 
-    Each epoch's loader is seeded by (seed, epoch), so its order and augmentation are reproducible and
-    a resumed epoch skips its first batches by reading them again.
+    Each epoch's order and crops are seeded by (seed, epoch) and the image index, and each rank takes its
+    share of every global batch, so they do not depend on the number of workers or ranks, and a resumed
+    epoch skips its first batches without reading them.
     """
 
-    def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device) -> None:
+    def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> None:
         from blockmae.data.loader import make_folder_dataloader
 
         self.cfg, self.device, self.epoch = cfg, device, 0
         data = cfg.data
-        self.make = lambda seed: make_folder_dataloader(
+        self.make = lambda seed, start: make_folder_dataloader(
             data.root, cfg.img_size, batch_size, workers=data.workers, train=data.augment,
             scale=tuple(data.crop_scale), ratio=tuple(data.crop_ratio), hflip=data.hflip,
             interpolation=data.interpolation, shuffle=True, drop_last=True, seed=seed,
-            pin_memory=device.type == "cuda")
-        self.batches = len(self.make(cfg.run.seed))
+            pin_memory=device.type == "cuda", rank=rank, world_size=world_size, start_batch=start)
+        self.batches = len(self.make(cfg.run.seed, 0))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -480,10 +480,8 @@ class _FolderBatches:
         return self.batches
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        torch.manual_seed(self.cfg.run.seed * 1_000_003 + self.epoch)  # transforms in the main process (workers=0)
-        for index, (images, labels) in enumerate(self.make(self.cfg.run.seed * 1_000_003 + self.epoch)):
-            if index >= start_batch:
-                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        for images, labels in self.make(self.cfg.run.seed * 1_000_003 + self.epoch, start_batch):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 class _Window:
