@@ -204,3 +204,17 @@ def test_sigterm_checkpoints_stops_and_resumes_identically(reference_run, tmp_pa
     from blockmae.registry import Registry
 
     assert [r.status for r in Registry(tmp_path).list_runs(kind="pretrain")] == ["interrupted", "completed"]
+
+
+def test_every_step_is_in_a_logged_window(tmp_path):
+    """log_every=3 over 8 steps: windows end at steps 3, 6 and 8 (the epoch's tail), and they average to
+    the epoch's loss."""
+    run_dir = tmp_path / "tail"
+    code = main(["pretrain", "--config", str(SMOKE), *SMALL, "run.log_every=3", "train.epochs=1", f"run.dir={run_dir}"])
+    assert code == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == [3, 6, 8]
+    epoch = next(r for r in records if r["kind"] == "epoch")
+    weighted = (3 * steps[0]["loss"] + 3 * steps[1]["loss"] + 2 * steps[2]["loss"]) / 8
+    assert weighted == pytest.approx(epoch["loss"], rel=1e-6)

@@ -175,7 +175,19 @@ def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
     # The seed reached the pretraining runs.
     assert registry.get(state["pretrain/block2"]).config["run"]["seed"] == 3
 
-    for fig in ["shape_bias", "accuracy", "reconstructions_block1", "reconstructions_block2", "reconstructions_block4"]:
+    # The loss figure's curves are the runs' logged steps: 1 epoch of 256 images, in one logged window.
+    from blockmae.config import load_config
+    from blockmae.quickstart import QuickstartConfig, _loss_curves
+
+    curves = _loss_curves(load_config(QuickstartConfig, out / "quickstart.yaml"), out)
+    assert list(curves) == ["1x1 (MAE)", "2x2 blocks", "4x4 blocks"]
+    for name, key in keys.items():
+        if key != "random_init":
+            images, losses = curves[name]
+            assert images == [256]
+            assert losses[-1] == pytest.approx(registry.get(state[f"pretrain/{key}"]).metrics["loss"], rel=1e-9)
+    for fig in ["shape_bias", "accuracy", "pretraining_loss", "reconstructions_block1", "reconstructions_block2",
+                "reconstructions_block4"]:
         path = out / "figures" / f"{fig}.png"
         assert path.read_bytes()[:4] == b"\x89PNG" and f"(figures/{fig}.png)" in text
 

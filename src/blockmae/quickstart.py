@@ -233,7 +233,7 @@ def fit_epochs(cfg: QuickstartConfig, out: Path) -> tuple[int, int, float]:
     margin for a speed reading that is 20% off (they varied that much between runs here). The
     config's epochs are an upper bound, so a fast machine runs exactly the configured quickstart. Returns
     (epochs, num_images, images_per_second)."""
-    from blockmae.engine.pretrain import pretrain
+    from blockmae.engine.pretrain import pretrain, read_metrics
 
     budget = float(cfg.budget_seconds or 0)
     base = cfg.pretrain
@@ -241,8 +241,7 @@ def fit_epochs(cfg: QuickstartConfig, out: Path) -> tuple[int, int, float]:
     probe.train.epochs, probe.data.num_images, probe.run.registry = 2, 4 * base.train.batch_size, False
     probe.optim.warmup_epochs = 0
     run_dir = pretrain(probe)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["img_per_s"] for r in records if r.get("kind") == "epoch" and r.get("img_per_s")]
+    speeds = [r["img_per_s"] for r in read_metrics(run_dir, "epoch") if r.get("img_per_s")]
     if not speeds:
         raise BlockMAEError(f"could not read the pretraining speed from {run_dir / 'metrics.jsonl'}")
     ips = float(speeds[-1])
@@ -381,6 +380,18 @@ def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path]]
     return figures
 
 
+def _loss_curves(cfg: QuickstartConfig, out: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Arm name -> (images seen, loss) at every logged step of its pretraining run."""
+    from blockmae.engine.pretrain import read_metrics
+
+    images_per_step = cfg.pretrain.train.batch_size  # the global batch of one optimiser step
+    curves = {}
+    for block in cfg.blocks:
+        steps = read_metrics(out / "pretrain" / arm_key(block), "step")
+        curves[arm_name(block)] = ([r["step"] * images_per_step for r in steps], [r["loss"] for r in steps])
+    return curves
+
+
 def _settings_section(cfg: QuickstartConfig, stages: Stages) -> str:
     pc = cfg.pretrain
     seconds = stages.data.get("seconds", {})
@@ -414,7 +425,7 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     """Run (or resume) every stage into `out`; returns the path of report.md."""
     from blockmae.engine.pretrain import pretrain
     from blockmae.registry import Registry
-    from blockmae.report import accuracy_figure, arm_from_registry, shape_bias_figure, write_report
+    from blockmae.report import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure, write_report
 
     resuming = prepare_output(out, cfg)
     registry = Registry(out)
@@ -469,13 +480,15 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     def write() -> str:
         bias = shape_bias_figure(arms, out / "figures" / "shape_bias.png")
         acc = accuracy_figure(arms, out / "figures" / "accuracy.png", chance=0.1)
+        loss = loss_figure(_loss_curves(cfg, out), out / "figures" / "pretraining_loss.png")
         write_report(
             report_path,
             "blockmae quickstart: does block masking shift a ViT from texture to shape?",
             arms,
             intro=INTRO,
             figures=[("Shape bias per encoder (95% bootstrap intervals)", bias),
-                     ("Probe accuracy per encoder", acc)] + figures,
+                     ("Probe accuracy per encoder", acc),
+                     ("Pretraining loss per arm (metrics.jsonl of each run)", loss)] + figures,
             baseline_name=BASELINE,
             sections=[("Settings", _settings_section(cfg, stages))],
         )

@@ -355,8 +355,11 @@ def runs_table(arms: Sequence[ArmResult]) -> str:
 # Figures
 
 
+ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]  # pretrained arms, in order
+
+
 def _colours(arms: Sequence[ArmResult]) -> list[str]:
-    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
+    palette = ARM_COLOURS
     out, i = [], 0
     for a in arms:
         if a.pretrained:
@@ -421,6 +424,24 @@ def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float |
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Probe accuracy per encoder (bars: 95% Wilson CI)", fontsize=10)
     ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")
+
+
+def loss_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path) -> Path:
+    """Pretraining loss against images seen, one line per arm (name -> (images, losses)), in the arms'
+    colours of the other figures."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 3.4))
+    ax = fig.add_subplot()
+    for k, (name, (images, losses)) in enumerate(curves.items()):
+        colour = ARM_COLOURS[k % len(ARM_COLOURS)]
+        ax.plot([i / 1000 for i in images], losses, color=colour, label=name, linewidth=1.4)
+    ax.set_xlabel("images seen (thousands)")
+    ax.set_ylabel("MAE loss (masked patches)")
+    ax.set_title("Pretraining loss per arm", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return save_figure(fig, path, dpi=150, bbox_inches="tight")
 

@@ -317,8 +317,9 @@ class Pretrainer:
                         self._stop()
                     if (by_steps or stats["time_for_ckpt"]) and self.batch < self.steps_per_epoch * accum:
                         self._save_last()
+            tail_steps = window.steps  # steps since the last log line (_sync resets the window)
             stats = self._sync(window)
-            if window.steps:
+            if tail_steps:
                 self._log_window(stats, bar)
         finally:
             bar.close()
@@ -572,13 +573,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
         dist.cleanup()
 
 
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order; only those of `kind` ("step" or "epoch") if given."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
 def _final_metrics(run_dir: Path) -> dict[str, Any]:
     """The last epoch line of metrics.jsonl (loss, lr, img/s ...)."""
-    path = run_dir / "metrics.jsonl"
-    last: dict[str, Any] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("kind") == "epoch":
-                last = record
-    return {k: v for k, v in last.items() if k != "kind"}
+    epochs = read_metrics(run_dir, "epoch")
+    return {k: v for k, v in (epochs[-1] if epochs else {}).items() if k != "kind"}
