@@ -10,7 +10,7 @@ yields after its first k, and resuming a run needs only (epoch, batch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 from blockmae.data.augment import BatchAugment, CropParams, resize_normalize
 from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
+
+if TYPE_CHECKING:  # torchvision is imported only by the folder path
+    from torchvision.datasets import ImageFolder
 
 # Distinct streams of the seed tree, so the permutation and the augmentation never share draws.
 _PERMUTATION_STREAM = 0
@@ -175,7 +178,7 @@ class _SeededImageFolder(torch.utils.data.Dataset):
     So an image is cropped alike whatever the number of workers or ranks, and a resumed epoch can skip
     batches without reading them (the crops of the batches after do not depend on them)."""
 
-    def __init__(self, folder: Any, seed: int) -> None:
+    def __init__(self, folder: ImageFolder, seed: int) -> None:
         self.folder, self.seed = folder, seed
 
     def __len__(self) -> int:
@@ -213,6 +216,80 @@ class _RankOrder(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def image_folder(
+    root: str | Path,
+    image_size: int,
+    train: bool = True,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    interpolation: str = "bilinear",
+) -> ImageFolder:
+    """A torchvision ImageFolder over a <class>/<image> tree, with the training or evaluation transform.
+
+    Training: RandomResizedCrop(image_size, scale, ratio) + RandomHorizontalFlip, the same augmentation as
+    BatchAugment; evaluation: Resize(image_size) + CenterCrop. Both end with ToTensor + Normalize(ImageNet
+    mean/std). Scanning a large tree takes a while: build it once and hand it to `folder_loader` per epoch.
+    """
+    from torchvision import datasets, transforms
+
+    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+
+    root = Path(root)
+    if not root.is_dir():
+        raise BlockMAEError(f"image folder {root} does not exist; pass a directory of <class>/<image> files")
+    if interpolation not in INTERPOLATIONS:
+        raise BlockMAEError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+    mode = transforms.InterpolationMode(interpolation)
+    if train:
+        steps = [transforms.RandomResizedCrop(image_size, scale=scale, ratio=ratio, interpolation=mode)]
+        if hflip:
+            steps.append(transforms.RandomHorizontalFlip())
+    else:
+        steps = [transforms.Resize(image_size, interpolation=mode), transforms.CenterCrop(image_size)]
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    try:
+        return datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise BlockMAEError(f"cannot read image folder {root}: {err}") from None
+
+
+def folder_loader(
+    folder: ImageFolder,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool,
+    seed: int = 0,
+    workers: int = 2,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+) -> torch.utils.data.DataLoader:
+    """Batches (float images, int64 labels, on the CPU) of an `image_folder`.
+
+    The order is a permutation seeded by `seed`, each image's crop is seeded by (seed, image index), and
+    rank r of `world_size` takes every world_size-th index (batches of `batch_size` per rank), so DDP
+    ranks together see exactly the single process's batches. `start_batch` skips batches unread.
+    """
+    if world_size <= 0 or not (0 <= rank < world_size):
+        raise BlockMAEError(f"rank {rank} is outside world_size {world_size}")
+    if drop_last and len(folder) // world_size < batch_size:
+        raise BlockMAEError(f"image folder {folder.root} has {len(folder)} images: fewer than one batch of "
+                            f"{batch_size} per rank over {world_size} rank(s); lower the batch size")
+    order = _RankOrder(len(folder), seed, rank, world_size, shuffle, drop_last, start_batch * batch_size)
+    return torch.utils.data.DataLoader(
+        _SeededImageFolder(folder, seed),
+        batch_size=batch_size,
+        sampler=order,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),  # workers' base seed: not from the caller's RNG
+    )
+
+
 def make_folder_dataloader(
     root: str | Path,
     image_size: int,
@@ -231,52 +308,9 @@ def make_folder_dataloader(
     world_size: int = 1,
     start_batch: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """The classic path for class-folder trees too big for memory: ImageFolder + PIL transforms.
-
-    Training (`train=True`): RandomResizedCrop(image_size, scale, ratio) + RandomHorizontalFlip,
-    the same augmentation as BatchAugment; evaluation: Resize(image_size) + CenterCrop. Both end
-    with ToTensor + Normalize(ImageNet mean/std). Yields (float images, int64 labels) on the CPU.
-
-    The order is a permutation seeded by `seed`, each image's crop is seeded by (seed, image index), and
-    rank r of `world_size` takes every world_size-th index (batches of `batch_size` per rank), so DDP
-    ranks together see exactly the single process's batches. `start_batch` skips batches unread.
-    """
-    from torchvision import datasets, transforms
-
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
-
-    root = Path(root)
-    if not root.is_dir():
-        raise BlockMAEError(f"image folder {root} does not exist; pass a directory of <class>/<image> files")
-    if interpolation not in INTERPOLATIONS:
-        raise BlockMAEError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
-    if world_size <= 0 or not (0 <= rank < world_size):
-        raise BlockMAEError(f"rank {rank} is outside world_size {world_size}")
-    mode = transforms.InterpolationMode(interpolation)
-    if train:
-        steps = [transforms.RandomResizedCrop(image_size, scale=scale, ratio=ratio, interpolation=mode)]
-        if hflip:
-            steps.append(transforms.RandomHorizontalFlip())
-    else:
-        steps = [transforms.Resize(image_size, interpolation=mode), transforms.CenterCrop(image_size)]
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    try:
-        folder = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
-    except (FileNotFoundError, RuntimeError) as err:
-        raise BlockMAEError(f"cannot read image folder {root}: {err}") from None
-    shuffle = train if shuffle is None else shuffle
-    drop_last = train if drop_last is None else drop_last
-    if drop_last and len(folder) // world_size < batch_size:
-        raise BlockMAEError(f"image folder {root} has {len(folder)} images: fewer than one batch of {batch_size} "
-                            f"per rank over {world_size} rank(s); lower the batch size")
-    order = _RankOrder(len(folder), seed, rank, world_size, shuffle, drop_last, start_batch * batch_size)
-    return torch.utils.data.DataLoader(
-        _SeededImageFolder(folder, seed),
-        batch_size=batch_size,
-        sampler=order,
-        drop_last=drop_last,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),  # workers' base seed: not from the caller's RNG
-    )
+    """The classic path for class-folder trees too big for memory: `image_folder` + `folder_loader`
+    (shuffled and dropping the last partial batch when training, unless told otherwise)."""
+    folder = image_folder(root, image_size, train, scale, ratio, hflip, interpolation)
+    return folder_loader(folder, batch_size, train if shuffle is None else shuffle,
+                         train if drop_last is None else drop_last, seed, workers, pin_memory, rank, world_size,
+                         start_batch)

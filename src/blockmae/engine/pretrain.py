@@ -463,14 +463,14 @@ class _FolderBatches:
 
     def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> None:
-        from blockmae.data.loader import make_folder_dataloader
+        from blockmae.data.loader import folder_loader, image_folder
 
         self.cfg, self.device, self.epoch = cfg, device, 0
         data = cfg.data
-        self.make = lambda seed, start: make_folder_dataloader(
-            data.root, cfg.img_size, batch_size, workers=data.workers, train=data.augment,
-            scale=tuple(data.crop_scale), ratio=tuple(data.crop_ratio), hflip=data.hflip,
-            interpolation=data.interpolation, shuffle=True, drop_last=True, seed=seed,
+        folder = image_folder(data.root, cfg.img_size, train=data.augment, scale=tuple(data.crop_scale),
+                              ratio=tuple(data.crop_ratio), hflip=data.hflip, interpolation=data.interpolation)
+        self.make = lambda seed, start: folder_loader(  # the folder is scanned once, not every epoch
+            folder, batch_size, shuffle=True, drop_last=True, seed=seed, workers=data.workers,
             pin_memory=device.type == "cuda", rank=rank, world_size=world_size, start_batch=start)
         self.batches = len(self.make(cfg.run.seed, 0))
 
