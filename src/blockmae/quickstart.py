@@ -174,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"quickstart config (default: this repository's {REPO_GPU_CONFIG.name} when CUDA is "
                              f"available, else {REPO_CONFIG.name})")
     parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="shrink the pretraining (epochs, then images) to fit this total budget "
+                        help="fit the pretraining (epochs and images, never above the config's) to this total budget "
                              "(default: the config's budget_seconds; budget_seconds=null disables it)")
     parser.add_argument("--seed", type=int, default=None, help="seed of pretraining and probes (default: the config's)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
