@@ -1,34 +1,71 @@
-"""Atomic file writes: a temp file beside the target, fsynced, then renamed over it.
+"""Atomic writes: a temp file (or folder) beside the target, fsynced, then renamed over it.
 
 A crash or Ctrl-C mid-write leaves either the old file or the new one, never a truncated mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """`with atomic_path(target) as tmp: write(tmp)`: on success `tmp` is fsynced and renamed to `target`;
+    on error it is removed and `target` is untouched. `suffix` ends the temp name (writers that pick the
+    format from it, like matplotlib, need the target's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any, **dumps_kwargs: Any) -> Path:
     """`obj` as JSON (indent 2 unless given otherwise) plus a final newline, written atomically."""
     dumps_kwargs.setdefault("indent", 2)
     return write_text_atomic(path, json.dumps(obj, **dumps_kwargs) + "\n")
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the renames inside `path` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(new: str | Path, target: str | Path, aside: str | Path) -> None:
+    """Swap the finished folder `new` in for `target`. The old `target` is first renamed to `aside` (so a
+    crash between the two renames leaves one whole folder, and readers holding its files keep them), then
+    removed."""
+    new, target, aside = Path(new), Path(target), Path(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import replace_dir
 
 if TYPE_CHECKING:
     from blockmae.data.base import ImageTensorDataset
@@ -104,17 +105,6 @@ def cache_params(items: Sequence[tuple[str | os.PathLike, int]], image_size: int
     }
 
 
-def _write_atomically(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder `tmp` to `out_dir`, replacing an older cache there."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(out_dir, old)  # readers that mapped the old files keep them until they close
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_image_cache(items: Sequence[tuple[str | os.PathLike, int]], out_dir: str | os.PathLike, image_size: int,
                       class_names: Sequence[str], *, name: str = "", source: str | os.PathLike | None = None,
                       resize: str = "center-crop", extra_labels: Mapping[str, Sequence[int]] | None = None,
@@ -169,7 +159,8 @@ def build_image_cache(items: Sequence[tuple[str | os.PathLike, int]], out_dir: s
             values.tofile(tmp / f"extra-{key}.i64")
         (tmp / _META).write_text(json.dumps(meta, indent=1) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache is as shareable as the data it came from
-        _write_atomically(tmp, out_dir)
+        # readers that mapped the old cache's files keep them until they close
+        replace_dir(tmp, out_dir, out_dir.with_name(f".old-{out_dir.name}-{os.getpid()}-{time.monotonic_ns()}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_image_cache(out_dir)

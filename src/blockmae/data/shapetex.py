@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from blockmae.data.base import ImageTensorDataset, default_cache_root
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import atomic_path
 
 SHAPE_CLASSES: list[str] = [
     "circle", "square", "triangle", "star", "cross", "heart", "hourglass", "ring", "crescent", "arrow",
@@ -461,17 +461,10 @@ def _read_cache(path: Path, params: dict) -> ImageTensorDataset | None:
 
 
 def _write_cache(path: Path, params: dict, data: ImageTensorDataset) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"params": json.dumps(params, sort_keys=True), "images": data.images, "labels": data.labels,
             "texture": data.extra_labels["texture"], "class_names": list(data.class_names)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_shapetex(

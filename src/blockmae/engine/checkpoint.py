@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_json_atomic
+from blockmae.fileio import atomic_path, fsync_dir, replace_dir, write_json_atomic
 from blockmae.registry import flatten
 
 WEIGHTS = "model.safetensors"
@@ -34,22 +34,6 @@ def milestone_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: dict) -> Path:
     """Write the checkpoint `directory` atomically (replacing an older one of the same name)."""
     from blockmae.models.io import save_mae
@@ -62,17 +46,12 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_mae(model, tmp / WEIGHTS, metadata={"epoch": meta.get("epoch"), "step": meta.get("step")})
-    torch.save(state, tmp / STATE)
-    for name in (WEIGHTS, STATE):
-        _fsync_file(tmp / name)
+    with atomic_path(tmp / STATE) as state_tmp:
+        torch.save(state, state_tmp)
     write_json_atomic(tmp / META, meta, sort_keys=True)
-    _fsync_dir(tmp)
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    _fsync_dir(parent)
-    shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(tmp)
+    # `last.old` (fixed name): find_checkpoint recovers from a crash between the two renames.
+    replace_dir(tmp, directory, old)
     return directory
 
 

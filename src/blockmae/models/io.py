@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import atomic_path
 from blockmae.models.mae import ARCH_KEYS, MaskedAutoencoderViT
 
 FORMAT = "blockmae.mae"
@@ -34,13 +35,8 @@ def save_mae(model: MaskedAutoencoderViT, path: str | os.PathLike, metadata: dic
     except TypeError as err:
         raise BlockMAEError(f"checkpoint metadata must be JSON-serialisable: {err}") from None
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

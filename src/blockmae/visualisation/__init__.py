@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from blockmae.fileio import atomic_path
 
 
 def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
@@ -16,14 +16,9 @@ def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, **savefig_kwargs)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=path.suffix) as tmp:  # matplotlib picks the format from the suffix
+            fig.savefig(tmp, **savefig_kwargs)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
