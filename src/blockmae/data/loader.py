@@ -33,6 +33,18 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def rank_indices(n: int, rank: int, world_size: int, shuffle: bool, drop_last: bool,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Rank `rank`'s dataset indices of one epoch, in order: every world_size-th index of a permutation drawn
+    from `generator` (or of 0..n-1). Rank r holds global positions r, r + W, ... of each global batch, so
+    the ranks' k-th batches together are the single process's k-th batch. drop_last also drops the tail
+    that cannot be split evenly, so every rank gets n // world_size indices."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if drop_last:
+        order = order[: n // world_size * world_size]
+    return order[rank::world_size]
+
+
 class TensorBatchLoader:
     """Iterate `(images float normalised on device, labels on device)` batches of `dataset`.
 
@@ -107,14 +119,8 @@ class TensorBatchLoader:
 
     def indices(self) -> torch.Tensor:
         """This rank's dataset indices for the current epoch, in iteration order (int64, CPU)."""
-        n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=_generator(self.seed, _PERMUTATION_STREAM, self.epoch))
-        else:
-            order = torch.arange(n)
-        if self.drop_last:
-            order = order[: self._per_rank * self.world_size]
-        return order[self.rank :: self.world_size][: self._per_rank]
+        return rank_indices(len(self.dataset), self.rank, self.world_size, self.shuffle, self.drop_last,
+                            _generator(self.seed, _PERMUTATION_STREAM, self.epoch))
 
     def batch_generator(self, batch_index: int, epoch: int | None = None) -> torch.Generator:
         """The generator that draws the augmentation of global batch `batch_index` of `epoch` (default: current).
@@ -198,24 +204,6 @@ class _SeededImageFolder(torch.utils.data.Dataset):
             rng.set_state(state)
 
 
-class _RankOrder(torch.utils.data.Sampler):
-    """This rank's share of a seeded permutation, from its `start`-th index on: every world_size-th index,
-    as in TensorBatchLoader, so the ranks' k-th batches together are the single process's k-th batch."""
-
-    def __init__(self, n: int, seed: int, rank: int, world_size: int, shuffle: bool, drop_last: bool,
-                 start: int) -> None:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-        if drop_last:
-            order = order[: n // world_size * world_size]
-        self.indices = order[rank::world_size][start:].tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 def image_folder(
     root: str | Path,
     image_size: int,
@@ -277,11 +265,11 @@ def folder_loader(
     if drop_last and len(folder) // world_size < batch_size:
         raise BlockMAEError(f"image folder {folder.root} has {len(folder)} images: fewer than one batch of "
                             f"{batch_size} per rank over {world_size} rank(s); lower the batch size")
-    order = _RankOrder(len(folder), seed, rank, world_size, shuffle, drop_last, start_batch * batch_size)
+    order = rank_indices(len(folder), rank, world_size, shuffle, drop_last, torch.Generator().manual_seed(seed))
     return torch.utils.data.DataLoader(
         _SeededImageFolder(folder, seed),
         batch_size=batch_size,
-        sampler=order,
+        sampler=order[start_batch * batch_size:].tolist(),  # a list is a valid sampler: read in this order
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=pin_memory,
