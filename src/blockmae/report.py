@@ -359,11 +359,10 @@ ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
 
 def _colours(arms: Sequence[ArmResult]) -> list[str]:
-    palette = ARM_COLOURS
     out, i = [], 0
     for a in arms:
         if a.pretrained:
-            out.append(palette[i % len(palette)])
+            out.append(ARM_COLOURS[i % len(ARM_COLOURS)])
             i += 1
         else:
             out.append("#9a9a9a")

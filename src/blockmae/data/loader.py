@@ -33,6 +33,13 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def rank_rows(global_rows: int, rank: int, world_size: int) -> slice:
+    """The rows of a global (all-rank) batch that rank `rank` holds: r, r + W, r + 2W, ... (as rank_indices
+    deals them), so per-sample randomness drawn for the global batch follows each sample on any number
+    of ranks."""
+    return slice(rank, global_rows, world_size)
+
+
 def rank_indices(n: int, rank: int, world_size: int, shuffle: bool, drop_last: bool,
                  generator: torch.Generator) -> torch.Tensor:
     """Rank `rank`'s dataset indices of one epoch, in order: every world_size-th index of a permutation drawn
@@ -137,8 +144,7 @@ class TensorBatchLoader:
         assert self.augment is not None
         global_params = self.augment.sample_params(
             self.batch_size * self.world_size, height, width, self.batch_generator(batch_index, epoch))
-        # Rank r holds global positions r, r + W, r + 2W, ... of each global batch (see `indices`).
-        rows = slice(self.rank, self.rank + self.world_size * num_images, self.world_size)
+        rows = rank_rows(self.world_size * num_images, self.rank, self.world_size)
         return CropParams(*(t[rows] for t in (global_params.top, global_params.left, global_params.height,
                                               global_params.width, global_params.flip)))
 

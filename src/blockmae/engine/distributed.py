@@ -115,10 +115,7 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> to
 
 
 def rows_of_rank(batch_size: int, info: DistInfo) -> slice:
-    """Which rows of a global (all-rank) batch belong to this rank.
+    """Which rows of a global (all-rank) batch belong to this rank: the loaders' rule (rank_rows)."""
+    from blockmae.data.loader import rank_rows
 
-    Rank r takes rows r, r + W, r + 2W, ... This matches a loader that shards every epoch's
-    permutation DistributedSampler-style (`perm[rank::world_size]`), so per-sample randomness drawn
-    for the global batch (masks) follows each sample whatever the number of ranks.
-    """
-    return slice(info.rank, batch_size, info.world_size)
+    return rank_rows(batch_size, info.rank, info.world_size)
