@@ -26,6 +26,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("eval", "shape-bias"), "blockmae.evaluation.cli_shape_bias", "shape bias on cue-conflict images"),
     (("viz", "reconstructions"), "blockmae.visualisation.cli", "draw reconstructions of checkpoints"),
     (("runs",), "blockmae.registry", "list the runs recorded in the experiment registry"),
+    (("report",), "blockmae.report.cli", "HTML/markdown report of a sweep or of the runs in an output root"),
     (("quickstart",), "blockmae.quickstart", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
     (("bench", "model"), "blockmae.bench.model", "time MAE training steps against HF ViTMAE"),
     (("bench", "data"), "blockmae.bench.data", "time the cached pipeline against ImageFolder"),

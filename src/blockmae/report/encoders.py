@@ -24,36 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_text_atomic
+from blockmae.report.stats import Interval, wilson_interval
 from blockmae.visualisation import save_figure
-
-# Wilson interval at 95%.
-_Z95 = 1.959963984540054
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with its 95% interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def overlaps(self, other: "Interval") -> bool:
-        return self.low <= other.high and other.low <= self.high
-
-    def above(self, other: "Interval") -> bool:
-        """Higher than `other`, with the two intervals apart."""
-        return self.low > other.high
-
-
-def wilson_interval(accuracy: float, n: int) -> Interval:
-    """95% Wilson score interval of an accuracy measured on `n` images."""
-    if n <= 0:
-        return Interval(accuracy, 0.0, 1.0)
-    centre = (accuracy + _Z95**2 / (2 * n)) / (1 + _Z95**2 / n)
-    half = _Z95 * math.sqrt(accuracy * (1 - accuracy) / n + _Z95**2 / (4 * n * n)) / (1 + _Z95**2 / n)
-    return Interval(accuracy, max(0.0, centre - half), min(1.0, centre + half))
-
 
 @dataclass
 class ArmResult:

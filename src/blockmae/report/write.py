@@ -1,0 +1,52 @@
+"""Write a Document: the HTML file, report.md beside it, the figures for the markdown and every table's
+CSV/JSON/LaTeX export. All writes are atomic (blockmae.fileio), so a failure leaves the old report whole."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blockmae.fileio import write_text_atomic
+from blockmae.report.document import Document
+from blockmae.report.exports import export_tables
+from blockmae.report.render_html import render_html
+from blockmae.report.render_md import render_markdown
+from blockmae.visualisation import save_figure
+
+
+@dataclass
+class Written:
+    html: Path | None
+    markdown: Path | None
+    tables: list[Path] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def write_document(
+    doc: Document,
+    html: str | Path | None,
+    markdown: str | Path | None,
+    tables_dir: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    figure_format: str = "svg",
+) -> Written:
+    """Write `doc` as HTML and/or markdown. `figures_dir`: where the markdown's figure files go (one per
+    figure, `<name>.<figure_format>`); `tables_dir`: the table exports (linked from the HTML)."""
+    out = Written(Path(html) if html else None, Path(markdown) if markdown else None)
+    if tables_dir is not None:
+        out.tables = export_tables(doc, tables_dir)
+    if out.html is not None:
+        exports = {}
+        if tables_dir is not None:
+            rel = Path(os.path.relpath(Path(tables_dir).resolve(), out.html.parent.resolve())).as_posix()
+            exports = {t.id: f"{rel}/{t.id}" for t in doc.tables()}
+        write_text_atomic(out.html, render_html(doc, out.html, exports))
+    if out.markdown is not None:
+        if figures_dir is not None:
+            for fig in doc.figures():
+                kwargs = {"dpi": 150} if figure_format == "png" else {"metadata": {"Date": None}}
+                out.figures[fig.name] = save_figure(fig.figure, Path(figures_dir) / f"{fig.name}.{figure_format}",
+                                                    bbox_inches="tight", **kwargs)
+        write_text_atomic(out.markdown, render_markdown(doc, out.markdown, out.figures))
+    return out
