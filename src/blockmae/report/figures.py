@@ -41,6 +41,7 @@ def figure_svg(fig: Any, salt: str) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight", transparent=True, metadata={"Date": None})
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)  # RDF boilerplate, not needed inline
     # Let the page scale it: keep the viewBox, drop the fixed size.
     return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1', svg, count=1)
 

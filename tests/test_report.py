@@ -1,0 +1,175 @@
+"""`blockmae report` on a fixture sweep (the sweep.json contract) and on a registry-only root: the numbers
+of every table, the paired differences, the warnings, the exports and the one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from report_fixture import MISSING, linear_top1, make_sweep
+
+from blockmae.errors import BlockMAEError
+from blockmae.report.analysis import arm_summary, differences_table, study_document
+from blockmae.report.model import load_studies
+from blockmae.report.stats import t_quantile
+from blockmae.report.write import write_document
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    return make_sweep(tmp_path / "sweep")
+
+
+def test_study_reads_the_contract_with_a_missing_seed(sweep):
+    (study,) = load_studies(sweep)
+    assert [a.name for a in study.arms] == ["b1", "b2", "b4"]
+    assert study.baseline == "b1" and study.ablated == ["mask.block"] and study.seeds == [1, 2]
+    assert list(study.arm("b4").runs) == [1]
+    assert study.metric_keys() == ["linear.top1", "linear.top5", "lowpass.auc", "pretrain.loss"]
+    assert study.final_milestone("linear") == 3 and study.milestones("linear") == [2, 3]
+    s = arm_summary(study, study.arm("b2"), "linear.top1")
+    v = [linear_top1(2, 1, 3), linear_top1(2, 2, 3)]
+    half = t_quantile(0.975, 1) * abs(v[0] - v[1]) / 2 ** 0.5 / 2 ** 0.5
+    assert s["n"] == 2 and s["mean"] == pytest.approx(sum(v) / 2)
+    assert (s["low"], s["high"]) == pytest.approx((sum(v) / 2 - half, sum(v) / 2 + half))
+    # The earlier milestone is read when asked for.
+    assert arm_summary(study, study.arm("b2"), "linear.top1", 2)["mean"] == pytest.approx(sum(v) / 2 - 0.05)
+
+
+def test_paired_differences_pair_by_seed_and_say_when_inside_the_noise(sweep):
+    (study,) = load_studies(sweep)
+    table, sentences = differences_table(study, "linear.top1", "t")
+    rows = {r["arm"].text: r for r in table.rows}
+    assert set(rows) == {"b2", "b4"}
+    assert rows["b2"]["n"].value == 2 and rows["b4"]["n"].value == 1  # b4 lacks seed 2
+    assert rows["b2"]["mean"].value == pytest.approx(0.105)
+    assert "higher than the baseline" in rows["b2"]["verdict"].text
+    assert rows["b2"]["flip_p"].value == 0.5  # two seeds: the sign-flip test cannot go lower
+    assert "cannot go below p = 0.5 with 2 seeds" in sentences[0]
+    assert "one pair gives no interval" in sentences[1]
+    # Per-image McNemar from predictions.json (top1 only; top5 has no per-image file).
+    assert rows["b2"]["mcnemar"].text.startswith("s1: ")
+    table5, _ = differences_table(study, "linear.top5", "t5")
+    assert all(r["mcnemar"].text == "-" for r in table5.rows)
+    # Baseline b2 instead: b1 is lower on both seeds, b4 paired on seed 1 only.
+    study.baseline = "b2"
+    table, sentences = differences_table(study, "linear.top1", "t")
+    assert {r["arm"].text: r["mean"].value for r in table.rows}["b1"] == pytest.approx(-0.105)
+
+
+def test_deltas_of_mixed_sign_are_inside_the_noise(sweep):
+    data = json.loads((sweep / "sweep.json").read_text())
+    for arm in data["arms"]:
+        if arm["arm"] == "b2":
+            arm["evaluations"][1]["metrics"]["top1"] = {1: 0.35, 2: 0.30}[arm["seed"]]
+    (sweep / "sweep.json").write_text(json.dumps(data))
+    (study,) = load_studies(sweep)
+    table, sentences = differences_table(study, "linear.top1", "t")
+    assert "inside the noise" in table.rows[0]["verdict"].text
+    assert "includes 0: the difference is inside the noise" in sentences[0]
+
+
+def test_report_command_writes_html_markdown_and_exports(sweep):
+    out = sweep / "report.html"
+    done = subprocess.run([sys.executable, "-m", "blockmae", "report", "--root", str(sweep), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"report: {out}" in done.stdout
+    html = out.read_text()
+    assert html.count("<svg") >= 8 and "<script>" in html and "http://" not in html.replace("http://www.w3.org", "")
+    assert "0.415 ± 0.021 (n=2)" in html  # b2's linear top-1 over its two seeds
+    assert "has no run for seed 2" in html
+    assert html.count("data:image/png;base64,") == 6  # reconstructions of each arm's first seed at epochs 2 and 3
+    assert 'href="b1/s1"' in html and 'href="b4/s1/eval/lowpass-e3"' in html  # relative run-dir links
+    md = (sweep / "report.md").read_text()
+    assert "| b2 | 2 | 1, 2 | 0.415 ± 0.021 (n=2) |" in md
+    assert (sweep / "report_figures" / "linear-top1-by-variable.svg").is_file()
+    tables = sweep / "report_tables"
+    with open(tables / "linear-top1-by-arm.csv") as fh:
+        rows = {r["arm"]: r for r in csv.DictReader(fh)}
+    assert float(rows["b2"]["mean"]) == pytest.approx(0.415) and rows["b4"]["n"] == "1" and rows["b4"]["std"] == ""
+    exported = json.loads((tables / "linear-top1-paired.json").read_text())
+    assert exported["rows"][0]["mean delta"] == pytest.approx(0.105)
+    tex = (tables / "overview.tex").read_text()
+    assert r"\toprule" in tex and r"0.415 $\pm$ 0.021" in tex and r"linear.top1 (mean $\pm$ std)" in tex
+
+
+def test_report_figures_and_reconstructions(sweep):
+    (study,) = load_studies(sweep)
+    doc = study_document([study])
+    names = [f.name for f in doc.figures()]
+    assert "linear-top1-by-variable" in names and "linear-top1-by-epoch" in names
+    assert "lowpass-auc-by-epoch" not in names  # one milestone: no epoch plot
+    assert "pretraining-loss" in names and "lowpass-lowpass" in names  # results.json curves overlaid
+    images = [b for b in doc.walk() if type(b).__name__ == "Image"]
+    assert [i.path.name for i in images] == ["reconstructions_epoch_0002.png", "reconstructions_epoch_0003.png"] * 3
+
+
+def test_curves_from_csv_files(sweep):
+    lp = sweep / "b1" / "s1" / "eval" / "lowpass-e3"
+    (lp / "results.json").write_text("{}")
+    (lp / "lowpass_colour.csv").write_text("level,accuracy,ci_low,ci_high,n\n0,0.5,0.4,0.6,100\n3,0.2,0.1,0.3,100\n")
+    (study,) = load_studies(sweep)
+    (run,) = [study.arm("b1").runs[1]]
+    curve = run.evaluation("lowpass", 3).curves["lowpass_colour"]
+    assert (curve.x, curve.y, curve.lo, curve.hi, curve.x_label) == ([0, 3], [0.5, 0.2], [0.4, 0.1], [0.6, 0.3], "level")
+
+
+def test_registry_only_root_groups_runs_by_name(tmp_path):
+    from blockmae.registry import Registry
+
+    registry = Registry(tmp_path)
+    for name, block in (("b1", 1), ("b2", 2)):
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{name}-s{seed}"
+            (run_dir / "checkpoints" / "epoch_0002").mkdir(parents=True)
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 2, "loss": 1.0 + block / 10}))
+            cfg = {"mask": {"block": block}, "run": {"seed": seed, "dir": str(run_dir)}, "train": {"epochs": 2}}
+            pre = registry.start_run("pretrain", run_dir, cfg, name=name, heartbeat=False)
+            registry.finish_run(pre, "completed", {"loss": 1.0})
+            probe = registry.start_run("probe", tmp_path / f"probe-{name}-{seed}", {"linear": {"seed": seed}},
+                                       parent=run_dir / "checkpoints" / "epoch_0002", name=f"p-{name}", heartbeat=False)
+            registry.finish_run(probe, "completed", {"top1": 0.2 + 0.1 * block + 0.01 * seed, "num_eval": 100})
+    (study,) = load_studies(tmp_path)
+    assert study.source == "registry" and [a.name for a in study.arms] == ["b1", "b2"]
+    assert study.ablated == ["mask.block"] and study.arm("b2").values == {"mask.block": 2}
+    assert study.metric_keys() == ["probe.top1", "pretrain.loss"]
+    assert study.values("probe.top1", 2) == {"b1": {0: pytest.approx(0.3), 1: pytest.approx(0.31)},
+                                             "b2": {0: pytest.approx(0.4), 1: pytest.approx(0.41)}}
+    study.baseline = "b1"
+    table, _ = differences_table(study, "probe.top1", "t")
+    assert table.rows[0]["mean"].value == pytest.approx(0.1)
+    written = write_document(study_document([study]), tmp_path / "r.html", tmp_path / "r.md")
+    assert "No baseline arm named" not in written.html.read_text()
+
+
+def test_bad_roots_and_sweep_files_are_one_line_errors(tmp_path, sweep):
+    with pytest.raises(BlockMAEError, match="no sweep.json"):
+        load_studies(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "sweep.json").write_text('{"schema": 7, "arms": []}')
+    with pytest.raises(BlockMAEError, match="schema 7"):
+        load_studies(tmp_path / "bad")
+    with pytest.raises(BlockMAEError, match="no arm named 'b9'"):
+        load_studies(sweep, spec=_spec(tmp_path, "baseline: b9\n"))
+    (study,) = load_studies(sweep, spec=_spec(tmp_path, "title: Blocks\nbaseline: b2\n"))
+    assert (study.title, study.baseline) == ("Blocks", "b2")
+    done = subprocess.run([sys.executable, "-m", "blockmae", "report", "--root", str(sweep), "--out",
+                           str(sweep / "r.txt")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("blockmae: error: --out") and "Traceback" not in done.stderr
+
+
+def _spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_seed_is_warned(sweep):
+    (study,) = load_studies(sweep)
+    text = json.dumps([getattr(b, "text", "") for b in study_document([study]).walk()])
+    arm, seed = MISSING
+    assert f"Arm {arm} has no run for seed {seed}" in text
