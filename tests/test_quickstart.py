@@ -6,15 +6,15 @@ import re
 
 import pytest
 
-from blockmae.report import (
+from blockmae.report import Interval, wilson_interval
+from blockmae.report.document import Figure
+from blockmae.report.encoders import (
     ArmResult,
-    Interval,
     accuracy_figure,
     interpret,
     parse_results_table,
     probe_verdict,
     shape_bias_figure,
-    wilson_interval,
     write_report,
 )
 
@@ -101,23 +101,26 @@ def test_report_table_round_trips_and_figures_are_written(tmp_path):
         arm("4x4", 0.6234, 0.57, (0.41, 0.37, 0.45)),
         arm("random-init", 0.30, 0.28, (0.31, 0.27, 0.35), pretrained=False),
     ]
-    figs = [
-        ("Shape bias", shape_bias_figure(arms, tmp_path / "figures" / "shape_bias.png")),
-        ("Accuracy", accuracy_figure(arms, tmp_path / "figures" / "accuracy.png")),
-    ]
-    report = write_report(tmp_path / "report.md", "Test report", arms, figures=figs)
-    text = report.read_text()
+    figs = [Figure("shape_bias", "Shape bias", shape_bias_figure(arms)),
+            Figure("accuracy", "Accuracy", accuracy_figure(arms))]
+    written = write_report(tmp_path / "report.md", "Test report", arms, figures=figs)
+    text, html = written.markdown.read_text(), written.html.read_text()
     table = parse_results_table(text)
     assert set(table) == {"1x1", "4x4", "random-init"}
     assert float(table["1x1"]["Linear top-1 (%)"]) == pytest.approx(61.2)
     assert table["4x4"]["Shape bias [95% CI]"] == "0.410 [0.370, 0.450]"
     assert table["4x4"]["Neither (%)"] == "-"  # not measured is shown as such, never as 0
     arms[1].neither_fraction = 0.7456
-    table = parse_results_table(write_report(tmp_path / "report.md", "Test report", arms).read_text())
+    table = parse_results_table(write_report(tmp_path / "report.md", "Test report", arms).markdown.read_text())
     assert table["4x4"]["Neither (%)"] == "74.6" and table["1x1"]["Neither (%)"] == "-"
-    for _, fig in figs:
+    for name in ("shape_bias", "accuracy"):
+        fig = tmp_path / "figures" / f"{name}.png"
         assert fig.stat().st_size > 5000 and fig.read_bytes()[:4] == b"\x89PNG"
-        assert f"]({fig.relative_to(tmp_path)})" in text
+        assert f"](figures/{name}.png)" in text
+    # The same report as one offline HTML page (figures inline as SVG) and the tables exported.
+    assert written.html == tmp_path / "report.html" and html.count("<svg") == 2 and "figures/" not in html
+    assert "61.2" in html and "All pretrained encoders beat the random-init baseline" in html
+    assert (tmp_path / "report_tables" / "results.csv").read_text().splitlines()[1].startswith("1x1,61.2")
     # No temporary files left behind by the atomic writes.
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
     assert re.search(r"\| 4x4 \| 4x4-lin \| 4x4-pre \|", text)
@@ -190,6 +193,11 @@ def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
                 "reconstructions_block4"]:
         path = out / "figures" / f"{fig}.png"
         assert path.read_bytes()[:4] == b"\x89PNG" and f"(figures/{fig}.png)" in text
+    # The same report as one offline HTML page: the three charts inline, the reconstructions embedded.
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 3 and html.count("data:image/png;base64,") == 3
+    assert "Neither (%)" in html and ("do not beat" in html or "beat the random-init baseline" in html)
+    assert (out / "report_tables" / "results.csv").is_file()
 
     import subprocess
     import sys

@@ -347,7 +347,7 @@ def _evaluate(cfg: QuickstartConfig, out: Path, key: str, checkpoint: str, stage
         progress.run(f"shape bias {key}", shape_bias)
 
 
-def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path]]:
+def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[Any]:
     """One figure per pretrained arm: the same validation images under 1x1, 2x2 and 4x4 masks."""
     import torch
 
@@ -355,6 +355,7 @@ def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path]]
     from blockmae.data.augment import normalize
     from blockmae.masking import MaskGenerator
     from blockmae.models.io import load_mae
+    from blockmae.report.document import Image
     from blockmae.visualisation.reconstructions import reconstruction_figure
 
     pc = cfg.pretrain
@@ -375,8 +376,8 @@ def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[tuple[str, Path]]
         path = out / "figures" / f"reconstructions_{arm_key(block)}.png"
         with torch.no_grad():
             reconstruction_figure(model, images, masks, path, title=f"pretrained with {mask_phrase(block)}")
-        figures.append((f"Reconstructions by the model pretrained with {mask_phrase(block)} (columns: the mask "
-                        "used at test time)", path))
+        figures.append(Image(path, f"Reconstructions by the model pretrained with {mask_phrase(block)} (columns: "
+                                   "the mask used at test time)"))
     return figures
 
 
@@ -392,40 +393,42 @@ def _loss_curves(cfg: QuickstartConfig, out: Path) -> dict[str, tuple[list[int],
     return curves
 
 
-def _settings_section(cfg: QuickstartConfig, stages: Stages) -> str:
+def _settings_section(cfg: QuickstartConfig, stages: Stages) -> list[str]:
     pc = cfg.pretrain
     seconds = stages.data.get("seconds", {})
     lines = [
-        f"- Data: ShapeTex at {pc.data.image_size} px, {pc.data.num_images} training images "
+        f"Data: ShapeTex at {pc.data.image_size} px, {pc.data.num_images} training images "
         f"(texture correlation {pc.data.options.get('texture_correlation', 0.8)}); probes on "
         f"{cfg.probe.data.num_images or 'the default number of'} images per split; shape bias on "
         f"{cfg.shape_bias_images} images per test split.",
-        f"- Model: {pc.model.preset}, patch {pc.model.patch_size} ({pc.img_size // int(pc.model.patch_size or 4)}^2 "
+        f"Model: {pc.model.preset}, patch {pc.model.patch_size} ({pc.img_size // int(pc.model.patch_size or 4)}^2 "
         f"patches), mask ratio {pc.mask.ratio}.",
-        f"- Pretraining per arm: {pc.train.epochs} epochs x {pc.data.num_images} images = "
+        f"Pretraining per arm: {pc.train.epochs} epochs x {pc.data.num_images} images = "
         f"{pc.train.epochs * int(pc.data.num_images or 0)} images seen, batch {pc.train.batch_size}, "
         f"lr {pc.optim.resolved_lr(pc.train.batch_size):g}, precision {pc.train.precision}, seed {pc.run.seed}.",
-        ("- For scale: on ShapeTex the pretrained arms need of the order of 10^5 to 10^6 images per arm to beat "
+        ("For scale: on ShapeTex the pretrained arms need of the order of 10^5 to 10^6 images per arm to beat "
          "random weights on the linear probe (docs/quickstart.md, \"How much pretraining the answer needs\"); "
          "configs/quickstart_gpu.yaml, the default where CUDA is available, pretrains 900,000."),
-        f"- Probes: linear ({cfg.probe.linear.optimizer}, {cfg.probe.linear.epochs} epochs, pool {cfg.probe.encoder.pool}) "
+        f"Probes: linear ({cfg.probe.linear.optimizer}, {cfg.probe.linear.epochs} epochs, pool {cfg.probe.encoder.pool}) "
         f"and k-NN (k={cfg.probe.knn.k}, T={cfg.probe.knn.temperature}) on frozen features.",
     ]
     if "sizes" in stages.data:
         s = stages.data["sizes"]
-        lines.append(f"- Budget mode: {cfg.budget_seconds:g} s; measured {s['img_per_s']:.0f} pretraining img/s, "
+        lines.append(f"Budget mode: {cfg.budget_seconds:g} s; measured {s['img_per_s']:.0f} pretraining img/s, "
                      f"so {s['epochs']} epochs x {s['num_images']} images per arm.")
     if seconds:
-        lines.append("- Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".")
-    lines.append(f"- Settings file: `{CONFIG_NAME}` in this folder (rerun with `blockmae quickstart --config` on it).")
-    return "\n".join(lines)
+        lines.append("Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".")
+    lines.append(f"Settings file: {CONFIG_NAME} in this folder (rerun with `blockmae quickstart --config` on it).")
+    return lines
 
 
 def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
-    """Run (or resume) every stage into `out`; returns the path of report.md."""
+    """Run (or resume) every stage into `out`; returns the path of report.md (report.html, the same report as
+    one offline page, and report_tables/ are written beside it)."""
     from blockmae.engine.pretrain import pretrain
     from blockmae.registry import Registry
-    from blockmae.report import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure, write_report
+    from blockmae.report.document import Bullets, Figure
+    from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure, write_report
 
     resuming = prepare_output(out, cfg)
     registry = Registry(out)
@@ -469,7 +472,7 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
         timed[f"evaluate {name}"] = timed.get(f"evaluate {name}", 0.0) + time.monotonic() - t0
         stages.save()
 
-    figures: list[tuple[str, Path]] = []
+    figures: list[Any] = []
     timed_run("reconstructions", lambda: f"{len(figures.extend(_reconstructions(cfg, out)) or figures)} figures")
     arms = []
     for key, name, pretrained in encoders:
@@ -478,21 +481,22 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     report_path = out / "report.md"
 
     def write() -> str:
-        bias = shape_bias_figure(arms, out / "figures" / "shape_bias.png")
-        acc = accuracy_figure(arms, out / "figures" / "accuracy.png", chance=0.1)
-        loss = loss_figure(_loss_curves(cfg, out), out / "figures" / "pretraining_loss.png")
-        write_report(
+        run_dirs = [(f"{a.name}: {stage} ({run_id})", Path(registry.get(run_id).run_dir))
+                    for a in arms for stage, run_id in a.run_ids.items() if registry.get(run_id).run_dir]
+        written = write_report(
             report_path,
             "blockmae quickstart: does block masking shift a ViT from texture to shape?",
             arms,
             intro=INTRO,
-            figures=[("Shape bias per encoder (95% bootstrap intervals)", bias),
-                     ("Probe accuracy per encoder", acc),
-                     ("Pretraining loss per arm (metrics.jsonl of each run)", loss)] + figures,
+            figures=[Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)", shape_bias_figure(arms)),
+                     Figure("accuracy", "Probe accuracy per encoder", accuracy_figure(arms, chance=0.1)),
+                     Figure("pretraining_loss", "Pretraining loss per arm (metrics.jsonl of each run)",
+                            loss_figure(_loss_curves(cfg, out)))] + figures,
             baseline_name=BASELINE,
-            sections=[("Settings", _settings_section(cfg, stages))],
+            sections=[("Settings", [Bullets(_settings_section(cfg, stages))])],
+            run_dirs=run_dirs,
         )
-        return str(report_path)
+        return f"{report_path} and {written.html}"
 
     progress.run("report", write)
     return report_path

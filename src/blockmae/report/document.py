@@ -107,6 +107,13 @@ class Links:
 
 
 @dataclass
+class Bullets:
+    """A bulleted list of plain sentences."""
+
+    items: list[str]
+
+
+@dataclass
 class Details:
     """Collapsed preformatted text (configs, specs) under a summary line."""
 
@@ -114,7 +121,7 @@ class Details:
     text: str
 
 
-Block = Union[Paragraph, Table, Figure, Image, Links, Details]
+Block = Union[Paragraph, Table, Figure, Image, Links, Bullets, Details]
 
 
 @dataclass

@@ -1,10 +1,9 @@
-"""Markdown reports of compared encoders: results table, figures and an interpretation that the
-numbers support.
+"""The report of a few encoders with one seed each, compared on a probe and cue-conflict shape bias:
+results table, figures and an interpretation that the numbers support. The quickstart is its user;
+studies over seeds are blockmae.report.analysis. Both are rendered by the same Document machinery
+(blockmae.report.write): report.md, one offline HTML file and the tables' exports.
 
-The report is the last step of the data flow (... -> evaluations -> registry -> report): it reads the
-finished runs' metrics from the registry (:func:`arm_from_registry`) and never recomputes them.
-It is generic over "arms" (one encoder each: a pretraining recipe or a baseline), so ablation reports
-reuse it; the quickstart is its first user.
+It reads the finished runs' metrics from the registry (:func:`arm_from_registry`) and never recomputes them.
 
 Interpretation rules (kept deliberately conservative):
 - two numbers are called different only when their 95% intervals do not overlap; otherwise the report
@@ -16,16 +15,16 @@ Interpretation rules (kept deliberately conservative):
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_text_atomic
+from blockmae.report.document import Block, Cell, Document, Figure, Image, Links, Paragraph, Table
+from blockmae.report.figures import BASELINE_GREY, arm_colour, new_figure
 from blockmae.report.stats import Interval, wilson_interval
-from blockmae.visualisation import save_figure
+from blockmae.report.write import Written, write_document
+
 
 @dataclass
 class ArmResult:
@@ -279,33 +278,35 @@ RESULT_HEADERS = [
     "Shape-only acc (%)",
     "Texture-only acc (%)",
 ]
+_RESULT_KEYS = ["encoder", "linear_top1", "linear_top5", "knn_top1", "shape_bias", "neither", "shape_only",
+                "texture_only"]
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _pct_cell(x: float | None) -> Cell:
+    return Cell("-", None) if x is None else Cell(f"{100 * x:.1f}", 100 * x)
 
 
-def results_table(arms: Sequence[ArmResult]) -> str:
-    rows = [
-        [
-            a.name,
-            f"{100 * a.linear_top1:.1f}",
-            f"{100 * a.linear_top5:.1f}",
-            f"{100 * a.knn_top1:.1f}",
-            f"{a.shape_bias.value:.3f} [{a.shape_bias.low:.3f}, {a.shape_bias.high:.3f}]",
-            "-" if a.neither_fraction is None else f"{100 * a.neither_fraction:.1f}",
-            f"{100 * a.shape_only_accuracy:.1f}",
-            f"{100 * a.texture_only_accuracy:.1f}",
-        ]
-        for a in arms
-    ]
-    return markdown_table(RESULT_HEADERS, rows)
+def results_table(arms: Sequence[ArmResult]) -> Table:
+    """The results table: one row per encoder (percentages; shape bias with its bootstrap interval)."""
+    table = Table("results", "Results per encoder", list(zip(_RESULT_KEYS, RESULT_HEADERS)))
+    for a in arms:
+        table.add(
+            encoder=a.name,
+            linear_top1=_pct_cell(a.linear_top1),
+            linear_top5=_pct_cell(a.linear_top5),
+            knn_top1=_pct_cell(a.knn_top1),
+            shape_bias=Cell(f"{a.shape_bias.value:.3f} [{a.shape_bias.low:.3f}, {a.shape_bias.high:.3f}]",
+                            a.shape_bias.value),
+            neither=_pct_cell(a.neither_fraction),  # not measured is shown as such, never as 0
+            shape_only=_pct_cell(a.shape_only_accuracy),
+            texture_only=_pct_cell(a.texture_only_accuracy),
+        )
+    return table
 
 
 def parse_results_table(markdown: str) -> dict[str, dict[str, str]]:
-    """Inverse of :func:`results_table` (for tests and tools): encoder -> column -> cell text."""
+    """Inverse of the markdown rendering of :func:`results_table` (for tests and tools): encoder -> column
+    -> cell text."""
     lines = markdown.splitlines()
     header = "| " + " | ".join(RESULT_HEADERS) + " |"
     start = lines.index(header)
@@ -318,35 +319,32 @@ def parse_results_table(markdown: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def runs_table(arms: Sequence[ArmResult]) -> str:
+def runs_table(arms: Sequence[ArmResult]) -> Table:
     stages = sorted({s for a in arms for s in a.run_ids})
-    return markdown_table(["Encoder"] + stages, ([a.name] + [a.run_ids.get(s, "-") for s in stages] for a in arms))
+    table = Table("runs", "Registry run ids per encoder and stage", [("encoder", "Encoder")] + [(s, s) for s in stages])
+    for a in arms:
+        table.add(encoder=a.name, **{s: a.run_ids.get(s, "-") for s in stages})
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures
-
-
-ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]  # pretrained arms, in order
+# Figures (matplotlib Figures; the report's writer saves or inlines them)
 
 
 def _colours(arms: Sequence[ArmResult]) -> list[str]:
     out, i = [], 0
     for a in arms:
         if a.pretrained:
-            out.append(ARM_COLOURS[i % len(ARM_COLOURS)])
+            out.append(arm_colour(i))
             i += 1
         else:
-            out.append("#9a9a9a")
+            out.append(BASELINE_GREY)
     return out
 
 
-def shape_bias_figure(arms: Sequence[ArmResult], path: str | Path) -> Path:
+def shape_bias_figure(arms: Sequence[ArmResult]) -> Any:
     """Bar chart of shape bias per arm with its 95% bootstrap interval and the 0.5 line."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.3 * len(arms) + 1.8, 3.6))
-    ax = fig.add_subplot()
+    fig, ax = new_figure(1.3 * len(arms) + 1.8, 3.6)
     x = list(range(len(arms)))
     values = [a.shape_bias.value for a in arms]
     err = [[a.shape_bias.value - a.shape_bias.low for a in arms], [a.shape_bias.high - a.shape_bias.value for a in arms]]
@@ -361,26 +359,22 @@ def shape_bias_figure(arms: Sequence[ArmResult], path: str | Path) -> Path:
     ax.set_xticks(x, [a.name for a in arms])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("shape bias (shape / (shape + texture))")
-    ax.set_title("Shape bias on ShapeTex cue-conflict (95% bootstrap CI)", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    return save_figure(fig, path, dpi=150, bbox_inches="tight")
+    ax.set_title("Shape bias on cue-conflict images (95% bootstrap CI)", fontsize=10)
+    return fig
 
 
-def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float | None = None) -> Path:
+def accuracy_figure(arms: Sequence[ArmResult], chance: float | None = None) -> Any:
     """Grouped bars per arm: linear top-1 and k-NN top-1 (with Wilson intervals), shape-only and
     texture-only accuracy; `chance` draws the chance level."""
-    from matplotlib.figure import Figure
-
     series = [
         ("linear top-1", [a.linear for a in arms]),
         ("k-NN top-1", [a.knn for a in arms]),
         ("shape-only", [a.shape_only_accuracy for a in arms]),
         ("texture-only", [a.texture_only_accuracy for a in arms]),
     ]
-    fig = Figure(figsize=(1.6 * len(arms) + 2.5, 3.6))
-    ax = fig.add_subplot()
+    fig, ax = new_figure(1.6 * len(arms) + 2.5, 3.6)
     width = 0.8 / len(series)
-    colours = ["#4C72B0", "#55A868", "#8172B3", "#DD8452"]
+    colours = [arm_colour(0), arm_colour(2), arm_colour(4), arm_colour(1)]
     for k, (label, values) in enumerate(series):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(arms))]
         ivs = [v for v in values if isinstance(v, Interval)]
@@ -395,30 +389,56 @@ def accuracy_figure(arms: Sequence[ArmResult], path: str | Path, chance: float |
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Probe accuracy per encoder (bars: 95% Wilson CI)", fontsize=10)
     ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    return save_figure(fig, path, dpi=150, bbox_inches="tight")
+    return fig
 
 
-def loss_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path) -> Path:
+def loss_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Any:
     """Pretraining loss against images seen, one line per arm (name -> (images, losses)), in the arms'
     colours of the other figures."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.6, 3.4))
-    ax = fig.add_subplot()
+    fig, ax = new_figure(5.6, 3.4)
     for k, (name, (images, losses)) in enumerate(curves.items()):
-        colour = ARM_COLOURS[k % len(ARM_COLOURS)]
-        ax.plot([i / 1000 for i in images], losses, color=colour, label=name, linewidth=1.4)
+        ax.plot([i / 1000 for i in images], losses, color=arm_colour(k), label=name, linewidth=1.4,
+                marker="o" if len(images) < 3 else None)
     ax.set_xlabel("images seen (thousands)")
     ax.set_ylabel("MAE loss (masked patches)")
     ax.set_title("Pretraining loss per arm", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    return save_figure(fig, path, dpi=150, bbox_inches="tight")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # The report
+
+RESULTS_NOTE = (
+    "Accuracies are on held-out images; the probe, k-NN and shape-bias columns of one row use the same "
+    "frozen encoder. Shape bias = shape decisions / (shape + texture decisions) on cue-conflict images; "
+    "Neither = the cue-conflict decisions that name neither the shape's nor the texture's class, which the "
+    "shape bias leaves out."
+)
+
+
+def encoders_document(
+    title: str,
+    arms: Sequence[ArmResult],
+    intro: str = "",
+    figures: Sequence[Figure | Image] = (),
+    baseline_name: str = "random-init",
+    sections: Sequence[tuple[str, Sequence[Block]]] = (),
+    run_dirs: Sequence[tuple[str, Path]] = (),
+) -> Document:
+    """The report of single-seed encoders as a Document: results, interpretation, figures (`figures`:
+    Figure and Image blocks), extra `sections` (heading, blocks), the registry runs and their folders."""
+    doc = Document(title, [" ".join(intro.split())] if intro else [])
+    doc.section("Results").add(results_table(arms), Paragraph(RESULTS_NOTE))
+    doc.section("Interpretation").add(*[Paragraph(p) for p in interpret(arms, baseline_name)])
+    if figures:
+        doc.section("Figures").add(*figures)
+    for heading, blocks in sections:
+        doc.section(heading).add(*blocks)
+    runs = doc.section("Runs in the registry").add(runs_table(arms))
+    if run_dirs:
+        runs.add(Links(list(run_dirs)))
+    return doc
 
 
 def write_report(
@@ -426,34 +446,14 @@ def write_report(
     title: str,
     arms: Sequence[ArmResult],
     intro: str = "",
-    figures: Sequence[tuple[str, str | Path]] = (),
+    figures: Sequence[Figure | Image] = (),
     baseline_name: str = "random-init",
-    sections: Sequence[tuple[str, str]] = (),
-) -> Path:
-    """Write the markdown report. `figures` are (caption, path) pairs, linked relative to the report;
-    `sections` are extra (heading, markdown) pairs appended at the end (settings, how to reproduce)."""
+    sections: Sequence[tuple[str, Sequence[Block]]] = (),
+    run_dirs: Sequence[tuple[str, Path]] = (),
+) -> Written:
+    """Write the report as `path` (report.md, figures as PNG in `figures/` beside it), the same as one
+    offline HTML file (`path` with .html) and the tables' CSV/JSON/LaTeX in `<stem>_tables/`."""
     path = Path(path)
-    parts = [f"# {title}", ""]
-    if intro:
-        parts += [intro.strip(), ""]
-    parts += ["## Results", "", results_table(arms), ""]
-    parts += [
-        "Accuracies are on held-out images; the probe, k-NN and shape-bias columns of one row use the same "
-        "frozen encoder. Shape bias = shape decisions / (shape + texture decisions) on cue-conflict images; "
-        "Neither = the cue-conflict decisions that name neither the shape's nor the texture's class, which the "
-        "shape bias leaves out.",
-        "",
-        "## Interpretation",
-        "",
-    ]
-    for paragraph in interpret(arms, baseline_name):
-        parts += [paragraph, ""]
-    if figures:
-        parts += ["## Figures", ""]
-        for caption, fig_path in figures:
-            rel = os.path.relpath(Path(fig_path), path.parent)
-            parts += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
-    for heading, body in sections:
-        parts += [f"## {heading}", "", body.strip(), ""]
-    parts += ["## Runs in the registry", "", runs_table(arms), ""]
-    return write_text_atomic(path, "\n".join(parts))
+    doc = encoders_document(title, arms, intro, figures, baseline_name, sections, run_dirs)
+    return write_document(doc, path.with_suffix(".html"), path, path.parent / f"{path.stem}_tables",
+                          path.parent / "figures", figure_format="png")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from blockmae.report.document import Details, Document, Figure, Image, Links, Paragraph, Section, Table
+from blockmae.report.document import Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table
 from blockmae.report.figures import figure_svg, png_data_uri
 
 
@@ -39,6 +39,8 @@ def _block(b: Any, base: Path) -> dict[str, Any]:
         return {"type": "image", "caption": b.caption, "src": png_data_uri(b.path)}
     if isinstance(b, Links):
         return {"type": "links", "links": [(label, relative_link(p, base)) for label, p in b.items]}
+    if isinstance(b, Bullets):
+        return {"type": "bullets", "items": list(b.items)}
     if isinstance(b, Details):
         return {"type": "details", "summary": b.summary, "text": b.text}
     raise TypeError(f"unknown block {type(b).__name__}")

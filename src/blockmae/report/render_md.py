@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from blockmae.report.document import Details, Document, Figure, Image, Links, Paragraph, Section, Table
+from blockmae.report.document import Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -45,6 +45,8 @@ def render_markdown(doc: Document, path: Path, figure_files: dict[str, Path]) ->
             return [f"**{b.caption}**", "", f"![{b.caption}]({_rel(b.path, base)})", ""]
         if isinstance(b, Links):
             return [f"- [{label}]({_rel(target, base)})" for label, target in b.items] + [""]
+        if isinstance(b, Bullets):
+            return [f"- {item}" for item in b.items] + [""]
         if isinstance(b, Details):
             return [f"<details><summary>{b.summary}</summary>", "", "```", b.text.rstrip(), "```", "", "</details>", ""]
         raise TypeError(f"unknown block {type(b).__name__}")
