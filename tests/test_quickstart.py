@@ -7,16 +7,21 @@ import re
 import pytest
 
 from blockmae.report import Interval, wilson_interval
-from blockmae.report.document import Figure
+from blockmae.report.document import Bullets, Figure
 from blockmae.report.encoders import (
     ArmResult,
     accuracy_figure,
     interpret,
     parse_results_table,
     probe_verdict,
+    encoders_document,
     shape_bias_figure,
-    write_report,
 )
+from blockmae.report.write import write_markdown_report
+
+
+def write_report(path, title, arms, **kwargs):
+    return write_markdown_report(path, encoders_document(title, arms, **kwargs))
 
 
 def arm(name: str, linear: float, knn: float, bias: tuple[float, float, float], pretrained: bool = True, n: int = 1000):
@@ -103,7 +108,8 @@ def test_report_table_round_trips_and_figures_are_written(tmp_path):
     ]
     figs = [Figure("shape_bias", "Shape bias", shape_bias_figure(arms)),
             Figure("accuracy", "Accuracy", accuracy_figure(arms))]
-    written = write_report(tmp_path / "report.md", "Test report", arms, figures=figs)
+    written = write_report(tmp_path / "report.md", "Test report", arms, figures=figs,
+                           sections=[("Settings", [Bullets(["seed 3", "batch 64"])])])
     text, html = written.markdown.read_text(), written.html.read_text()
     table = parse_results_table(text)
     assert set(table) == {"1x1", "4x4", "random-init"}
@@ -119,6 +125,7 @@ def test_report_table_round_trips_and_figures_are_written(tmp_path):
         assert f"](figures/{name}.png)" in text
     # The same report as one offline HTML page (figures inline as SVG) and the tables exported.
     assert written.html == tmp_path / "report.html" and html.count("<svg") == 2 and "figures/" not in html
+    assert "<li>seed 3</li>" in html and "- batch 64" in text
     assert "61.2" in html and "All pretrained encoders beat the random-init baseline" in html
     assert (tmp_path / "report_tables" / "results.csv").read_text().splitlines()[1].startswith("1x1,61.2")
     # No temporary files left behind by the atomic writes.

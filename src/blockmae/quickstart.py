@@ -428,7 +428,9 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     from blockmae.engine.pretrain import pretrain
     from blockmae.registry import Registry
     from blockmae.report.document import Bullets, Figure
-    from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure, write_report
+    from blockmae.report.encoders import (accuracy_figure, arm_from_registry, encoders_document, loss_figure,
+                                          shape_bias_figure)
+    from blockmae.report.write import write_markdown_report
 
     resuming = prepare_output(out, cfg)
     registry = Registry(out)
@@ -483,8 +485,7 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     def write() -> str:
         run_dirs = [(f"{a.name}: {stage} ({run_id})", Path(registry.get(run_id).run_dir))
                     for a in arms for stage, run_id in a.run_ids.items() if registry.get(run_id).run_dir]
-        written = write_report(
-            report_path,
+        written = write_markdown_report(report_path, encoders_document(
             "blockmae quickstart: does block masking shift a ViT from texture to shape?",
             arms,
             intro=INTRO,
@@ -495,7 +496,7 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
             baseline_name=BASELINE,
             sections=[("Settings", [Bullets(_settings_section(cfg, stages))])],
             run_dirs=run_dirs,
-        )
+        ))
         return f"{report_path} and {written.html}"
 
     progress.run("report", write)

@@ -23,7 +23,6 @@ from blockmae.errors import BlockMAEError
 from blockmae.report.document import Block, Cell, Document, Figure, Image, Links, Paragraph, Table
 from blockmae.report.figures import BASELINE_GREY, arm_colour, new_figure
 from blockmae.report.stats import Interval, wilson_interval
-from blockmae.report.write import Written, write_document
 
 
 @dataclass
@@ -439,21 +438,3 @@ def encoders_document(
     if run_dirs:
         runs.add(Links(list(run_dirs)))
     return doc
-
-
-def write_report(
-    path: str | Path,
-    title: str,
-    arms: Sequence[ArmResult],
-    intro: str = "",
-    figures: Sequence[Figure | Image] = (),
-    baseline_name: str = "random-init",
-    sections: Sequence[tuple[str, Sequence[Block]]] = (),
-    run_dirs: Sequence[tuple[str, Path]] = (),
-) -> Written:
-    """Write the report as `path` (report.md, figures as PNG in `figures/` beside it), the same as one
-    offline HTML file (`path` with .html) and the tables' CSV/JSON/LaTeX in `<stem>_tables/`."""
-    path = Path(path)
-    doc = encoders_document(title, arms, intro, figures, baseline_name, sections, run_dirs)
-    return write_document(doc, path.with_suffix(".html"), path, path.parent / f"{path.stem}_tables",
-                          path.parent / "figures", figure_format="png")

@@ -40,7 +40,7 @@ def _block(b: Any, base: Path) -> dict[str, Any]:
     if isinstance(b, Links):
         return {"type": "links", "links": [(label, relative_link(p, base)) for label, p in b.items]}
     if isinstance(b, Bullets):
-        return {"type": "bullets", "items": list(b.items)}
+        return {"type": "bullets", "bullets": list(b.items)}
     if isinstance(b, Details):
         return {"type": "details", "summary": b.summary, "text": b.text}
     raise TypeError(f"unknown block {type(b).__name__}")

@@ -50,3 +50,11 @@ def write_document(
                                                     bbox_inches="tight", **kwargs)
         write_text_atomic(out.markdown, render_markdown(doc, out.markdown, out.figures))
     return out
+
+
+def write_markdown_report(path: str | Path, doc: Document, figure_format: str = "png") -> Written:
+    """`doc` as `path` (report.md, its figures in `figures/` beside it), the same as one offline HTML file
+    (`path` with .html) and the tables' CSV/JSON/LaTeX in `<stem>_tables/`."""
+    path = Path(path)
+    return write_document(doc, path.with_suffix(".html"), path, path.parent / f"{path.stem}_tables",
+                          path.parent / "figures", figure_format=figure_format)
