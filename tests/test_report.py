@@ -173,3 +173,17 @@ def test_missing_seed_is_warned(sweep):
     text = json.dumps([getattr(b, "text", "") for b in study_document([study]).walk()])
     arm, seed = MISSING
     assert f"Arm {arm} has no run for seed {seed}" in text
+
+
+def test_hparams_export_reads_back_in_tensorboard(sweep, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from blockmae.report.hparams import export_hparams
+
+    written = export_hparams(load_studies(sweep), tmp_path / "tb")
+    assert sorted(p.relative_to(tmp_path / "tb").as_posix() for p in written) == [
+        "block_size/b1/s1", "block_size/b1/s2", "block_size/b2/s1", "block_size/b2/s2", "block_size/b4/s1"]
+    events = EventAccumulator(str(tmp_path / "tb" / "block_size" / "b2" / "s2"))
+    events.Reload()
+    assert events.Scalars("report/linear.top1")[0].value == pytest.approx(linear_top1(2, 2, 3))
+    assert "_hparams_/session_start_info" in events.summary_metadata

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "<stem>_tables/ and <stem>_figures/ go beside it")
     parser.add_argument("--baseline", default=None, help="arm to pair the others against (default: the sweep's)")
     parser.add_argument("--title", default=None, help="report title")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR",
+                        help="also export the arms to TensorBoard's HParams view in DIR (tensorboard --logdir DIR)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         written = write_document(doc, out, out.with_suffix(".md"), out.parent / f"{out.stem}_tables",
                                  out.parent / f"{out.stem}_figures")
         bar.update()
+    if args.tensorboard:
+        from blockmae.report.hparams import export_hparams
+
+        runs = export_hparams(studies, args.tensorboard)
+        print(f"tensorboard: {len(runs)} runs in {args.tensorboard} (tensorboard --logdir {args.tensorboard}, HPARAMS tab)")
     arms = sum(len(s.arms) for s in studies)
     print(f"report: {written.html} ({len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, {arms} arms); "
           f"markdown: {written.markdown}; {len(written.tables) // 3} tables in {out.parent / (out.stem + '_tables')}")
