@@ -13,7 +13,7 @@ from blockmae.errors import BlockMAEError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="a sweep's --out folder (with sweep.json), a folder of sweep "
                                                        "folders, or any output root with a registry")
-    parser.add_argument("--spec", default=None, help="the sweep spec (YAML): its name/title/baseline are used and "
+    parser.add_argument("--spec", default=None, help="the sweep spec (YAML): its title and baseline are used and "
                                                      "its text is kept in the report's provenance")
     parser.add_argument("--out", default=None, help="the HTML file to write (default: ROOT/report.html); report.md, "
                                                     "<stem>_tables/ and <stem>_figures/ go beside it")
@@ -36,13 +36,12 @@ def run(args: argparse.Namespace) -> int:
         raise BlockMAEError(f"--out {out} must be an .html file (report.md and the tables are written beside it)")
     if out.is_dir():
         raise BlockMAEError(f"--out {out} is a folder; give the HTML file's path, e.g. {out / 'report.html'}")
-    with tqdm(total=3, desc="report", unit="step", leave=False) as bar:
-        studies = load_studies(root, args.spec)
-        if args.baseline is not None:
-            for study in studies:
-                study.arm(args.baseline)
-                study.baseline = args.baseline
-        bar.update()
+    studies = load_studies(root, args.spec)  # bad input fails here, before any progress output
+    if args.baseline is not None:
+        for study in studies:
+            study.arm(args.baseline)
+            study.baseline = args.baseline
+    with tqdm(total=2, desc="report", unit="step", leave=False) as bar:
         doc = study_document(studies, args.title)
         bar.update()
         written = write_document(doc, out, out.with_suffix(".md"), out.parent / f"{out.stem}_tables",

@@ -319,7 +319,7 @@ def load_studies(root: str | Path, spec: str | Path | None = None) -> list[Study
 
 
 def read_spec(spec: str | Path) -> dict[str, Any]:
-    """The few keys of a sweep spec that the report uses (name, title, baseline); the rest is the sweep's."""
+    """The few keys of a sweep spec that the report uses (title, baseline); the rest is the sweep's."""
     import yaml
 
     path = Path(spec)
@@ -331,7 +331,7 @@ def read_spec(spec: str | Path) -> dict[str, Any]:
         raise BlockMAEError(f"--spec {spec} is not valid YAML: {err}") from err
     if not isinstance(data, Mapping):
         raise BlockMAEError(f"--spec {spec} is not a YAML mapping")
-    return {k: data.get(k) for k in ("name", "title", "baseline")}
+    return {k: data.get(k) for k in ("title", "baseline")}
 
 
 def _rel(root: Path, path: Any) -> Path | None:
