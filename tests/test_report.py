@@ -118,6 +118,22 @@ def test_curves_from_csv_files(sweep):
     assert (curve.x, curve.y, curve.lo, curve.hi, curve.x_label) == ([0, 3], [0.5, 0.2], [0.4, 0.1], [0.6, 0.3], "level")
 
 
+def test_curves_from_a_diagnostics_levels_and_figure_csvs(sweep):
+    """The diagnostics' results.json `levels` (curve -> rows with top1 and its Wilson bounds) and their
+    figures/*.csv are read as curves too; a non-finite level (high-pass 'inf' = clean) is left out."""
+    hp = sweep / "b1" / "s1" / "eval" / "lowpass-e3"
+    rows = [{"level": "inf", "n": 100, "top1": 0.6, "top1_low": 0.5, "top1_high": 0.7},
+            {"level": 3.0, "n": 100, "top1": 0.4, "top1_low": 0.3, "top1_high": 0.5},
+            {"level": 1.0, "n": 100, "top1": 0.2, "top1_low": 0.12, "top1_high": 0.3}]
+    (hp / "results.json").write_text(json.dumps({"levels": {"highpass_grey": rows}, "summary": {}}))
+    (hp / "figures").mkdir()
+    (hp / "figures" / "fourier.csv").write_text("radius,top1,top1_low,top1_high\n0.25,0.3,0.2,0.4\n0.5,0.5,0.4,0.6\n")
+    (study,) = load_studies(sweep)
+    curves = study.arm("b1").runs[1].evaluation("lowpass", 3).curves
+    assert (curves["highpass_grey"].x, curves["highpass_grey"].y, curves["highpass_grey"].lo) == ([3.0, 1.0], [0.4, 0.2], [0.3, 0.12])
+    assert (curves["fourier"].x, curves["fourier"].hi, curves["fourier"].x_label) == ([0.25, 0.5], [0.4, 0.6], "radius")
+
+
 def test_registry_only_root_groups_runs_by_name(tmp_path):
     from blockmae.registry import Registry
 

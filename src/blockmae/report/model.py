@@ -56,36 +56,49 @@ class Curve:
         return cls(x, y, band["lo"], band["hi"], str(data.get("x_label", "x")), str(data.get("y_label", "y")))
 
 
-_CSV_Y = ("accuracy", "acc", "top1", "y", "value")
-_CSV_LO = ("lo", "low", "ci_low", "accuracy_low")
-_CSV_HI = ("hi", "high", "ci_high", "accuracy_high")
+_Y_COLUMNS = ("accuracy", "acc", "top1", "y", "value")
+_LO_COLUMNS = ("lo", "low", "ci_low")
+_HI_COLUMNS = ("hi", "high", "ci_high")
 
 
-def read_curve_csv(path: Path) -> Curve | None:
-    """A curve from a figure's CSV: x is the `level` column (else the first), y the `accuracy` column (else
-    the first other numeric one), the band from lo/low/ci_low and hi/high/ci_high. None if it has no
-    numeric x and y."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def curve_from_rows(rows: Sequence[Mapping[str, Any]]) -> Curve | None:
+    """A curve from table rows (a figure's CSV, or a `levels` entry of results.json): x is the `level`
+    column (else the first), y the `accuracy`/`acc`/`top1`/`y`/`value` column (else the first other numeric
+    one), the band from `<y>_low`/`lo`/`low`/`ci_low` and `<y>_high`/`hi`/`high`/`ci_high`. Rows whose x is
+    not finite (a high-pass 'inf' = the clean image) are left out. None without numeric x and y."""
     if not rows:
         return None
     columns = list(rows[0])
 
-    def numeric(col: str) -> list[float] | None:
+    def numeric(col: str | None) -> list[float] | None:
         try:
-            return [float(r[col]) for r in rows]
+            return [float(r[col]) for r in rows] if col is not None else None
         except (TypeError, ValueError, KeyError):
             return None
 
     x_col = "level" if "level" in columns else columns[0]
-    y_col = next((c for c in _CSV_Y if c in columns), None) or next(
-        (c for c in columns if c != x_col and c not in _CSV_LO + _CSV_HI and numeric(c) is not None), None)
-    x, y = numeric(x_col), numeric(y_col) if y_col else None
+    y_col = next((c for c in _Y_COLUMNS if c in columns), None) or next(
+        (c for c in columns if c != x_col and not c.endswith(("_low", "_high")) and c not in _LO_COLUMNS + _HI_COLUMNS
+         and numeric(c) is not None), None)
+    x, y = numeric(x_col), numeric(y_col)
     if x is None or y is None:
         return None
-    lo = next((numeric(c) for c in _CSV_LO if c in columns), None)
-    hi = next((numeric(c) for c in _CSV_HI if c in columns), None)
-    return Curve(x, y, lo, hi, x_col, y_col)
+    lo = next((numeric(c) for c in (f"{y_col}_low", *_LO_COLUMNS) if c in columns), None)
+    hi = next((numeric(c) for c in (f"{y_col}_high", *_HI_COLUMNS) if c in columns), None)
+    keep = [i for i, v in enumerate(x) if math.isfinite(v)]
+    if not keep:
+        return None
+
+    def pick(values: list[float] | None) -> list[float] | None:
+        return None if values is None else [values[i] for i in keep]
+
+    return Curve(pick(x), pick(y), pick(lo), pick(hi), x_col, y_col)  # type: ignore[arg-type]
+
+
+def read_curve_csv(path: Path) -> Curve | None:
+    """A curve from a figure's CSV (see :func:`curve_from_rows`)."""
+    with open(path, newline="") as fh:
+        return curve_from_rows(list(csv.DictReader(fh)))
 
 
 @dataclass
@@ -109,7 +122,8 @@ class EvalResult:
 
     @cached_property
     def curves(self) -> dict[str, Curve]:
-        """Curves of this evaluation: `curves` in results.json, then every `*.csv` in its run dir."""
+        """Curves of this evaluation: `curves` in results.json, then its `levels` (curve name -> rows), then
+        every `*.csv` in its run dir and its figures/ (docs/report.md)."""
         out: dict[str, Curve] = {}
         if self.run_dir is None or not self.run_dir.is_dir():
             return out
@@ -119,9 +133,13 @@ class EvalResult:
                 data = json.loads(results.read_text())
                 for name, curve in (data.get("curves") or {}).items():
                     out[str(name)] = Curve.from_json(curve)
+                for name, rows in (data.get("levels") or {}).items():
+                    curve = curve_from_rows(rows) if str(name) not in out else None
+                    if curve is not None:
+                        out[str(name)] = curve
             except (ValueError, KeyError, TypeError, AttributeError) as err:
-                raise BlockMAEError(f"{results}: malformed `curves` entry ({err}); see docs/report.md") from err
-        for path in sorted(self.run_dir.glob("*.csv")):
+                raise BlockMAEError(f"{results}: malformed `curves` or `levels` entry ({err}); see docs/report.md") from err
+        for path in sorted([*self.run_dir.glob("*.csv"), *self.run_dir.glob("figures/*.csv")]):
             if path.stem not in out and path.stem != "predictions":
                 curve = read_curve_csv(path)
                 if curve is not None:
