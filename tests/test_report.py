@@ -149,10 +149,18 @@ def test_registry_only_root_groups_runs_by_name(tmp_path):
             probe = registry.start_run("probe", tmp_path / f"probe-{name}-{seed}", {"linear": {"seed": seed}},
                                        parent=run_dir / "checkpoints" / "epoch_0002", name=f"p-{name}", heartbeat=False)
             registry.finish_run(probe, "completed", {"top1": 0.2 + 0.1 * block + 0.01 * seed, "num_eval": 100})
+    # A random-init encoder: no pretraining behind its evaluations, which form one arm named after it.
+    for kind, metric in (("probe", "top1"), ("knn", "knn_top1")):
+        rid = registry.start_run(kind, tmp_path / f"{kind}-random", {"encoder": {"seed": 0}, "train_seconds": 1.5},
+                                 parent="random", name=f"{kind}-random", heartbeat=False)
+        registry.finish_run(rid, "completed", {metric: 0.1, "train_seconds": 2.5})
     (study,) = load_studies(tmp_path)
-    assert study.source == "registry" and [a.name for a in study.arms] == ["b1", "b2"]
+    assert study.source == "registry" and [a.name for a in study.arms] == ["b1", "b2", "random"]
+    assert study.values("knn.knn_top1") == {"b1": {}, "b2": {}, "random": {0: 0.1}}
+    assert study.values("probe.top1")["random"] == {0: 0.1}  # answers at the pretrained arms' milestone
+    study.arms.pop()
     assert study.ablated == ["mask.block"] and study.arm("b2").values == {"mask.block": 2}
-    assert study.metric_keys() == ["probe.top1", "pretrain.loss"]
+    assert study.metric_keys() == ["probe.top1", "pretrain.loss"]  # train_seconds is bookkeeping, not a result
     assert study.values("probe.top1", 2) == {"b1": {0: pytest.approx(0.3), 1: pytest.approx(0.31)},
                                              "b2": {0: pytest.approx(0.4), 1: pytest.approx(0.41)}}
     study.baseline = "b1"

@@ -24,7 +24,7 @@ SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA = 1
 PRETRAIN_LOSS = "pretrain.loss"
 # Metric names that are not results: counts, bookkeeping and the bounds of another metric's interval.
-_NOT_A_RESULT = re.compile(r"^(n|num_.*|seed|epoch|step|.*_(low|high|lo|hi|ci_low|ci_high))$")
+_NOT_A_RESULT = re.compile(r"^(n|num_.*|seed|epoch|step|.*_(low|high|lo|hi|ci_low|ci_high)|.*(seconds|_time|_s))$")
 _INTERVAL_SUFFIXES = (("_low", "_high"), ("_ci_low", "_ci_high"), ("_lo", "_hi"))
 # Config keys that never describe an arm (where a run wrote, how it was named or scheduled).
 _NON_SEMANTIC = re.compile(r"(^run\.|(^|\.)(dir|root|output_root|path|name|workers|device|seed)$)")
@@ -187,7 +187,11 @@ class SeedRun:
     evaluations: list[EvalResult] = field(default_factory=list)
 
     def evaluation(self, name: str, milestone: int | None) -> EvalResult | None:
+        """The evaluation `name` at `milestone`; an encoder with no pretraining (no milestones) answers for
+        every milestone with its one evaluation."""
         found = [e for e in self.evaluations if e.name == name and e.milestone == milestone]
+        if not found and self.run_dir is None:
+            found = [e for e in self.evaluations if e.name == name and e.milestone is None]
         completed = [e for e in found if e.status == "completed"]
         return (completed or found or [None])[-1]
 
@@ -409,7 +413,8 @@ def _seed_of(config: Mapping[str, Any]) -> int:
 def study_from_registry(root: Path) -> Study:
     """A study from the registry alone: pretraining runs grouped into arms by registry name (one seed each,
     from run.seed), evaluations attached through their parent checkpoint; evaluations with no pretraining
-    behind them (e.g. a random-init encoder) form arms of their own, named after the first run of their chain."""
+    behind them form arms of their own, named after the checkpoint they evaluated where it is not a file (a
+    random-init encoder: "random"), else after the first run of their chain."""
     from blockmae.registry import Registry, flatten
 
     records = Registry(root).list_runs()
@@ -470,7 +475,9 @@ def study_from_registry(root: Path) -> Study:
                 epochs = [r for r in run.records if r.get("kind") == "epoch"]
                 milestone = int(epochs[-1]["epoch"]) if epochs else None
         else:
-            name = top.name or top.id
+            # No pretraining behind it: group by the checkpoint it evaluated (e.g. "random"), else its name.
+            name = top.parent if top.parent and owner(top.parent) is None and not Path(top.parent).exists() \
+                else (top.name or top.id)
             arm = arms.setdefault(name, Arm(name, {}))
             run = arm.runs.setdefault(_seed_of(top.config), SeedRun(_seed_of(top.config), None, top.status))
         run.evaluations.append(EvalResult(rec.kind, milestone, rec.status, rec.id,
