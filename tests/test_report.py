@@ -179,8 +179,9 @@ def test_bad_roots_and_sweep_files_are_one_line_errors(tmp_path, sweep):
         load_studies(tmp_path / "bad")
     with pytest.raises(BlockMAEError, match="no arm named 'b9'"):
         load_studies(sweep, spec=_spec(tmp_path, "baseline: b9\n"))
-    (study,) = load_studies(sweep, spec=_spec(tmp_path, "title: Blocks\nbaseline: b2\n"))
+    (study,) = load_studies(sweep, spec=_spec(tmp_path, "title: Blocks\nbaseline: b2\ndescription: Patch 16 at 128 px.\n"))
     assert (study.title, study.baseline) == ("Blocks", "b2")
+    assert "Patch 16 at 128 px." in [getattr(b, "text", None) for b in study_document([study]).walk()]
     done = subprocess.run([sys.executable, "-m", "blockmae", "report", "--root", str(sweep), "--out",
                            str(sweep / "r.txt")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("blockmae: error: --out") and "Traceback" not in done.stderr

@@ -338,6 +338,8 @@ def describe(study: Study, section: Section) -> None:
                                    "long cosine schedule is not a run of that length).",
                       "separate": "Milestones are separate runs of each length."}.get(
             study.milestone_mode, f"Milestone mode: {study.milestone_mode}."))
+    if study.description:
+        section.add(Paragraph(" ".join(str(study.description).split())))
     section.add(Paragraph(" ".join(lines)))
     for w in missing_seed_warnings(study) + study.notes:
         section.add(Paragraph(w, "warning"))

@@ -13,7 +13,7 @@ from blockmae.errors import BlockMAEError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="a sweep's --out folder (with sweep.json), a folder of sweep "
                                                        "folders, or any output root with a registry")
-    parser.add_argument("--spec", default=None, help="the sweep spec (YAML): its title and baseline are used and "
+    parser.add_argument("--spec", default=None, help="the sweep spec (YAML): its title, description and baseline are used and "
                                                      "its text is kept in the report's provenance")
     parser.add_argument("--out", default=None, help="the HTML file to write (default: ROOT/report.html); report.md, "
                                                     "<stem>_tables/ and <stem>_figures/ go beside it")

@@ -246,6 +246,7 @@ class Study:
     root: Path
     arms: list[Arm]
     title: str | None = None
+    description: str | None = None  # the design in words (e.g. why patch 16 runs at 128 px), from sweep.json or the spec
     ablated: list[str] = field(default_factory=list)
     baseline: str | None = None
     milestone_mode: str | None = None
@@ -332,7 +333,7 @@ def load_studies(root: str | Path, spec: str | Path | None = None) -> list[Study
     for study in studies:
         if spec:
             study.spec = str(spec)
-        for key in ("title", "baseline"):
+        for key in ("title", "description", "baseline"):
             if overrides.get(key) is not None:
                 setattr(study, key, overrides[key])
         if study.baseline is not None:
@@ -341,7 +342,7 @@ def load_studies(root: str | Path, spec: str | Path | None = None) -> list[Study
 
 
 def read_spec(spec: str | Path) -> dict[str, Any]:
-    """The few keys of a sweep spec that the report uses (title, baseline); the rest is the sweep's."""
+    """The few keys of a sweep spec that the report uses (title, description, baseline); the rest is the sweep's."""
     import yaml
 
     path = Path(spec)
@@ -353,7 +354,7 @@ def read_spec(spec: str | Path) -> dict[str, Any]:
         raise BlockMAEError(f"--spec {spec} is not valid YAML: {err}") from err
     if not isinstance(data, Mapping):
         raise BlockMAEError(f"--spec {spec} is not a YAML mapping")
-    return {k: data.get(k) for k in ("title", "baseline")}
+    return {k: data.get(k) for k in ("title", "description", "baseline")}
 
 
 def _rel(root: Path, path: Any) -> Path | None:
@@ -392,6 +393,7 @@ def study_from_sweep(path: Path) -> Study:
         arm.runs = dict(sorted(arm.runs.items()))
     return Study(
         name=str(data.get("name") or root.name), root=root, arms=list(arms.values()), title=data.get("title"),
+        description=data.get("description"),
         ablated=list(data.get("ablated") or []), baseline=data.get("baseline"),
         milestone_mode=data.get("milestone_mode"), spec=data.get("spec"), base_config=data.get("base_config"),
     )
