@@ -91,6 +91,8 @@ def test_report_command_writes_html_markdown_and_exports(sweep):
     with open(tables / "linear-top1-by-arm.csv") as fh:
         rows = {r["arm"]: r for r in csv.DictReader(fh)}
     assert float(rows["b2"]["mean"]) == pytest.approx(0.415) and rows["b4"]["n"] == "1" and rows["b4"]["std"] == ""
+    half = t_quantile(0.975, 1) * 0.03 / 2  # b2's seeds 0.400 and 0.430: std 0.0212, se 0.015
+    assert (float(rows["b2"]["95% CI low"]), float(rows["b2"]["95% CI high"])) == pytest.approx((0.415 - half, 0.415 + half))
     exported = json.loads((tables / "linear-top1-paired.json").read_text())
     assert exported["rows"][0]["mean delta"] == pytest.approx(0.105)
     tex = (tables / "overview.tex").read_text()

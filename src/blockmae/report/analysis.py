@@ -99,7 +99,7 @@ def differences_table(study: Study, key: str, table_id: str) -> tuple[Table | No
     values = study.values(key)
     table = Table(table_id, f"{key}: paired differences against the baseline {base.name} (same seed)", [
         ("arm", "arm"), ("n", "pairs"), ("deltas", "per-seed delta"), ("mean", "mean delta"),
-        ("ci", "95% CI (t)"), ("t_p", "paired t p"), ("flip_p", "sign-flip p"), ("mcnemar", "McNemar per image"),
+        ("low", "95% CI low"), ("high", "95% CI high"), ("t_p", "paired t p"), ("flip_p", "sign-flip p"), ("mcnemar", "McNemar per image"),
         ("verdict", "verdict"),
     ], note="delta = arm - baseline on the same seed; sign-flip p is exact; McNemar (only where per-image "
             "results were saved): images right only for the arm / only for the baseline.")
@@ -122,7 +122,7 @@ def differences_table(study: Study, key: str, table_id: str) -> tuple[Table | No
             verdict = "inside the noise (interval includes 0)"
         low, high = (cmp.interval.low, cmp.interval.high) if cmp.interval else (None, None)
         table.add(arm=arm.name, n=cmp.n, deltas=deltas, mean=Cell(f"{cmp.mean:+.4g}", cmp.mean),
-                  ci=Cell(_ci(low, high), low), t_p=Cell(_p(cmp.t_p), cmp.t_p), flip_p=Cell(_p(cmp.sign_flip_p), cmp.sign_flip_p),
+                  low=low, high=high, t_p=Cell(_p(cmp.t_p), cmp.t_p), flip_p=Cell(_p(cmp.sign_flip_p), cmp.sign_flip_p),
                   mcnemar=_per_image_test(study, arm, base, key, shared), verdict=verdict)
         sentence = f"{arm.name} vs {base.name}: mean delta {cmp.mean:+.4g} over {cmp.n} paired seed{'s' * (cmp.n > 1)}"
         if cmp.n < 2:
@@ -168,7 +168,8 @@ def overview_table(study: Study, keys: Sequence[str], prefix: str) -> Table:
 
 def metric_table(study: Study, key: str, table_id: str) -> tuple[Table, list[dict[str, Any]]]:
     columns = [("arm", "arm")] + [(f"v{i}", k) for i, k in enumerate(study.ablated)] + [
-        ("n", "n"), ("mean", "mean"), ("std", "std"), ("ci", "95% CI"), ("per_seed", "per seed")]
+        ("n", "n"), ("mean", "mean"), ("std", "std"), ("low", "95% CI low"), ("high", "95% CI high"),
+        ("per_seed", "per seed")]
     milestone = None if key == PRETRAIN_LOSS else study.final_milestone(key.split(".", 1)[0])
     at = f" at epoch {milestone}" if milestone is not None else ""
     table = Table(table_id, f"{key}{at} by arm: mean ± std over seeds, 95% t-interval", columns,
@@ -177,9 +178,9 @@ def metric_table(study: Study, key: str, table_id: str) -> tuple[Table, list[dic
     points = []
     for i, arm in enumerate(study.arms):
         s = arm_summary(study, arm, key)
-        ci = _ci(s["low"], s["high"]) + (" run" if s["interval"] == "run" else "")
-        table.add(arm=arm.name, **_values_text(arm, study), n=s["n"], mean=s["mean"], std=s["std"],
-                  ci=Cell(ci if s["low"] is not None else "-", s["low"]),
+        mark = " (run)" if s["interval"] == "run" else ""
+        bounds = {k: Cell("-", None) if s[k] is None else Cell(fmt(s[k]) + mark, s[k]) for k in ("low", "high")}
+        table.add(arm=arm.name, **_values_text(arm, study), n=s["n"], mean=s["mean"], std=s["std"], **bounds,
                   per_seed=", ".join(f"s{seed}: {fmt(v)}" for seed, v in s["seeds"].items()) or "-")
         if s["mean"] is not None:
             points.append({"arm": arm.name, "values": arm.values, "index": i, "mean": s["mean"], "low": s["low"],
