@@ -33,7 +33,7 @@ def new_figure(width: float = 5.6, height: float = 3.4) -> tuple[Any, Any]:
 
 def figure_svg(fig: Any, salt: str) -> str:
     """The figure as an `<svg>` element to inline in HTML: text kept as text, a transparent background (so
-    the page's colour scheme shows through), ids made unique per figure by `salt`."""
+    the page's colour scheme shows through), ids made unique per figure by `salt`, no metadata block."""
     import matplotlib
 
     buf = io.StringIO()
@@ -42,8 +42,7 @@ def figure_svg(fig: Any, salt: str) -> str:
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)  # RDF boilerplate, not needed inline
-    # Let the page scale it: keep the viewBox, drop the fixed size.
-    return re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1', svg, count=1)
+    return svg  # natural size (so text is the same size in every figure); CSS only shrinks it to fit
 
 
 def png_data_uri(path: str | Path) -> str:
