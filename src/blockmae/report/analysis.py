@@ -11,11 +11,10 @@ per-image results on the same images.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from blockmae.report.document import Cell, Details, Document, Figure, Image, Links, Paragraph, Section, Table, cell, fmt, slug
+from blockmae.report.document import Cell, Details, Document, Figure, Image, Links, Paragraph, Section, Table, fmt, slug
 from blockmae.report.figures import arm_colour, curves_figure, metric_vs_epochs, metric_vs_variable
 from blockmae.report.model import PRETRAIN_LOSS, Arm, Curve, Study
 from blockmae.report.stats import mcnemar_test, mean_std, paired_comparison, t_interval
@@ -30,10 +29,6 @@ def _p(p: float | None) -> str:
 
 def _ci(low: float | None, high: float | None) -> str:
     return "-" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
-
-
-def _value_text(v: Any) -> str:
-    return "-" if v is None else str(v)
 
 
 def arm_summary(study: Study, arm: Arm, key: str, milestone: int | None = None) -> dict[str, Any]:
@@ -344,7 +339,3 @@ def describe(study: Study, section: Section) -> None:
     section.add(Paragraph(" ".join(lines)))
     for w in missing_seed_warnings(study) + study.notes:
         section.add(Paragraph(w, "warning"))
-
-
-def relative_link(target: Path, report_dir: Path) -> str:
-    return Path(os.path.relpath(Path(target).resolve(), Path(report_dir).resolve())).as_posix()

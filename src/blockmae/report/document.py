@@ -9,6 +9,7 @@ beside report.md); an image is a PNG already on disk (reconstructions), embedded
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,3 +176,9 @@ class Document:
 def slug(text: str) -> str:
     """A file- and id-safe name: 'linear.top1 by arm' -> 'linear-top1-by-arm'."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+def relative_link(target: str | Path, base_dir: str | Path) -> str:
+    """`target` as a link relative to the folder `base_dir` (forward slashes), for reports that move with
+    their run folders."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(base_dir).resolve())).as_posix()

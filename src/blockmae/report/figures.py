@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -150,7 +149,3 @@ def curves_figure(title: str, curves: Mapping[str, Sequence[Any]], colours: Mapp
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     return fig
-
-
-def finite(values: Sequence[float]) -> bool:
-    return all(math.isfinite(v) for v in values)

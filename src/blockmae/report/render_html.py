@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from blockmae.report.document import Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table
+from blockmae.report.document import (Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table,
+                                      relative_link)
 from blockmae.report.figures import figure_svg, png_data_uri
 
 
@@ -22,8 +23,6 @@ def _sort_value(value: Any) -> str:
 
 def _block(b: Any, base: Path) -> dict[str, Any]:
     from markupsafe import Markup
-
-    from blockmae.report.analysis import relative_link
 
     if isinstance(b, Paragraph):
         return {"type": "paragraph", "text": b.text, "kind": b.kind}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from blockmae.report.document import Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table
+from blockmae.report.document import (Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table,
+                                      relative_link)
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -16,10 +16,6 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(clean(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(clean(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _rel(path: Path, base: Path) -> str:
-    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
 
 def render_markdown(doc: Document, path: Path, figure_files: dict[str, Path]) -> str:
@@ -40,11 +36,11 @@ def render_markdown(doc: Document, path: Path, figure_files: dict[str, Path]) ->
         if isinstance(b, Figure):
             if b.name not in figure_files:
                 return [f"_{b.caption} (figure in the HTML report)_", ""]
-            return [f"**{b.caption}**", "", f"![{b.caption}]({_rel(figure_files[b.name], base)})", ""]
+            return [f"**{b.caption}**", "", f"![{b.caption}]({relative_link(figure_files[b.name], base)})", ""]
         if isinstance(b, Image):
-            return [f"**{b.caption}**", "", f"![{b.caption}]({_rel(b.path, base)})", ""]
+            return [f"**{b.caption}**", "", f"![{b.caption}]({relative_link(b.path, base)})", ""]
         if isinstance(b, Links):
-            return [f"- [{label}]({_rel(target, base)})" for label, target in b.items] + [""]
+            return [f"- [{label}]({relative_link(target, base)})" for label, target in b.items] + [""]
         if isinstance(b, Bullets):
             return [f"- {item}" for item in b.items] + [""]
         if isinstance(b, Details):

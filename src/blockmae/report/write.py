@@ -3,12 +3,11 @@ CSV/JSON/LaTeX export. All writes are atomic (blockmae.fileio), so a failure lea
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from blockmae.fileio import write_text_atomic
-from blockmae.report.document import Document
+from blockmae.report.document import Document, relative_link
 from blockmae.report.exports import export_tables
 from blockmae.report.render_html import render_html
 from blockmae.report.render_md import render_markdown
@@ -39,7 +38,7 @@ def write_document(
     if out.html is not None:
         exports = {}
         if tables_dir is not None:
-            rel = Path(os.path.relpath(Path(tables_dir).resolve(), out.html.parent.resolve())).as_posix()
+            rel = relative_link(tables_dir, out.html.parent)
             exports = {t.id: f"{rel}/{t.id}" for t in doc.tables()}
         write_text_atomic(out.html, render_html(doc, out.html, exports))
     if out.markdown is not None:
