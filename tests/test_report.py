@@ -214,3 +214,19 @@ def test_hparams_export_reads_back_in_tensorboard(sweep, tmp_path):
     events.Reload()
     assert events.Scalars("report/linear.top1")[0].value == pytest.approx(linear_top1(2, 2, 3))
     assert "_hparams_/session_start_info" in events.summary_metadata
+
+
+def test_a_sweep_in_progress_reports_what_is_done_and_warns_about_the_rest(sweep, tmp_path):
+    data = json.loads((sweep / "sweep.json").read_text())
+    data["arms"].append({"arm": "b8", "seed": 1, "hash": "h81", "values": {"mask.block": 8}, "run_dir": "b8/s1",
+                         "status": "planned", "pretrain_run_id": None, "evaluations": []})
+    data["arms"][0]["evaluations"][1].update(status="failed", metrics={})
+    (sweep / "sweep.json").write_text(json.dumps(data))
+    (study,) = load_studies(sweep)
+    doc = study_document([study])
+    texts = [getattr(b, "text", "") for b in doc.walk()]
+    assert "Arm b8, seed 1: pretraining is planned." in texts
+    assert "Arm b1, seed 1: evaluation linear at milestone 3 is failed." in texts
+    assert study.values("linear.top1")["b1"] == {2: pytest.approx(linear_top1(1, 2, 3))}  # the failed seed is left out
+    written = write_document(doc, tmp_path / "r.html", tmp_path / "r.md", tmp_path / "t", tmp_path / "f")
+    assert "| b8 | 8 | 1 | - | - | - | - |" in written.markdown.read_text()
