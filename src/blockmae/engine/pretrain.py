@@ -31,7 +31,7 @@ from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.config import PretrainConfig
 from blockmae.engine.environment import environment, new_run_dir
-from blockmae.engine.optim import build_optimizer, build_scheduler
+from blockmae.engine.optim import build_optimizer, build_scheduler, optimizer_step
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic, write_text_atomic
 
@@ -225,19 +225,7 @@ class Pretrainer:
                 scaled = loss.float() / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach().float()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.optim.clip_grad is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.optim.clip_grad)
         self.step += 1
         self.batch += accum
         return loss_sum / accum, grad_norm, data_time
