@@ -170,3 +170,22 @@ def test_bad_foreign_specs_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(BlockMAEError, match="cannot read"):
         load_encoder(str(tmp_path / "bad.pth"))
+
+
+def test_probe_and_shape_bias_run_on_a_timm_model(tmp_path, capsys):
+    """The probe command with checkpoint=timm:NAME:FILE, at the model's input size; the head finds it again."""
+    from safetensors.torch import save_file
+
+    from blockmae.evaluation.cli_shape_bias import encoder_for_head
+    from blockmae.evaluation.linear import load_head
+
+    file = tmp_path / "vit.safetensors"
+    save_file(_vit_tiny_32().state_dict(), str(file))
+    spec = f"timm:vit_tiny_patch16_224:{file}"
+    code = main(["probe", f"checkpoint={spec}", "kind=both", "data.num_images=40", "linear.epochs=2",
+                 "linear.warmup_epochs=0", "linear.batch_size=16", "device=cpu", f"output_root={tmp_path}",
+                 f"run_dir={tmp_path}/probe"])
+    assert code == 0 and "k-NN" in capsys.readouterr().out
+    _, meta = load_head(tmp_path / "probe" / "head.safetensors")
+    assert meta["checkpoint"] == spec and meta["image_size"] == 32
+    assert encoder_for_head(meta, None, torch.device("cpu")).weights_hash == meta["weights_hash"]
