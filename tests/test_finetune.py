@@ -115,3 +115,22 @@ def _single_cpu():
     from blockmae.engine.distributed import DistInfo
 
     return DistInfo(), torch.device("cpu")
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun(tmp_path, pretrained):
+    """DDP (gloo on the CPU): 2 ranks x 8 images per step train and evaluate; rank 0 alone writes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = [*SMALL, f"checkpoint={pretrained}", "train.epochs=1", f"run.dir={tmp_path}/ddp",
+            f"run.output_root={tmp_path}/out"]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "blockmae", "finetune", *args], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 rank(s)" in out.stdout and out.stdout.count("done:") == 1
+    results = json.loads((tmp_path / "ddp/results.json").read_text())
+    assert results["metrics"]["epochs"] == 1 and results["metrics"]["num_eval"] == 64
+    assert json.loads((tmp_path / "ddp/checkpoints/last/meta.json").read_text())["world_size"] == 2

@@ -420,13 +420,15 @@ class Finetuner:
                 window.add(loss, grad_norm, data_time, cfg.train.batch_size)
                 images += cfg.train.batch_size
                 bar.update(1)
-                due = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
-                minutes = cfg.run.ckpt_every_minutes
-                due = due or (minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes)
-                if self.step % cfg.run.log_every == 0 or due or self.stop_signal is not None:
+                by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
+                # A single process stops at once; ranks only at steps they all stop at (they all-reduce there).
+                stop_here = self.stop_signal is not None and not self.info.enabled
+                if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
                     self._log_window(window, bar)
-                    # Under DDP every rank takes the same decision: rank 0's flags are broadcast.
-                    stop, due = dist.broadcast_object((self.stop_signal is not None, bool(due)))
+                    minutes = cfg.run.ckpt_every_minutes
+                    by_time = minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
+                    # Every rank takes rank 0's decision.
+                    stop, due = dist.broadcast_object((self.stop_signal is not None, bool(by_steps or by_time)))
                     if stop:
                         self._save_last()
                         raise KeyboardInterrupt
