@@ -134,3 +134,10 @@ def test_two_ranks_under_torchrun(tmp_path, pretrained):
     results = json.loads((tmp_path / "ddp/results.json").read_text())
     assert results["metrics"]["epochs"] == 1 and results["metrics"]["num_eval"] == 64
     assert json.loads((tmp_path / "ddp/checkpoints/last/meta.json").read_text())["world_size"] == 2
+
+
+def test_bench_finetune_data_prints_ratios_against_the_batched_path(capsys):
+    assert main(["bench", "finetune-data", "--images", "64", "--batch-size", "32", "--workers", "0"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ratio_vs_batched"]["batched_crop_flip"] == 1.0
+    assert set(report["img_per_s"]) == {"batched_crop_flip", "randaugment_main_process", "randaugment_0_workers"}

@@ -31,6 +31,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("quickstart",), "blockmae.quickstart", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
     (("bench", "model"), "blockmae.bench.model", "time MAE training steps against HF ViTMAE"),
     (("bench", "data"), "blockmae.bench.data", "time the cached pipeline against ImageFolder"),
+    (("bench", "finetune-data"), "blockmae.bench.finetune_data", "time RandAugment per sample against batched crops"),
     (("bench", "probe"), "blockmae.bench.probe", "time the cached-feature probe against the forward probe"),
 ]
 
