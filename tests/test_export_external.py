@@ -27,7 +27,7 @@ def _mae(pos_embed="sincos", seed=0):
     return model
 
 
-@pytest.mark.parametrize("pos_embed", ["sincos", "learned", "none"])
+@pytest.mark.parametrize("pos_embed", ["sincos", "learned", "none", "rope"])
 @pytest.mark.parametrize("pool", ["cls", "avg"])
 def test_timm_export_loads_with_create_model_and_gives_blockmae_features(tmp_path, pos_embed, pool):
     model = _mae(pos_embed)
@@ -43,11 +43,13 @@ def test_timm_export_loads_with_create_model_and_gives_blockmae_features(tmp_pat
     assert largest_difference(model, out, "timm", pool) <= 1e-5
 
 
-def test_rope_export_is_refused_in_one_line(tmp_path):
+def test_rope_goes_to_timm_eva_and_is_refused_for_hf(tmp_path):
     from blockmae.errors import BlockMAEError
 
+    out = export_timm(_mae("rope"), tmp_path / "eva")
+    assert type(timm.create_model(f"local-dir:{out}", pretrained=True)).__name__ == "Eva"
     with pytest.raises(BlockMAEError, match="rope"):
-        export_timm(_mae("rope"), tmp_path / "x")
+        export_hf(_mae("rope"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -74,7 +76,7 @@ def test_export_command_prints_the_largest_difference(tmp_path, capsys):
     ckpt = save_mae(_mae(), tmp_path / "m.safetensors")
     assert main(["export", str(ckpt), "--format", "timm", "--out", str(tmp_path / "out")]) == 0
     assert "largest |difference|" in capsys.readouterr().out
-    assert main(["export", str(save_mae(_mae("rope"), tmp_path / "r.safetensors")), "--format", "timm",
+    assert main(["export", str(save_mae(_mae("rope"), tmp_path / "r.safetensors")), "--format", "hf",
                  "--out", str(tmp_path / "r")]) == 2
     assert "rope" in capsys.readouterr().err
 
@@ -189,3 +191,16 @@ def test_probe_and_shape_bias_run_on_a_timm_model(tmp_path, capsys):
     _, meta = load_head(tmp_path / "probe" / "head.safetensors")
     assert meta["checkpoint"] == spec and meta["image_size"] == 32
     assert encoder_for_head(meta, None, torch.device("cpu")).weights_hash == meta["weights_hash"]
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
+def test_a_timm_export_directory_is_an_encoder_for_the_evaluations(tmp_path, pos_embed):
+    model = _mae(pos_embed)
+    enc = load_encoder(str(export_timm(model, tmp_path / "timm")))
+    assert enc.arch["source"] == "timm" and enc.image_size == 32
+    with torch.no_grad():
+        for layer in (None, 0):
+            torch.testing.assert_close(enc.model.forward_features(IMGS, "both", layer),
+                                       model.forward_features(IMGS, "both", layer), rtol=0, atol=1e-5)
+    ours, theirs = model.attention_maps(IMGS), enc.model.attention_maps(IMGS)
+    torch.testing.assert_close(theirs[-1], ours[-1], rtol=0, atol=1e-5)

@@ -1,6 +1,6 @@
 """The fine-tuning loop: pretrained encoder -> timm ViT classifier -> MAE's recipe -> top-1/top-5 per epoch.
 
-The encoder becomes a timm ``VisionTransformer`` (models/export.py: the same weights under the same names),
+The encoder becomes a timm ``VisionTransformer`` (``Eva`` for RoPE; models/export.py: the same function),
 so drop path, layer-wise lr decay (``create_optimizer_v2(layer_decay=...)``), ``Mixup`` and the losses are
 timm's. The run directory, checkpoints, logs (metrics.jsonl + TensorBoard), environment record and
 registry row are the pretraining engine's.
@@ -75,7 +75,7 @@ def build_classifier(mae: Any, num_classes: int, pool: str, drop_path: float, tr
 
     from blockmae.models.export import to_timm_vit
 
-    vit = to_timm_vit(mae, pool=pool, num_classes=num_classes, drop_path_rate=drop_path, fc_norm=pool == "avg")
+    vit = to_timm_vit(mae, pool=pool, num_classes=num_classes, fc_norm=pool == "avg", drop_path_rate=drop_path)
     trunc_normal_(vit.head.weight, std=2e-5)  # MAE: a near-zero head, so early updates go to the head
     nn.init.zeros_(vit.head.bias)
     if train_blocks is not None:
@@ -257,7 +257,7 @@ class Finetuner:
                                       cfg.model.train_blocks).to(device)
         self.model.blockmae_timm = {  # what rebuilds it (save_classifier's header)
             "name": timm_model_name(mae.arch), "num_classes": self.num_classes,
-            "model_args": {**timm_model_args(mae.arch, cfg.model.pool), "fc_norm": cfg.model.pool == "avg"}}
+            "model_args": timm_model_args(mae.arch, cfg.model.pool, fc_norm=cfg.model.pool == "avg")}
         self.arch = dict(mae.arch)
         self.lr = cfg.optim.resolved_lr(cfg.train.batch_size)
         o = cfg.optim

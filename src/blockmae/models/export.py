@@ -6,7 +6,8 @@ the one mapping in models/io.py (``_HF_RENAMES``), read backwards here: each HF 
 and takes the blockmae tensor of that name (split into q/k/v where HF keeps them apart).
 
 Position variants: ``sincos`` and ``learned`` are an absolute table (timm's ``pos_embed``), ``none`` is
-timm's ``pos_embed='none'``; ``rope`` has no timm ViT or HF ViT counterpart and is refused.
+timm's ``pos_embed='none'``; ``rope`` goes to timm's Eva (same RoPE, same block: equal to float precision);
+Hugging Face's ViT has no RoPE, so ``rope`` (and ``none``) are refused there.
 """
 
 from __future__ import annotations
@@ -30,29 +31,39 @@ TIMM_GLOBAL_POOL = {"cls": "token", "avg": "avg"}
 FORMATS = ("timm", "hf")
 
 
+ROPE_TIMM_NAME = "vit_small_patch16_rope_224"  # timm's Eva with axial RoPE; sizes given in the model args
+
+
 def _refuse_rope(arch: dict[str, Any], target: str) -> None:
     if arch["pos_embed"] == "rope":
         raise BlockMAEError(f"pos_embed='rope' cannot be exported to {target}: its ViT has absolute positions "
-                            f"only, and timm's Eva rotates tokens with other frequency bands than blockmae's RoPE")
+                            f"only; use --format timm (timm's Eva with RoPE)")
 
 
 def timm_model_name(arch: dict[str, Any]) -> str:
+    if arch["pos_embed"] == "rope":
+        return ROPE_TIMM_NAME
     return _TIMM_NAMES.get((arch["embed_dim"], arch["depth"], arch["num_heads"]), "vit_tiny_patch16_224")
 
 
-def timm_model_args(arch: dict[str, Any], pool: str = "cls") -> dict[str, Any]:
+def timm_model_args(arch: dict[str, Any], pool: str = "cls", fc_norm: bool = False) -> dict[str, Any]:
     """`timm.create_model(timm_model_name(arch), **args)` builds the encoder (no head).
 
-    ``pool=avg`` uses timm's ``global_pool='avg'`` with ``fc_norm=False``: the final norm on every token,
-    then the mean, as blockmae's ``forward_features(pool='avg')``."""
-    _refuse_rope(arch, "timm")
+    ``pool=avg`` uses timm's ``global_pool='avg'``; without ``fc_norm`` the final norm acts on every token
+    before the mean, as blockmae's ``forward_features(pool='avg')``; with it (MAE's fine-tuning) a norm after
+    the mean replaces it. ``rope``: timm's Eva with the same axial RoPE (EVA-02 'cat' bands, temperature
+    1e4, 'ij' grid, integer patch coordinates) and blockmae's attention block (``attn_type='rope'``)."""
     if pool not in TIMM_GLOBAL_POOL:
         raise BlockMAEError(f"pool={pool!r}: timm exports pool by cls or avg")
-    return {"img_size": arch["img_size"], "patch_size": arch["patch_size"], "in_chans": arch["in_chans"],
+    args = {"img_size": arch["img_size"], "patch_size": arch["patch_size"], "in_chans": arch["in_chans"],
             "embed_dim": arch["embed_dim"], "depth": arch["depth"], "num_heads": arch["num_heads"],
             "mlp_ratio": arch["mlp_ratio"], "qkv_bias": True, "class_token": True,
-            "pos_embed": "none" if arch["pos_embed"] == "none" else "learn",
-            "global_pool": TIMM_GLOBAL_POOL[pool], "fc_norm": False}
+            "global_pool": TIMM_GLOBAL_POOL[pool]}
+    if arch["pos_embed"] == "rope":
+        return {**args, "qkv_fused": True, "attn_type": "rope", "use_abs_pos_emb": False, "use_rot_pos_emb": True,
+                "rope_type": "cat", "rope_temperature": 10000.0, "rope_grid_indexing": "ij", "num_reg_tokens": 0,
+                "use_fc_norm": fc_norm}
+    return {**args, "pos_embed": "none" if arch["pos_embed"] == "none" else "learn", "fc_norm": fc_norm}
 
 
 def encoder_state_dict(model: MaskedAutoencoderViT) -> dict[str, torch.Tensor]:
@@ -64,18 +75,20 @@ def encoder_state_dict(model: MaskedAutoencoderViT) -> dict[str, torch.Tensor]:
     return state
 
 
-def to_timm_vit(model: MaskedAutoencoderViT, pool: str = "cls", num_classes: int = 0,
+def to_timm_vit(model: MaskedAutoencoderViT, pool: str = "cls", num_classes: int = 0, fc_norm: bool = False,
                 **overrides: Any) -> nn.Module:
-    """A timm VisionTransformer holding the encoder's weights (a fresh head when ``num_classes`` > 0).
-
-    ``overrides`` go to ``timm.create_model`` (``drop_path_rate``, ``global_pool``, ``fc_norm``...)."""
+    """A timm VisionTransformer (Eva for RoPE) holding the encoder's weights (a fresh head when
+    ``num_classes`` > 0). ``overrides`` go to ``timm.create_model`` (``drop_path_rate``...)."""
     import timm
 
-    args = {**timm_model_args(model.arch, pool), **overrides}
+    args = {**timm_model_args(model.arch, pool, fc_norm), **overrides}
     vit = timm.create_model(timm_model_name(model.arch), pretrained=False, num_classes=num_classes, **args)
     state = encoder_state_dict(model)
     if isinstance(vit.norm, nn.Identity):  # fc_norm after pooling replaces the final norm (MAE's fine-tuning)
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    # timm's RoPE ViTs always build layer scale (create_model drops init_values=None): gamma = 1 is the
+    # identity, exactly, in any precision.
+    state.update({k: torch.ones_like(v) for k, v in vit.state_dict().items() if re.search(r"\.gamma_[12]$", k)})
     missing, unexpected = vit.load_state_dict(state, strict=False)
     # A head, and fc_norm when fine-tuning with avg pooling (MAE starts it fresh), are the only new tensors.
     new = [k for k in missing if not k.startswith(("head.", "fc_norm."))]
@@ -217,7 +230,7 @@ def largest_difference(model: MaskedAutoencoderViT, out_dir: Path, fmt: str, poo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Export a blockmae encoder: --format timm writes a timm VisionTransformer (model.safetensors "
+    parser.description = ("Export a blockmae encoder: --format timm writes a timm VisionTransformer (Eva for RoPE; model.safetensors "
                           "+ config.json; timm.create_model('local-dir:DIR', pretrained=True) loads it); --format hf "
                           "a transformers ViTMAEForPreTraining (sin-cos positions) or ViTModel (learned) directory. "
                           "Prints the largest difference between the exported model's features and blockmae's.")

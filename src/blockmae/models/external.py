@@ -227,7 +227,8 @@ def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
     import timm
 
     file = path / "model.safetensors"
-    model = timm.create_model(config["architecture"], pretrained=False, num_classes=0, **config.get("model_args", {}))
+    model_args = {**config.get("model_args", {}), "num_classes": 0}
+    model = timm.create_model(config["architecture"], pretrained=False, **model_args)
     _strict_load(model, _read_weights(file), str(file), ignore=("head.",))
     cfg = config.get("pretrained_cfg", {})
     return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
