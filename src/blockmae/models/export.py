@@ -178,11 +178,14 @@ def to_hf(model: MaskedAutoencoderViT) -> nn.Module:
 
 
 def export_hf(model: MaskedAutoencoderViT, out_dir: str | Path) -> Path:
+    from blockmae.models.external import quiet_transformers
+
     hf = to_hf(model)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     _fresh(tmp)
-    hf.save_pretrained(str(tmp), safe_serialization=True)
+    with quiet_transformers():
+        hf.save_pretrained(str(tmp), safe_serialization=True)
     _swap_in(tmp, out_dir)
     return out_dir
 
@@ -219,7 +222,10 @@ def largest_difference(model: MaskedAutoencoderViT, out_dir: Path, fmt: str, poo
         return max(float((theirs - tokens).abs().max()), float(pooled))
     from transformers import AutoModel
 
-    hf = AutoModel.from_pretrained(str(out_dir)).eval()
+    from blockmae.models.external import quiet_transformers
+
+    with quiet_transformers():  # a ViTMAEModel read from a ViTMAEForPreTraining dir reports the decoder unused
+        hf = AutoModel.from_pretrained(str(out_dir)).eval()
     if hf.config.model_type == "vit_mae":  # ViTMAEModel masks: keep every patch, in grid order
         hf.config.mask_ratio = 0.0
         noise = torch.arange(model.num_patches, dtype=torch.float32).expand(imgs.shape[0], -1)
