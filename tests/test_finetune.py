@@ -57,6 +57,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, pret
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert resumed == whole
+    env = json.loads((tmp_path / "cut/env.json").read_text())
+    assert [r["step"] for r in env["resumes"]] == [5] and env["seed"] == 0
     steps = [json.loads(line) for line in (tmp_path / "cut/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(1, 9))  # nothing logged twice
     rows = Registry(tmp_path / "out").list_runs()

@@ -27,22 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockmae.config import to_dict, to_yaml
+from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
-from blockmae.engine.environment import environment, new_run_dir
+from blockmae.engine.environment import new_run_dir, write_run_files
 from blockmae.engine.optim import build_scheduler, optimizer_step
 from blockmae.engine.pretrain import (AUTOCAST_DTYPES, _memory_mb, _progress, _RunLogger, _Window,
                                       resolve_precision, seed_everything)
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import atomic_path, write_json_atomic, write_text_atomic
+from blockmae.fileio import atomic_path, write_json_atomic
 from blockmae.finetune.config import FinetuneConfig
 from blockmae.registry import flatten
 
 RANDOM = "random"
 WEIGHTS_FORMAT = "blockmae.finetune"
 # Settings a resumed run must share with the checkpoint (epochs may grow; paths, logging, device may change).
-_MUST_MATCH = ("checkpoint", "model", "data", "mix", "train.batch_size", "train.accum_steps", "optim", "run.seed")
+_MUST_MATCH = ("checkpoint", "model.", "data.dataset", "data.train_split", "data.num_images", "data.options",
+               "data.rand_augment", "data.crop_scale", "data.reprob", "data.interpolation", "mix.",
+               "train.batch_size", "train.accum_steps", "optim.", "run.seed")
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -302,7 +304,7 @@ class Finetuner:
     # ---- resume --------------------------------------------------------------------------------
     def _check_compatible(self, meta: dict, where: Path) -> None:
         saved, now = flatten(meta.get("config", {})), flatten(to_dict(self.cfg))
-        keys = sorted(k for k in set(saved) | set(now) if k.startswith(_MUST_MATCH))
+        keys = sorted(k for k in set(saved) | set(now) if k == "checkpoint" or k.startswith(_MUST_MATCH[1:]))
         problems = [f"{k} {saved.get(k, '<absent>')} vs {now.get(k, '<absent>')}" for k in keys
                     if saved.get(k) != now.get(k)]
         if problems:
@@ -375,11 +377,8 @@ class Finetuner:
         cfg, main = self.cfg, self.info.is_main
         self.logger = _RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
-            env = environment(cfg, self.device, self.info.world_size, self.precision)  # type: ignore[arg-type]
-            write_json_atomic(self.run_dir / "env.json", {**env, "resumed_from": str(self.resume_from or "")},
-                              sort_keys=True)
+            write_run_files(self.run_dir, cfg, self.device, self.info.world_size, self.precision, self.resume_from,
+                            self.step)
             print(f"run dir: {self.run_dir}  ({self.device}, {self.precision}, {self.info.world_size} rank(s), "
                   f"{self.steps_per_epoch} steps/epoch, {self.num_classes} classes, lr {self.lr:.3g}, "
                   f"parent {self.parent})", flush=True)

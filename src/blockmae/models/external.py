@@ -90,7 +90,11 @@ class ForeignViT(nn.Module):
         tokens = self.tokens(imgs, layer)
         cls_feat = tokens[:, 0]
         avg_feat = tokens[:, self.num_prefix_tokens:].mean(dim=1)
-        return {"cls": cls_feat, "avg": avg_feat}.get(pool) if pool != "both" else torch.cat([cls_feat, avg_feat], -1)
+        if pool == "cls":
+            return cls_feat
+        if pool == "avg":
+            return avg_feat
+        return torch.cat([cls_feat, avg_feat], dim=-1)
 
     def forward(self, imgs: Tensor) -> Tensor:
         return self.forward_features(imgs)
