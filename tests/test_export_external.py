@@ -88,14 +88,18 @@ def _vit_tiny_32():
                              depth=2).eval()
 
 
-def test_timm_name_and_weights_file_load_with_the_models_normalisation(tmp_path):
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_name_and_weights_file_load_with_the_models_normalisation(tmp_path, suffix):
     from safetensors.torch import save_file
 
     from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
     vit = _vit_tiny_32()
-    file = tmp_path / "vit.safetensors"
-    save_file(vit.state_dict(), str(file))
+    file = tmp_path / f"vit{suffix}"
+    if suffix == ".pth":  # read with weights_only=True; a {"state_dict": ...} wrapper is unwrapped
+        torch.save({"state_dict": vit.state_dict()}, file)
+    else:
+        save_file(vit.state_dict(), str(file))
     enc = load_encoder(f"timm:vit_tiny_patch16_224:{file}")
     assert (enc.image_size, enc.arch["patch_size"]) == (32, 8)
     # the pipeline hands ImageNet-normalised images; vit_tiny wants mean = std = 0.5
