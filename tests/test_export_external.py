@@ -112,6 +112,11 @@ def test_timm_name_and_weights_file_load_with_the_models_normalisation(tmp_path,
                                            intermediates_only=True)[0]
         torch.testing.assert_close(enc.model.forward_features(imagenet, pool="avg", layer=0), tokens.mean(1),
                                    rtol=0, atol=1e-5)
+    # the normalisation is part of the identity: the same weights read at ImageNet's mean/std hash differently
+    from blockmae.evaluation.features import weights_hash
+    from blockmae.models.external import ForeignViT
+
+    assert weights_hash(ForeignViT(enc.model.vit, IMAGENET_MEAN, IMAGENET_STD, "x", "timm")) != enc.weights_hash
     maps = enc.model.attention_maps(imagenet)
     assert len(maps) == 2 and maps[0].shape == (2, 3, 17, 17)
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 3, 17), rtol=0, atol=1e-5)

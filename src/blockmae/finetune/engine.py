@@ -466,7 +466,8 @@ class Finetuner:
         self.epoch_stats["count"] += window.steps
         rates = window.rates()
         if self.logger is not None:
-            record = {"kind": "step", "epoch": self.epoch + self.batch / (self.steps_per_epoch * self.cfg.train.accum_steps),
+            epoch = self.epoch + self.batch / (self.steps_per_epoch * self.cfg.train.accum_steps)
+            record = {"kind": "step", "epoch": epoch,
                       "step": self.step, "loss": packed[0] / world / steps, "lr": self._lr(),
                       "grad_norm": packed[1] / world / steps, **rates, "memory_mb": _memory_mb(self.device)}
             self.logger.write(record, self.step)

@@ -236,8 +236,9 @@ def largest_difference(model: MaskedAutoencoderViT, out_dir: Path, fmt: str, poo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Export a blockmae encoder: --format timm writes a timm VisionTransformer (Eva for RoPE; model.safetensors "
-                          "+ config.json; timm.create_model('local-dir:DIR', pretrained=True) loads it); --format hf "
+    parser.description = ("Export a blockmae encoder: --format timm writes a timm VisionTransformer (Eva for RoPE; "
+                          "model.safetensors + config.json; timm.create_model('local-dir:DIR', pretrained=True) "
+                          "loads it); --format hf "
                           "a transformers ViTMAEForPreTraining (sin-cos positions) or ViTModel (learned) directory. "
                           "Prints the largest difference between the exported model's features and blockmae's.")
     parser.add_argument("checkpoint", help="a .safetensors file, a checkpoint dir or a run dir (its checkpoints/last)")

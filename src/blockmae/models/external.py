@@ -55,15 +55,16 @@ class ForeignViT(nn.Module):
         # x_model = (x_imagenet * std_in + mean_in - mean) / std: identity when the model is ImageNet-normalised
         scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
         shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
-        self.register_buffer("_scale", scale.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_shift", shift.view(1, 3, 1, 1), persistent=False)
+        # Persistent, so that the weights hash (the feature caches' key) tells the normalisations apart.
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1))
         self._identity_norm = bool(torch.all(scale == 1) and torch.all(shift == 0))
 
     def _input(self, imgs: Tensor) -> Tensor:
         if imgs.dim() != 4 or tuple(imgs.shape[2:]) != (self.img_size, self.img_size):
             raise BlockMAEError(f"images have shape {tuple(imgs.shape)}; {self.arch['model']} expects "
                                 f"{self.img_size}x{self.img_size} inputs")
-        return imgs if self._identity_norm else imgs * self._scale.to(imgs.dtype) + self._shift.to(imgs.dtype)
+        return imgs if self._identity_norm else imgs * self.input_scale.to(imgs.dtype) + self.input_shift.to(imgs.dtype)
 
     def tokens(self, imgs: Tensor, layer: int | None = None) -> Tensor:
         """(B, prefix + N, D): the final normed tokens, or those after block ``layer`` with the final norm."""
