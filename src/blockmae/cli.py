@@ -19,6 +19,8 @@ from blockmae.errors import BlockMAEError
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("masks",), "blockmae.masking.cli", "print block masks as text grids"),
     (("pretrain",), "blockmae.engine.cli", "pretrain a masked autoencoder from a YAML config"),
+    (("finetune",), "blockmae.finetune.cli", "fine-tune a pretrained encoder (MAE recipe) from a YAML config"),
+    (("export",), "blockmae.models.export", "export an encoder as a timm or Hugging Face model"),
     (("ckpt", "compare"), "blockmae.engine.compare", "compare the weights of two checkpoints or run dirs"),
     (("data", "prepare"), "blockmae.data.cli_prepare", "download/verify/extract a dataset and build its cache"),
     (("data", "preview"), "blockmae.data.cli_preview", "draw a labelled grid of dataset images"),
@@ -30,6 +32,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("quickstart",), "blockmae.quickstart", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
     (("bench", "model"), "blockmae.bench.model", "time MAE training steps against HF ViTMAE"),
     (("bench", "data"), "blockmae.bench.data", "time the cached pipeline against ImageFolder"),
+    (("bench", "finetune-data"), "blockmae.bench.finetune_data", "time RandAugment per sample against batched crops"),
     (("bench", "probe"), "blockmae.bench.probe", "time the cached-feature probe against the forward probe"),
 ]
 

@@ -9,6 +9,7 @@ yields after its first k, and resuming a run needs only (epoch, batch).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -199,15 +200,22 @@ class _SeededImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.folder.samples[index]
         image = self.folder.loader(path)
-        # torchvision's random transforms draw from the global CPU generator: seed it for this image and
-        # restore it after, so the caller's stream is untouched (4 us; torch.manual_seed alone took 270 us).
+        # torchvision's random transforms draw from the global CPU generator, timm's RandAugment also from
+        # `random` and numpy: seed them for this image and restore them after, so the caller's streams are
+        # untouched (4 us for torch; torch.manual_seed alone took 270 us).
         rng = torch.default_generator
         state = rng.get_state()
-        rng.manual_seed((self.seed * 1_000_003 + index) % 2**63)
+        key = (self.seed * 1_000_003 + index) % 2**63
+        rng.manual_seed(key)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(key)
+        np.random.seed(key % 2**32)
         try:
             return self.folder.transform(image), label
         finally:
             rng.set_state(state)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def image_folder(

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,9 +35,15 @@ def milestone_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: dict) -> Path:
-    """Write the checkpoint `directory` atomically (replacing an older one of the same name)."""
+def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: dict,
+                    save_weights: Callable[..., Any] | None = None) -> Path:
+    """Write the checkpoint `directory` atomically (replacing an older one of the same name).
+
+    `save_weights(model, path, metadata=...)` writes `model.safetensors` (default: models.io.save_mae; the
+    fine-tuning engine passes its classifier's writer)."""
     from blockmae.models.io import save_mae
+
+    save_weights = save_weights or save_mae
 
     directory = Path(directory)
     parent = directory.parent
@@ -45,7 +52,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: 
     old = parent / (directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_mae(model, tmp / WEIGHTS, metadata={"epoch": meta.get("epoch"), "step": meta.get("step")})
+    save_weights(model, tmp / WEIGHTS, metadata={"epoch": meta.get("epoch"), "step": meta.get("step")})
     with atomic_path(tmp / STATE) as state_tmp:
         torch.save(state, state_tmp)
     write_json_atomic(tmp / META, meta, sort_keys=True)

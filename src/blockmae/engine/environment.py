@@ -63,3 +63,23 @@ def new_run_dir(cfg: PretrainConfig) -> Path:
         return Path(cfg.run.dir)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(cfg.run.output_root) / f"{cfg.run.name}-{stamp}"
+
+
+def write_run_files(run_dir: Path, cfg: Any, device: torch.device, world_size: int, precision: str,
+                    resumed_from: Path | None = None, step: int = 0) -> None:
+    """`config.yaml` (the resolved config) and `env.json` (first start; each resume appended to `resumes`)."""
+    import json
+
+    from blockmae.config import to_yaml
+    from blockmae.fileio import write_json_atomic, write_text_atomic
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    env = environment(cfg, device, world_size, precision)
+    env_path = run_dir / "env.json"
+    if resumed_from is not None and env_path.is_file():
+        first = json.loads(env_path.read_text())
+        first.setdefault("resumes", []).append({**env, "resumed_from": str(resumed_from), "step": step})
+        env = first
+    write_json_atomic(env_path, env, sort_keys=True)

@@ -46,3 +46,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
     finally:
         cosine.setLevel(level)
 
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   clip_grad: float | None) -> torch.Tensor:
+    """Unscale (fp16), clip to `clip_grad` (None: only measure), step, zero the gradients; returns the global
+    grad norm on the device (no sync)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip_grad is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

@@ -26,14 +26,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from blockmae.config import to_dict, to_yaml
+from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.config import PretrainConfig
-from blockmae.engine.environment import environment, new_run_dir
-from blockmae.engine.optim import build_optimizer, build_scheduler
+from blockmae.engine.environment import new_run_dir, write_run_files
+from blockmae.engine.optim import build_optimizer, build_scheduler, optimizer_step
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_json_atomic, write_text_atomic
+
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
@@ -225,19 +225,7 @@ class Pretrainer:
                 scaled = loss.float() / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach().float()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.optim.clip_grad is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.optim.clip_grad)
         self.step += 1
         self.batch += accum
         return loss_sum / accum, grad_norm, data_time
@@ -398,15 +386,8 @@ class Pretrainer:
         self.last_ckpt_time = time.monotonic()
 
     def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.yaml", to_yaml(self.cfg))
-        env = environment(self.cfg, self.device, self.info.world_size, self.precision)
-        env_path = self.run_dir / "env.json"
-        if self.resume_from is not None and env_path.is_file():
-            first = json.loads(env_path.read_text())
-            first.setdefault("resumes", []).append({**env, "resumed_from": str(self.resume_from), "step": self.step})
-            env = first
-        write_json_atomic(env_path, env, sort_keys=True)
+        write_run_files(self.run_dir, self.cfg, self.device, self.info.world_size, self.precision, self.resume_from,
+                        self.step)
 
     def _figure_images(self) -> torch.Tensor | None:
         from blockmae.data import load_dataset

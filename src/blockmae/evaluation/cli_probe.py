@@ -43,7 +43,9 @@ def class_ids(cfg: ProbeConfig, dataset: Any) -> list[str]:
 
 
 def parent_of(checkpoint: str) -> str:
-    return RANDOM if checkpoint == RANDOM else str(Path(checkpoint).resolve())
+    from blockmae.models.external import canonical_spec
+
+    return RANDOM if checkpoint == RANDOM else canonical_spec(checkpoint)
 
 
 def default_name(cfg: ProbeConfig) -> str:

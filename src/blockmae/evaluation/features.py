@@ -53,9 +53,11 @@ def load_encoder(
     checkpoint: str, preset: str = "vit_micro", img_size: int = 32, patch_size: int = 4, seed: int = 0,
     device: str | torch.device = "cpu", arch: dict[str, Any] | None = None,
 ) -> Encoder:
-    """Load a checkpoint (file, checkpoint dir or run dir), or, for checkpoint=random, build an untrained
-    model seeded with `seed`: of architecture `arch` when given (e.g. a pretrained run's), else `preset`."""
+    """Load a checkpoint (file, checkpoint dir or run dir; or a foreign ViT, see models/external.py), or, for
+    checkpoint=random, build an untrained model seeded with `seed`: of architecture `arch` when given (e.g. a
+    pretrained run's), else `preset`."""
     from blockmae.models import MaskedAutoencoderViT, build_mae
+    from blockmae.models.external import canonical_spec, is_foreign, load_foreign
     from blockmae.models.io import load_mae
 
     if checkpoint == RANDOM:
@@ -65,6 +67,8 @@ def load_encoder(
         else:
             model = build_mae(preset, img_size=img_size, patch_size=patch_size)
         metadata: dict[str, Any] = {"seed": seed, **({} if arch is not None else {"preset": preset})}
+    elif is_foreign(checkpoint):  # timm:NAME:FILE, official MAE .pth, HF directory (models/external.py)
+        model, metadata = load_foreign(checkpoint), {"foreign": canonical_spec(checkpoint)}
     else:
         model, metadata = load_mae(checkpoint)
     model = model.to(device).eval()

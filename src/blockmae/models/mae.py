@@ -264,20 +264,7 @@ class MaskedAutoencoderViT(nn.Module):
         the probabilities where timm's attention hands them to its dropout; the default path stays fused.
         """
         self._check_images(imgs)
-        maps: list[Tensor] = []
-        hooks = [block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: maps.append(inputs[0]))
-                 for block in self.blocks]
-        fused = [block.attn.fused_attn for block in self.blocks]
-        try:
-            for block in self.blocks:
-                block.attn.fused_attn = False
-            self.forward_encoder(imgs)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            for block, was_fused in zip(self.blocks, fused):
-                block.attn.fused_attn = was_fused
-        return maps
+        return capture_attention(self.blocks, lambda: self.forward_encoder(imgs))
 
     @torch.no_grad()
     def reconstruct(self, imgs: Tensor, mask: Mask, paste_visible: bool = False) -> Tensor:
@@ -306,6 +293,26 @@ class MaskedAutoencoderViT(nn.Module):
         if tuple(mask.ids_restore.shape) != expected:
             raise BlockMAEError(f"mask has shape {tuple(mask.ids_restore.shape)}; expected {expected} for the "
                                 f"{self.grid_size[0]}x{self.grid_size[1]} patch grid")
+
+
+def capture_attention(blocks: Any, forward: Any) -> list[Tensor]:
+    """Run ``forward()`` with the explicit attention path of every block in ``blocks`` (timm ``Attention`` /
+    ``AttentionRope``: ``attn.fused_attn``, ``attn.attn_drop``) and return the softmax probabilities each
+    hands to its dropout, in block order; the fused setting is restored afterwards."""
+    maps: list[Tensor] = []
+    hooks = [block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: maps.append(inputs[0]))
+             for block in blocks]
+    fused = [block.attn.fused_attn for block in blocks]
+    try:
+        for block in blocks:
+            block.attn.fused_attn = False
+        forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for block, was_fused in zip(blocks, fused):
+            block.attn.fused_attn = was_fused
+    return maps
 
 
 # The constructor arguments, i.e. the keys of ``model.arch`` (what a checkpoint needs to rebuild a model).

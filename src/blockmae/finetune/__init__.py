@@ -1,0 +1,1 @@
+"""Fine-tuning a pretrained encoder end to end (MAE's recipe), resumable like pretraining."""

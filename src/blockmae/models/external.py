@@ -1,0 +1,332 @@
+"""Foreign ViTs behind the interface the evaluations use (``forward_features(imgs, pool, layer)``,
+``attention_maps``, ``arch``), so a probe, shape bias or diagnostic runs on them as on a blockmae run.
+
+Checkpoint specs (``evaluation.features.load_encoder`` dispatches here when :func:`is_foreign` says so):
+
+* ``timm:<model_name>:<weights file>``: a timm model (``.safetensors``, or ``.pth``/``.bin`` loaded with
+  ``weights_only=True``); patch and image size are read from the weights when they differ from the name's;
+* ``mae:<file.pth>`` or any ``.pth``/``.pt`` file: an official facebookresearch/mae checkpoint (``model`` key);
+  pretrained or fine-tuned (``fc_norm`` + ``head``, global pooling) ones alike;
+* ``hf:<dir>`` or any directory with a transformers ``config.json``: a ``ViTMAE*`` or ``ViT*`` model;
+* a timm export directory (``config.json`` with ``architecture``, from ``blockmae export --format timm``).
+
+Every one becomes a timm model: the MAE and HF names are mapped onto timm's ViT names (for HF by the one
+mapping of models/io.py). The wrapper re-normalises the evaluation pipeline's ImageNet-normalised input to
+the model's own mean/std and reports the model's own input size, so images are resized to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from blockmae.errors import BlockMAEError
+
+PREFIXES = ("timm:", "hf:", "mae:")
+MAE_WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official MAE/DeiT sizes; else 64-wide heads
+
+
+class ForeignViT(nn.Module):
+    """A timm ViT-like model (anything with ``forward_intermediates`` and ``num_prefix_tokens``) with the
+    features, attention and metadata API of :class:`blockmae.models.MaskedAutoencoderViT`."""
+
+    def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], source: str, kind: str) -> None:
+        super().__init__()
+        from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+        self.vit = vit
+        size = tuple(vit.patch_embed.img_size)
+        patch = tuple(vit.patch_embed.patch_size)
+        self.img_size, self.patch_size = size[0], patch[0]
+        self.grid_size = tuple(vit.patch_embed.grid_size)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.arch: dict[str, Any] = {
+            "img_size": size[0], "patch_size": patch[0], "embed_dim": int(vit.embed_dim), "depth": len(vit.blocks),
+            "num_heads": int(vit.blocks[0].attn.num_heads), "source": kind, "model": source,
+            "mean": list(mean), "std": list(std), "num_prefix_tokens": self.num_prefix_tokens,
+        }
+        # x_model = (x_imagenet * std_in + mean_in - mean) / std: identity when the model is ImageNet-normalised
+        scale = torch.tensor(IMAGENET_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        # Persistent, so that the weights hash (the feature caches' key) tells the normalisations apart.
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1))
+        self._identity_norm = bool(torch.all(scale == 1) and torch.all(shift == 0))
+
+    def _input(self, imgs: Tensor) -> Tensor:
+        if imgs.dim() != 4 or tuple(imgs.shape[2:]) != (self.img_size, self.img_size):
+            raise BlockMAEError(f"images have shape {tuple(imgs.shape)}; {self.arch['model']} expects "
+                                f"{self.img_size}x{self.img_size} inputs")
+        return imgs if self._identity_norm else imgs * self.input_scale.to(imgs.dtype) + self.input_shift.to(imgs.dtype)
+
+    def tokens(self, imgs: Tensor, layer: int | None = None) -> Tensor:
+        """(B, prefix + N, D): the final normed tokens, or those after block ``layer`` with the final norm."""
+        x = self._input(imgs)
+        if layer is None:
+            return self.vit.forward_features(x)
+        depth = len(self.vit.blocks)
+        if not -depth <= layer < depth:
+            raise BlockMAEError(f"layer={layer} is out of range for an encoder with {depth} blocks "
+                                f"(use 0..{depth - 1} or -{depth}..-1)")
+        (spatial, prefix), = self.vit.forward_intermediates(
+            x, indices=[layer % depth], return_prefix_tokens=True, norm=True, stop_early=True, output_fmt="NLC",
+            intermediates_only=True)
+        return torch.cat([prefix, spatial], dim=1)
+
+    def forward_features(self, imgs: Tensor, pool: str = "cls", layer: int | None = None) -> Tensor:
+        """``cls``: the first prefix token; ``avg``: the mean of the patch tokens; ``both``: concatenated."""
+        from blockmae.models.mae import POOLS
+
+        if pool not in POOLS:
+            raise BlockMAEError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+        if pool != "avg" and self.num_prefix_tokens == 0:
+            raise BlockMAEError(f"{self.arch['model']} has no cls token; use encoder.pool=avg")
+        tokens = self.tokens(imgs, layer)
+        cls_feat = tokens[:, 0]
+        avg_feat = tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        if pool == "cls":
+            return cls_feat
+        if pool == "avg":
+            return avg_feat
+        return torch.cat([cls_feat, avg_feat], dim=-1)
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        return self.forward_features(imgs)
+
+    def attention_maps(self, imgs: Tensor) -> list[Tensor]:
+        from blockmae.models.mae import capture_attention
+
+        x = self._input(imgs)
+        return capture_attention(self.vit.blocks, lambda: self.vit.forward_features(x))
+
+
+# ------------------------------------------------------------------------------------------- specs
+def _hf_config(path: Path) -> dict[str, Any] | None:
+    file = path / "config.json"
+    if not (path.is_dir() and file.is_file()):
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise BlockMAEError(f"{file} is not valid JSON ({err})") from None
+
+
+def is_foreign(spec: str) -> bool:
+    """Whether ``spec`` names a foreign model rather than a blockmae checkpoint (or ``random``)."""
+    if spec.startswith(PREFIXES):
+        return True
+    path = Path(spec)
+    return (path.suffix in (".pth", ".pt") and path.is_file()) or _hf_config(path) is not None
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` with its file made absolute (what a probe head records to find the encoder again)."""
+    for prefix in ("timm:", "hf:", "mae:"):
+        if spec.startswith(prefix):
+            rest = spec[len(prefix):]
+            if prefix == "timm:":
+                name, sep, file = rest.partition(":")
+                return f"timm:{name}:{Path(file).resolve()}" if sep else spec
+            return f"{prefix}{Path(rest).resolve()}"
+    return str(Path(spec).resolve())
+
+
+def load_foreign(spec: str) -> ForeignViT:
+    """The :class:`ForeignViT` that ``spec`` names (see the module docstring), on the CPU, in eval mode."""
+    if spec.startswith("timm:"):
+        name, sep, file = spec[len("timm:"):].partition(":")
+        if not (name and sep and file):
+            raise BlockMAEError(f"'{spec}': write timm:<model_name>:<weights file> (no downloads: the weights "
+                                f"file is required)")
+        model = load_timm(name, Path(file))
+    elif spec.startswith("mae:") or (Path(spec).suffix in (".pth", ".pt") and not spec.startswith("hf:")):
+        model = load_official_mae(Path(spec[4:] if spec.startswith("mae:") else spec))
+    else:
+        path = Path(spec[3:] if spec.startswith("hf:") else spec)
+        config = _hf_config(path)
+        if config is None:
+            raise BlockMAEError(f"{path} is not a model directory (no config.json)")
+        model = load_timm_dir(path, config) if "architecture" in config else load_hf(path, config)
+    return model.eval()
+
+
+def _read_weights(file: Path) -> dict[str, Tensor]:
+    if not file.is_file():
+        raise BlockMAEError(f"weights file {file} does not exist")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (pickled code, truncated files... all the user's input)
+        raise BlockMAEError(f"cannot read {file} as weights ({str(err).splitlines()[0][:200]})") from None
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            return state[key]
+    if not isinstance(state, dict):
+        raise BlockMAEError(f"{file} holds no state dict")
+    return state
+
+
+def _strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
+                  f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(expected[wrong[0]].shape)}")
+        raise BlockMAEError(f"{source} does not fit the model it names: {detail}")
+    model.load_state_dict(state)
+
+
+def _geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
+    """Depth, patch and image size from the blocks, the patch projection and the position table (square grids)."""
+    out: dict[str, int] = {}
+    blocks = [int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()]
+    if blocks:
+        out["depth"] = 1 + max(blocks)
+    proj = state.get("patch_embed.proj.weight")
+    if proj is not None and proj.dim() == 4:
+        out["patch_size"] = int(proj.shape[-1])
+        pos = state.get("pos_embed")
+        if pos is not None and pos.dim() == 3:
+            for prefix in (num_prefix, 0):
+                grid = math.isqrt(pos.shape[1] - prefix)
+                if grid * grid == pos.shape[1] - prefix:
+                    out["img_size"] = grid * out["patch_size"]
+                    break
+    return out
+
+
+def load_timm(name: str, file: Path) -> ForeignViT:
+    import timm
+
+    state = _read_weights(file)
+    try:
+        probe = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as err:  # timm: "Unknown model (...)"
+        raise BlockMAEError(f"timm:{name}: {err}") from None
+    geometry = _geometry(state, getattr(probe, "num_prefix_tokens", 1))
+    current = {"patch_size": probe.patch_embed.patch_size[0], "img_size": probe.patch_embed.img_size[0],
+               "depth": len(probe.blocks)}
+    changed = {k: v for k, v in geometry.items() if current.get(k) != v}
+    model = timm.create_model(name, pretrained=False, num_classes=0, **changed) if changed else probe
+    _strict_load(model, state, str(file), ignore=("head.",))
+    cfg = model.pretrained_cfg
+    return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                      f"timm:{name}:{file}", "timm")
+
+
+def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
+    """A timm export (``save_for_hf`` layout, e.g. from ``blockmae export --format timm``)."""
+    import timm
+
+    file = path / "model.safetensors"
+    model_args = {**config.get("model_args", {}), "num_classes": 0}
+    model = timm.create_model(config["architecture"], pretrained=False, **model_args)
+    _strict_load(model, _read_weights(file), str(file), ignore=("head.",))
+    cfg = config.get("pretrained_cfg", {})
+    return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                      str(path), "timm")
+
+
+def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int, mlp_ratio: float,
+         eps: float, global_pool: str = "token") -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
+                             global_pool=global_pool, fc_norm=global_pool == "avg",
+                             norm_layer=partial(nn.LayerNorm, eps=eps))
+
+
+def load_official_mae(file: Path) -> ForeignViT:
+    """facebookresearch/mae ``.pth``: timm ViT names already (+ decoder / mask token, or fc_norm + head)."""
+    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    state = _read_weights(file)
+    if "cls_token" not in state or "blocks.0.attn.qkv.weight" not in state:
+        raise BlockMAEError(f"{file} is not an MAE ViT checkpoint (no cls_token / blocks.0.attn.qkv in its 'model')")
+    embed_dim = int(state["cls_token"].shape[-1])
+    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    geometry = _geometry(state, 1)
+    depth = geometry["depth"]
+    pooled = "fc_norm.weight" in state and "norm.weight" not in state  # fine-tuned with global pooling
+    vit = _vit(embed_dim, depth, MAE_WIDTH_HEADS.get(embed_dim, max(1, embed_dim // 64)), geometry["patch_size"],
+               geometry["img_size"], mlp_ratio, 1e-6, "avg" if pooled else "token")
+    _strict_load(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
+    return ForeignViT(vit, IMAGENET_MEAN, IMAGENET_STD, f"mae:{file}", "mae")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings, load reports and progress bars off for the block (errors still raise)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def hf_to_timm_names(hf_state: Mapping[str, Tensor], vit_model: bool) -> dict[str, Tensor]:
+    """HF ViT / ViTMAE names -> timm ViT names, through models.io's ViTMAE mapping (ViTModel keys lack the
+    ``vit.`` prefix ViTMAE has, so it is added first)."""
+    from blockmae.models.io import from_hf_vitmae_state_dict
+
+    state = {(f"vit.{k}" if vit_model else k): v for k, v in hf_state.items()}
+    return from_hf_vitmae_state_dict(state)
+
+
+def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
+    model_type = config.get("model_type")
+    if model_type not in ("vit", "vit_mae"):
+        raise BlockMAEError(f"{path}: model_type {model_type!r} is not a ViT or ViTMAE (transformers) model")
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        hf_state: dict[str, Tensor] = {}
+        for file in files:
+            hf_state.update(load_file(str(file)))
+    else:
+        hf_state = _read_weights(path / "pytorch_model.bin")
+    # ViTForImageClassification / ViTMAEForPreTraining keep the encoder under vit.; ViTModel / ViTMAEModel do not
+    prefixed = any(k.startswith("vit.") for k in hf_state)
+    state = hf_to_timm_names({k: v for k, v in hf_state.items() if not k.startswith(("pooler.", "classifier."))},
+                             vit_model=not prefixed)
+    patch, size = int(config.get("patch_size", 16)), int(config.get("image_size", 224))
+    vit = _vit(int(config["hidden_size"]), int(config["num_hidden_layers"]), int(config["num_attention_heads"]),
+               patch, size, config.get("intermediate_size", 4 * config["hidden_size"]) / config["hidden_size"],
+               float(config.get("layer_norm_eps", 1e-12)))
+    if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
+        raise BlockMAEError(f"{path}: only gelu ViTs with qkv biases map onto timm's ViT")
+    _strict_load(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
+    mean, std = _hf_normalisation(path)
+    return ForeignViT(vit, mean, std, f"hf:{path}", "hf")
+
+
+def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """preprocessor_config.json's image_mean/std; without one, ImageNet's (MAE's and the Hub ViTMAE's)."""
+    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    file = path / "preprocessor_config.json"
+    if file.is_file():
+        pre = json.loads(file.read_text())
+        return tuple(pre.get("image_mean", IMAGENET_MEAN)), tuple(pre.get("image_std", IMAGENET_STD))
+    return IMAGENET_MEAN, IMAGENET_STD
