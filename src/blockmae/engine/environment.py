@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from blockmae.engine.config import PretrainConfig
-from blockmae.registry import git_commit
+from blockmae.config import to_dict
+from blockmae.engine.config import FREE_KEYS, PretrainConfig
+from blockmae.registry import config_hash, flatten, git_commit
 
 PACKAGES = ("blockmae", "torch", "torchvision", "timm", "numpy", "omegaconf", "safetensors", "tensorboard",
             "matplotlib", "tqdm")
@@ -57,9 +58,10 @@ def environment(cfg: PretrainConfig, device: torch.device, world_size: int, prec
     }
 
 
-def new_run_dir(cfg: PretrainConfig) -> Path:
-    """`run.dir` if set, else a fresh `<output_root>/<name>-<timestamp>`."""
+def run_dir_for(cfg: PretrainConfig) -> Path:
+    """`run.dir` if set, else `<output_root>/<name>-<hash>`, the hash (8 hex digits) of the settings that
+    change the training (all but `FREE_KEYS`): the same command finds the same run dir, and resumes it."""
     if cfg.run.dir:
         return Path(cfg.run.dir)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.run.output_root) / f"{cfg.run.name}-{stamp}"
+    settings = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in FREE_KEYS and k != "run.milestones"}
+    return Path(cfg.run.output_root) / f"{cfg.run.name}-{config_hash(settings)[:8]}"
