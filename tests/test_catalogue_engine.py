@@ -203,7 +203,11 @@ def test_second_run_on_a_running_dir_refuses_and_sigterm_rerun_resumes_identical
     [run_dir] = [p for p in reference.iterdir() if p.is_dir()]
     run_dir = interrupted / run_dir.name  # the same settings: the same run dir name under any output root
     _wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 3, proc)
-    code, out, err = _blockmae([*args, f"run.dir={run_dir}"])
+    proc.send_signal(signal.SIGSTOP)  # the smoke run is quicker than a second start: hold it mid-run
+    try:
+        code, out, err = _blockmae([*args, f"run.dir={run_dir}"])
+    finally:
+        proc.send_signal(signal.SIGCONT)
     assert code == 2 and len(err.strip().splitlines()) == 1 and f"run dir {run_dir} is in use by pid {proc.pid}" in err
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
