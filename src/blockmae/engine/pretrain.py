@@ -432,7 +432,7 @@ class Pretrainer:
         bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}")
 
     def _fail_non_finite(self) -> None:
-        last = ckpt.find_checkpoint(self.run_dir)
+        last = ckpt.find_checkpoint(self.run_dir, repair=self.info.is_main)  # rank 0 alone renames
         kept = (f"the last good checkpoint is {last} (epoch {ckpt.read_meta(last)['epoch']}, step "
                 f"{ckpt.read_meta(last)['step']})" if last else "no checkpoint was written before it")
         raise NonFiniteLossError(f"the loss became non-finite near step {self.step} (epoch {self.epoch + 1}); {kept}; "
