@@ -51,14 +51,23 @@ def test_find_checkpoint_none_for_fresh_dir(tmp_path):
     assert ckpt.find_checkpoint(tmp_path) is None
 
 
-def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
-    config = {"mask": {"family": "block", "block": 2, "ratio": 0.75, "align": "grid"},
-              "data": {"dataset": "shapetex", "image_size": 32}, "train": {"batch_size": 64, "epochs": 5},
-              "run": {"seed": 0}}
-    meta = {"arch": {"embed_dim": 384, "depth": 12}, "config": config}
-    ckpt.check_compatible(meta, {"embed_dim": 384, "depth": 12},
-                          {**config, "train": {"batch_size": 64, "epochs": 50}}, tmp_path)  # more epochs: fine
+def test_architecture_mismatch_is_named(tmp_path):
+    meta = {"arch": {"embed_dim": 384, "depth": 12}}
+    ckpt.check_architecture(meta, {"embed_dim": 384, "depth": 12}, tmp_path)
     with pytest.raises(BlockMAEError, match="model.embed_dim 384 vs 192"):
-        ckpt.check_compatible(meta, {"embed_dim": 192, "depth": 12}, config, tmp_path)
-    with pytest.raises(BlockMAEError, match="mask.block 2 vs 4"):
-        ckpt.check_compatible(meta, meta["arch"], {**config, "mask": {**config["mask"], "block": 4}}, tmp_path)
+        ckpt.check_architecture(meta, {"embed_dim": 192, "depth": 12}, tmp_path)
+
+
+def test_config_changes_lists_trajectory_keys_only():
+    """Anything that changes what is computed is a change (epochs too: the cosine would jump); where the run
+    writes, how often it logs or checkpoints, threads and device are not; milestones only for epochs run."""
+    saved = {"mask": {"block": 2}, "train": {"epochs": 5, "accum_steps": 1, "cpu_threads": 1, "device": "cpu"},
+             "optim": {"base_lr": 1.5e-4}, "run": {"log_every": 20, "dir": "a", "milestones": [2, 4]}}
+    free = {"mask": {"block": 2}, "train": {"epochs": 5, "accum_steps": 1, "cpu_threads": 8, "device": "cuda"},
+            "optim": {"base_lr": 1.5e-4}, "run": {"log_every": 1, "dir": "b", "milestones": [2, 4, 5]}}
+    assert ckpt.config_changes(saved, free, epoch=3) == {}
+    changed = {"mask": {"block": 4}, "train": {"epochs": 6, "accum_steps": 2, "cpu_threads": 1, "device": "cpu"},
+               "optim": {"base_lr": 1e-3}, "run": {"log_every": 20, "dir": "a", "milestones": [1, 2, 4]}}
+    assert ckpt.config_changes(saved, changed, epoch=3) == {
+        "mask.block": (2, 4), "optim.base_lr": (1.5e-4, 1e-3), "run.milestones": ([2, 4], [1, 2, 4]),
+        "train.accum_steps": (1, 2), "train.epochs": (5, 6)}

@@ -41,6 +41,17 @@ def test_block_that_does_not_fit_names_the_grid():
     ("model.patch_size=7", "multiple"),
     ("optim.betas=[0.9]", "optim.betas"),
     ("run.milestones=[0]", "milestones"),
+    # NaN and infinity pass every `x <= 0` check and failed only later (the lr schedule, the first step)
+    ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+    ("optim.base_lr=inf", "optim.base_lr must be a finite number"),
+    ("optim.min_lr=nan", "optim.min_lr must be a finite"),
+    ("optim.warmup_epochs=inf", "optim.warmup_epochs must be a finite"),
+    ("optim.weight_decay=nan", "optim.weight_decay must be a finite"),
+    ("optim.clip_grad=inf", "optim.clip_grad must be a finite"),
+    ("optim.betas=[0.9,nan]", "optim.betas must be a finite"),
+    ("data.crop_scale=[0.2,inf]", "data.crop_scale must be a finite"),
+    ("mask.ratio=nan", "mask.ratio must be a finite"),
+    ("run.ckpt_every_minutes=inf", "run.ckpt_every_minutes must be a finite"),
 ])
 def test_bad_values_are_named(override, fragment):
     with pytest.raises(BlockMAEError, match=fragment.replace(".", r"\.")):
@@ -70,3 +81,25 @@ def test_model_kwargs_pass_only_set_overrides():
     kwargs = cfg.model_kwargs()
     assert kwargs["decoder_depth"] == 2 and kwargs["img_size"] == 32 and kwargs["mask_block"] == 4
     assert "embed_dim" not in kwargs and "decoder_embed_dim" not in kwargs
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("train:\n  epochs: 3\n  batch_size: [1, 2\nrun:\n  seed: 1\n", ":4:4:", "did not find expected ',' or ']'"),
+    ("train:\n  epochs: 3\n   batch_size: 4\n", ":3:14:", "mapping values are not allowed"),
+    ("train: {epochs: 3\n", ":2:1:", "expected ',' or '}'"),
+])
+def test_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path, text, where, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(BlockMAEError) as err:
+        load_config(PretrainConfig, path)
+    message = str(err.value)
+    assert message.startswith(f"{path}{where} YAML syntax error: ") and problem in message
+    assert "\n" not in message
+
+
+def test_yaml_that_is_not_a_mapping_is_named(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(BlockMAEError, match="must be a mapping of sections"):
+        load_config(PretrainConfig, path)

@@ -110,7 +110,7 @@ def test_resume_after_sigkill_is_bit_identical(reference_run, tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            if meta["epoch"] >= 1 and meta["batch"] > 0:  # a mid-epoch checkpoint in the second epoch
+            if meta["epoch"] >= 1 and meta["epoch_step"] > 0:  # a mid-epoch checkpoint in the second epoch
                 break
         time.sleep(0.02)
     assert proc.poll() is None, "training finished before it could be killed"
@@ -120,7 +120,8 @@ def test_resume_after_sigkill_is_bit_identical(reference_run, tmp_path):
     assert 0 < killed_at["step"] < 24 and not killed_at["complete"]
 
     out = _finish(_blockmae(*args))  # the same command resumes
-    assert f"resuming from {run_dir / 'checkpoints' / 'last'} (epoch {killed_at['epoch']}, batch " in out
+    assert (f"resuming {run_dir} from epoch {killed_at['epoch'] + 1}, step {killed_at['step']} "
+            f"({killed_at['epoch_step']} of 8 steps into the epoch); checkpoint {run_dir / 'checkpoints' / 'last'}") in out
     assert compare_weights(_weights(run_dir), _weights(reference_run)).identical
     # metrics logged after the checkpoint and before the kill are not duplicated
     assert _losses(run_dir) == _losses(reference_run)
@@ -196,7 +197,7 @@ def test_sigterm_checkpoints_stops_and_resumes_identically(reference_run, tmp_pa
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     meta = ckpt.read_meta(run_dir / "checkpoints" / "last")
-    assert "SIGTERM: saving a checkpoint" in out and f"stopped at epoch {meta['epoch']}, batch {meta['batch']}" in out
+    assert "SIGTERM: saving a checkpoint" in out and f"stopped at epoch {meta['epoch'] + 1}, step {meta['step']} (" in out
     assert 3 <= meta["step"] < 24 and not meta["complete"]
     _finish(_blockmae(*args))
     assert compare_weights(_weights(run_dir), _weights(reference_run)).identical

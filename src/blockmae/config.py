@@ -7,11 +7,13 @@ value of the wrong type is always the same one-line error naming the key and the
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from blockmae.errors import BlockMAEError
@@ -37,6 +39,22 @@ def _explain(err: OmegaConfBaseException, schema: type, source: str) -> BlockMAE
     return BlockMAEError(f"bad config value for '{key}' in {source}: {msg}")
 
 
+def _read_yaml(path: Path) -> Any:
+    """The YAML file as an OmegaConf node; a syntax error is one line, `file:line:column: problem`."""
+    try:
+        node = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise BlockMAEError(f"{where}: YAML syntax error: {err.problem or err.context}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+        raise BlockMAEError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
+    if not isinstance(node, DictConfig):
+        raise BlockMAEError(f"{path}: a config file must be a mapping of sections (model:, train:, ...), "
+                            f"not a {type(node).__name__}")
+    return node
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Schema defaults <- YAML file <- `key.sub=value` overrides; returns a checked schema instance."""
     cfg = OmegaConf.structured(schema)
@@ -47,7 +65,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             if not path.is_file():
                 raise BlockMAEError(f"config file not found: {path}")
             source = str(path)
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, _read_yaml(path))
         source = "the command-line overrides"
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -60,6 +78,20 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     if callable(validate):
         validate()
     return obj  # type: ignore[return-value]
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """BlockMAEError naming the first NaN or infinite float (or list item) of a config dataclass: no
+    setting of ours means anything when it is not finite, and each would fail only later."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_finite(value, f"{key}.")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise BlockMAEError(f"{key} must be a finite number, got {value}")
 
 
 def to_yaml(cfg: Any) -> str:

@@ -6,6 +6,8 @@ A crash or Ctrl-C mid-write leaves either the old file or the new one, never a t
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from blockmae.errors import BlockMAEError
 
 
 def _process_umask() -> int:
@@ -80,3 +84,40 @@ def replace_dir(new: str | Path, target: str | Path, aside: str | Path) -> None:
     os.replace(new, target)
     fsync_dir(target.parent)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NOT_A_FOLDER = {errno.ENOTDIR, errno.EEXIST}
+
+
+def output_error(err: OSError, path: str | Path | None = None) -> BlockMAEError:
+    """A one-line BlockMAEError for a failed write to `path` (or the file the error names)."""
+    where = err.filename or path or "the output"
+    if err.errno in _NO_SPACE:
+        return BlockMAEError(f"no space left on the device writing {where}; free some space (or point the "
+                             f"output elsewhere) and rerun")
+    if err.errno in _NO_PERMISSION:
+        reason = "read-only file system" if err.errno == errno.EROFS else "permission denied"
+        return BlockMAEError(f"cannot write {where}: {reason}; choose a folder you can write to")
+    if err.errno in _NOT_A_FOLDER:
+        return BlockMAEError(f"cannot write {where}: a file is in the way of a folder of that path; "
+                             f"choose another path or remove the file")
+    return BlockMAEError(f"cannot write {where}: {err.strerror or err}")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path | None = None) -> Iterator[None]:
+    """Turn an OSError raised while writing outputs into a one-line BlockMAEError (no traceback)."""
+    try:
+        yield
+    except OSError as err:
+        raise output_error(err, path) from None

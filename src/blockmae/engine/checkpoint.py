@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import atomic_path, fsync_dir, replace_dir, write_json_atomic
+from blockmae.fileio import atomic_path, fsync_dir, replace_dir, sha256_file, write_json_atomic, writing
 from blockmae.registry import flatten
 
 WEIGHTS = "model.safetensors"
@@ -40,25 +40,35 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: 
     """Write the checkpoint `directory` atomically (replacing an older one of the same name).
 
     `save_weights(model, path, metadata=...)` writes `model.safetensors` (default: models.io.save_mae; the
-    fine-tuning engine passes its classifier's writer)."""
+    fine-tuning engine passes its classifier's writer). meta.json, written last, holds the sha256 of the
+    other files, so that a truncated or damaged file is recognised on resume (`checkpoint_problem`). A
+    failed write (full disk, ...) leaves no temp files and raises a one-line BlockMAEError; the previous
+    checkpoint of that name is untouched.
+    """
     from blockmae.models.io import save_mae
 
     save_weights = save_weights or save_mae
 
     directory = Path(directory)
     parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / (directory.name + ".tmp")
     old = parent / (directory.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(model, tmp / WEIGHTS, metadata={"epoch": meta.get("epoch"), "step": meta.get("step")})
-    with atomic_path(tmp / STATE) as state_tmp:
-        torch.save(state, state_tmp)
-    write_json_atomic(tmp / META, meta, sort_keys=True)
-    fsync_dir(tmp)
-    # `last.old` (fixed name): find_checkpoint recovers from a crash between the two renames.
-    replace_dir(tmp, directory, old)
+    try:
+        with writing(directory):
+            parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            save_weights(model, tmp / WEIGHTS, metadata={"epoch": meta.get("epoch"), "step": meta.get("step")})
+            with atomic_path(tmp / STATE) as state_tmp:
+                torch.save(state, state_tmp)
+            meta = {**meta, "sha256": {name: sha256_file(tmp / name) for name in (WEIGHTS, STATE)}}
+            write_json_atomic(tmp / META, meta, sort_keys=True)
+            fsync_dir(tmp)
+            # `last.old` (fixed name): find_checkpoint recovers from a crash between the two renames.
+            replace_dir(tmp, directory, old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return directory
 
 
@@ -66,11 +76,12 @@ def _complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in (WEIGHTS, STATE, META))
 
 
-def find_checkpoint(path: str | Path) -> Path | None:
+def find_checkpoint(path: str | Path, repair: bool = True) -> Path | None:
     """The checkpoint directory that `path` names: a checkpoint dir, or a run dir (its `last`).
 
-    Recovers from a crash in the middle of replacing `last`: a complete `last.tmp` (the new one)
-    or else `last.old` (the previous one) is renamed back to `last`.
+    Recovers from a crash in the middle of replacing `last`: a complete and intact `last.tmp` (the new
+    one) or else `last.old` (the previous one) is renamed back to `last`. `repair=False` only looks
+    (under DDP only rank 0 repairs; the others wait for it).
     """
     path = Path(path)
     if _complete(path):
@@ -79,8 +90,10 @@ def find_checkpoint(path: str | Path) -> Path | None:
     last = ckpts / "last"
     if _complete(last):
         return last
+    if not repair:
+        return None
     for candidate in (ckpts / "last.tmp", ckpts / "last.old"):
-        if _complete(candidate):
+        if _complete(candidate) and checkpoint_problem(candidate) is None:
             shutil.rmtree(last, ignore_errors=True)
             os.replace(candidate, last)
             return last
@@ -88,20 +101,91 @@ def find_checkpoint(path: str | Path) -> Path | None:
 
 
 def read_meta(directory: Path) -> dict:
-    return json.loads((Path(directory) / META).read_text())
+    path = Path(directory) / META
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise BlockMAEError(f"checkpoint file {path} is unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict):
+        raise BlockMAEError(f"checkpoint file {path} is not a JSON object")
+    return meta
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """What is wrong with checkpoint `directory` ('state.pt: checksum mismatch', ...), None if it is intact.
+
+    Checkpoints written before checksums were stored are checked for their files only.
+    """
+    directory = Path(directory)
+    missing = [name for name in (WEIGHTS, STATE, META) if not (directory / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        meta = read_meta(directory)
+    except BlockMAEError:
+        return f"{META} is unreadable"
+    for name, expected in meta.get("sha256", {}).items():
+        if sha256_file(directory / name) != expected:
+            return f"{name} does not match its checksum (truncated or damaged)"
+    return None
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """`last`, then the milestone snapshots, newest first."""
+    ckpts = checkpoints_dir(run_dir)
+    milestones = sorted(ckpts.glob("epoch_[0-9]*"), reverse=True) if ckpts.is_dir() else []
+    return [ckpts / "last", *(m for m in milestones if m.is_dir() and not m.name.endswith((".tmp", ".old")))]
+
+
+def intact_checkpoint(path: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from in `path` (a checkpoint dir, or a run dir: `last`, else the newest
+    intact milestone) and a note per damaged checkpoint that was passed over.
+
+    BlockMAEError, saying what to delete, when `path` holds checkpoints and none of them is intact.
+    """
+    path = Path(path)
+    found = find_checkpoint(path)
+    if found == path:  # a checkpoint dir named directly: that one or nothing
+        problem = checkpoint_problem(path)
+        if problem:
+            raise BlockMAEError(f"checkpoint {path} is damaged: {problem}")
+        return path, []
+    notes: list[str] = []
+    for candidate in resume_candidates(path):
+        if not candidate.exists():
+            continue
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate, notes
+        notes.append(f"{candidate} is damaged ({problem})")
+    if notes:
+        raise BlockMAEError(f"{'; '.join(notes)}; no intact checkpoint is left to resume from: delete "
+                            f"{checkpoints_dir(path)} to start this run again from scratch, or use another run.dir")
+    return None, []
 
 
 def load_state(directory: Path) -> dict:
-    return torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
+    path = Path(directory) / STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as err:  # old checkpoints carry no checksum
+        raise BlockMAEError(f"checkpoint file {path} is unreadable ({str(err).splitlines()[0]}); resume from "
+                            f"another checkpoint (run.resume=...) or delete it") from None
 
 
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from blockmae.models.io import load_compatible_state
 
     path = Path(directory) / WEIGHTS
-    load_compatible_state(model, load_file(str(path)), source=str(path))
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as err:  # old checkpoints carry no checksum
+        raise BlockMAEError(f"checkpoint file {path} is unreadable ({err}); resume from another checkpoint "
+                            f"(run.resume=...) or delete it") from None
+    load_compatible_state(model, weights, source=str(path))
 
 
 # --- RNG state: everything as tensors / primitives so that weights_only loading works ---
@@ -132,29 +216,32 @@ def set_rng_state(state: dict) -> None:
 
 # --- compatibility of a checkpoint with the config that wants to continue it ---
 
-# Config keys that must agree for a resumed run to be the same run (epochs may grow; output paths,
-# logging, checkpoint cadence, device and precision may change).
-_MUST_MATCH = ("mask", "data.dataset", "data.split", "data.image_size", "data.num_images", "data.options",
-               "train.batch_size", "run.seed")
+ABSENT = "<absent>"
 
 
-def _mismatches(saved: dict, current: dict, prefix: str) -> list[str]:
-    a, b = flatten({prefix: saved}), flatten({prefix: current})
-    return [f"{k} {a.get(k, '<absent>')} vs {b.get(k, '<absent>')}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+def config_changes(saved: dict, current: dict, epoch: int) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (checkpoint's value, current value)} for the settings that differ and would change the
+    training trajectory: all but `FREE_KEYS`, and milestones only where they fall in epochs already run."""
+    from blockmae.engine.config import FREE_KEYS
+
+    a, b = flatten(saved), flatten(current)
+    changes = {}
+    for key in sorted(set(a) | set(b)):
+        old, new = a.get(key, ABSENT), b.get(key, ABSENT)
+        if old == new or key in FREE_KEYS:
+            continue
+        if key == "run.milestones" and all(m > epoch for m in set(old or []) ^ set(new or [])):
+            continue  # snapshots still to come: nothing already run depends on them
+        changes[key] = (old, new)
+    return changes
 
 
-def check_compatible(meta: dict, arch: dict, config: dict, where: Path) -> None:
-    """BlockMAEError naming the first differences between a checkpoint and the current run."""
-    problems = _mismatches(meta.get("arch", {}), arch, "model")
-    for key in _MUST_MATCH:
-        section, _, leaf = key.partition(".")
-        saved = meta.get("config", {}).get(section, {})
-        current = config.get(section, {})
-        if leaf:
-            saved, current = {leaf: saved.get(leaf)}, {leaf: current.get(leaf)}
-        problems += _mismatches(saved, current, section)
+def check_architecture(meta: dict, arch: dict, where: Path) -> None:
+    """BlockMAEError naming the differences between a checkpoint's architecture and the current model's
+    (these can never be accepted: the weights would not fit)."""
+    a, b = flatten({"model": meta.get("arch", {})}), flatten({"model": arch})
+    problems = [f"{k} {a.get(k, ABSENT)} vs {b.get(k, ABSENT)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
-        raise BlockMAEError(f"checkpoint {where} was made with another config (checkpoint vs now): {shown}; "
+        raise BlockMAEError(f"checkpoint {where} was made with another architecture (checkpoint vs now): {shown}; "
                             f"use another run.dir, or set these back to the checkpoint's values")

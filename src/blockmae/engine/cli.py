@@ -8,8 +8,10 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Pretrain a masked autoencoder. Settings come from the schema defaults, then --config, then the "
-        "key=value overrides (e.g. train.epochs=50 mask.block=4 run.dir=outputs/b4). A run dir holding "
-        "checkpoints/last resumes automatically. Multi-GPU: torchrun --nproc_per_node G -m blockmae pretrain ...")
+        "key=value overrides (e.g. train.epochs=50 mask.block=4 run.dir=outputs/b4). Without run.dir the run dir "
+        "is <output_root>/<name>-<hash of the settings>, so the same command resumes the same run; a run dir "
+        "holding checkpoints resumes automatically, and settings that would change the training are refused "
+        "unless listed in run.allow_changes=[key,...]. One process writes a run dir at a time. Multi-GPU: torchrun --nproc_per_node G -m blockmae pretrain ...")
     parser.add_argument("--config", metavar="YAML", help="config file (e.g. configs/pretrain_block.yaml)")
     parser.add_argument("--resume", metavar="PATH", help="resume from this run dir or checkpoint dir (= run.resume)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

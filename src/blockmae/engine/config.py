@@ -13,11 +13,22 @@ from typing import Any, Dict, List, Optional
 from blockmae.data.augment import INTERPOLATIONS
 from blockmae.masking import ALIGNS, FAMILIES
 from blockmae.models.mae import POS_EMBEDS
+from blockmae.config import check_finite
 from blockmae.errors import BlockMAEError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 LOADERS = ("cached", "torchvision")
+# Settings that decide where and how a run executes and what it logs, not what it computes: they may
+# differ between a checkpoint and the run continuing it, and they do not enter the default run dir's name.
+# Everything else (model, mask, data, optimiser, epochs, batch, accum_steps, precision, seed) changes the
+# trajectory and is refused on resume unless listed in run.allow_changes. run.milestones may change for
+# epochs not yet run (checked in checkpoint.config_changes).
+FREE_KEYS = frozenset({
+    "run.dir", "run.output_root", "run.name", "run.resume", "run.registry", "run.allow_changes", "run.log_every",
+    "run.ckpt_every_minutes", "run.ckpt_every_steps", "run.recon_images", "run.deterministic",
+    "train.device", "train.cpu_threads", "train.compile", "data.root", "data.workers", "data.val_split",
+})
 # Splits used for the fixed reconstruction images when `data.val_split` is not set.
 DEFAULT_VAL_SPLIT = {"cifar10": "test", "cifar100": "test"}
 
@@ -95,7 +106,7 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    dir: Optional[str] = None  # None: <output_root>/<name>-<timestamp>
+    dir: Optional[str] = None  # None: <output_root>/<name>-<hash of the settings>: the same command resumes
     output_root: str = "outputs"
     name: str = "pretrain"
     seed: int = 0
@@ -107,6 +118,9 @@ class RunConfig:
     recon_images: int = 8  # validation images in the reconstruction figures; 0 disables the figures
     resume: Optional[str] = None  # a run dir or checkpoint dir; None: resume from run.dir if it holds one
     registry: bool = True  # record the run in <output_root>/registry.sqlite
+    # settings that may differ from the checkpoint's on resume although they change the training (keys, or
+    # sections such as "optim", or "all"); see FREE_KEYS for those that never need it
+    allow_changes: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +149,7 @@ class PretrainConfig:
         return self.data.val_split or DEFAULT_VAL_SPLIT.get(self.data.dataset, "val")
 
     def validate(self) -> None:
+        check_finite(self)
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("train.device", self.train.device, DEVICES)
         _choice("mask.family", self.mask.family, FAMILIES)

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from blockmae.engine.config import PretrainConfig
-from blockmae.registry import git_commit
+from blockmae.config import to_dict
+from blockmae.engine.config import FREE_KEYS, PretrainConfig
+from blockmae.registry import config_hash, flatten, git_commit
 
 PACKAGES = ("blockmae", "torch", "torchvision", "timm", "numpy", "omegaconf", "safetensors", "tensorboard",
             "matplotlib", "tqdm")
@@ -57,29 +58,35 @@ def environment(cfg: PretrainConfig, device: torch.device, world_size: int, prec
     }
 
 
-def new_run_dir(cfg: PretrainConfig) -> Path:
-    """`run.dir` if set, else a fresh `<output_root>/<name>-<timestamp>`."""
+def run_dir_for(cfg: PretrainConfig) -> Path:
+    """`run.dir` if set, else `<output_root>/<name>-<hash>`, the hash (8 hex digits) of the settings that
+    change the training (all but `FREE_KEYS`): the same command finds the same run dir, and resumes it."""
     if cfg.run.dir:
         return Path(cfg.run.dir)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.run.output_root) / f"{cfg.run.name}-{stamp}"
+    settings = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in FREE_KEYS and k != "run.milestones"}
+    return Path(cfg.run.output_root) / f"{cfg.run.name}-{config_hash(settings)[:8]}"
 
 
 def write_run_files(run_dir: Path, cfg: Any, device: torch.device, world_size: int, precision: str,
-                    resumed_from: Path | None = None, step: int = 0) -> None:
-    """`config.yaml` (the resolved config) and `env.json` (first start; each resume appended to `resumes`)."""
+                    resumed_from: Path | None = None, step: int = 0,
+                    accepted_changes: dict[str, Any] | None = None) -> None:
+    """`config.yaml` (the resolved config) and `env.json` (first start; each resume appended to `resumes`,
+    with the trajectory changes the user accepted)."""
     import json
 
     from blockmae.config import to_yaml
-    from blockmae.fileio import write_json_atomic, write_text_atomic
+    from blockmae.fileio import write_json_atomic, write_text_atomic, writing
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    env = environment(cfg, device, world_size, precision)
-    env_path = run_dir / "env.json"
-    if resumed_from is not None and env_path.is_file():
-        first = json.loads(env_path.read_text())
-        first.setdefault("resumes", []).append({**env, "resumed_from": str(resumed_from), "step": step})
-        env = first
-    write_json_atomic(env_path, env, sort_keys=True)
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+        env = environment(cfg, device, world_size, precision)
+        env_path = run_dir / "env.json"
+        if resumed_from is not None and env_path.is_file():
+            first = json.loads(env_path.read_text())
+            first.setdefault("resumes", []).append(
+                {**env, "resumed_from": str(resumed_from), "step": step,
+                 "accepted_changes": {k: list(v) for k, v in (accepted_changes or {}).items()}})
+            env = first
+        write_json_atomic(env_path, env, sort_keys=True)

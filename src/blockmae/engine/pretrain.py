@@ -1,10 +1,14 @@
 """The pretraining loop: config -> data -> model -> AdamW/cosine -> logs, checkpoints, figures.
 
 Randomness that decides what is trained on is a pure function of (seed, epoch, step): the loader's
-order and augmentation come from (seed, epoch, batch), the masks of optimiser step s from (seed, s).
-With the weights, optimiser state and position restored, a resumed run is therefore the same run,
-bit for bit on the CPU. Crops and masks are drawn for the global batch and each rank takes its rows,
-so a run on W ranks sees the same images and masks as a run on one.
+order and augmentation come from (seed, epoch, batch), the masks of optimiser step s from (seed, s),
+drawn for the step's whole global batch (so they do not depend on accum_steps or the ranks). With the
+weights, optimiser state, RNG state and position (epoch, optimiser steps into it) restored, a resumed run
+is therefore the same run, bit for bit on the CPU. Crops and masks are drawn for the global batch and
+each rank takes its rows, so a run on W ranks sees the same images and masks as a run on one.
+
+One process writes a run dir at a time (`engine.lock`); the run dir defaults to a name derived from the
+settings, so the same command finds its run again and resumes it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.config import PretrainConfig
-from blockmae.engine.environment import new_run_dir, write_run_files
+from blockmae.engine.environment import run_dir_for, write_run_files
+from blockmae.engine.lock import RunLock
 from blockmae.engine.optim import build_optimizer, build_scheduler, optimizer_step
 from blockmae.errors import BlockMAEError
-
+from blockmae.fileio import output_error, write_json_atomic, write_text_atomic, writing
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
@@ -96,9 +101,20 @@ class Pretrainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        self.run_dir = Path(dist.broadcast_object(str(self._pick_run_dir()) if info.is_main else None))
-        self.resume_from = self._find_resume()
+        self.run_dir, self.lock, self.resume_from = claim_run_dir(cfg, info)
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
 
+    def release(self) -> None:
+        """Give up the run dir's lock (rank 0); idempotent."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _setup(self) -> None:
+        cfg, info, device = self.cfg, self.info, self.device
         self._build_data()
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         from blockmae.masking import MaskGenerator
@@ -119,36 +135,21 @@ class Pretrainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
 
-        self.epoch, self.batch, self.step = 0, 0, 0
+        # The position in global terms: epochs done, optimiser steps into this epoch, steps and images so far.
+        self.epoch, self.epoch_step, self.step, self.images_seen = 0, 0, 0, 0
         self.epoch_stats = {"loss_sum": 0.0, "count": 0}
         self.metrics_bytes = 0
-        if self.resume_from is not None:
-            self._load(self.resume_from)
+        self.accepted_changes: dict[str, tuple[Any, Any]] = {}
+        rng = self._load(self.resume_from) if self.resume_from is not None else None
         seed_everything(cfg.run.seed + info.rank + 1_000_003 * self.step)  # per-rank streams
+        if rng is not None and info.is_main:
+            ckpt.set_rng_state(rng)  # after seeding: rank 0 continues the saved stream exactly
 
         self.train_model: torch.nn.Module = dist.wrap_ddp(self.model, device, info)
         if cfg.train.compile:
             self.train_model = torch.compile(self.train_model)
 
     # ---- setup ------------------------------------------------------------------------------
-
-    def _pick_run_dir(self) -> Path:
-        run_dir = new_run_dir(self.cfg)
-        if not self.cfg.run.dir:
-            base, n = run_dir, 1
-            while run_dir.exists():
-                n += 1
-                run_dir = base.with_name(f"{base.name}-{n}")
-        return run_dir
-
-    def _find_resume(self) -> Path | None:
-        if self.cfg.run.resume:
-            found = ckpt.find_checkpoint(self.cfg.run.resume)
-            if found is None:
-                raise BlockMAEError(f"run.resume={self.cfg.run.resume}: no checkpoint there (expected a checkpoint "
-                                    f"dir with {ckpt.META}, or a run dir with checkpoints/last)")
-            return found
-        return ckpt.find_checkpoint(self.run_dir)
 
     def _build_data(self) -> None:
         cfg = self.cfg.data
@@ -165,7 +166,15 @@ class Pretrainer:
         options = dict(cfg.options)
         if cfg.num_images is not None:
             options["num_images"] = cfg.num_images
-        dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
+        try:
+            dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
+        except BlockMAEError:
+            if "num_images" not in options:
+                raise
+            # Report a more basic problem (a missing root, ...) before the option: the dataset without it
+            options.pop("num_images")
+            load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
+            raise
         augment = None
         if cfg.augment:
             augment = BatchAugment(self.cfg.img_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio),
@@ -174,32 +183,75 @@ class Pretrainer:
                                         drop_last=True, seed=self.cfg.run.seed, rank=self.info.rank,
                                         world_size=self.info.world_size, image_size=self.cfg.img_size)
 
-    def _load(self, where: Path) -> None:
+    def _load(self, where: Path) -> dict:
+        """Restore weights, optimiser and position from checkpoint `where`; returns its RNG state."""
         meta = ckpt.read_meta(where)
-        ckpt.check_compatible(meta, self.model.arch, to_dict(self.cfg), where)
+        ckpt.check_architecture(meta, self.model.arch, where)
+        saved = meta.get("config", {})
+        self.accepted_changes = self._accept_changes(ckpt.config_changes(saved, to_dict(self.cfg),
+                                                                         meta.get("epoch", 0)), where)
         ckpt.load_weights(where, self.model)
         state = ckpt.load_state(where)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        saved_batch = saved.get("train", {}).get("batch_size", self.cfg.train.batch_size)
+        if "epoch_step" in state:
+            epoch_step, images = state["epoch_step"], state["images_seen"]
+        else:  # checkpoints before 2026-12 counted micro-batches
+            epoch_step = state["batch"] // saved.get("train", {}).get("accum_steps", 1)
+            images = state["step"] * saved_batch
+        # Global terms: the images into this epoch stay the same if an accepted change resized the batch.
+        epoch_step = min(epoch_step * saved_batch // self.cfg.train.batch_size, self.steps_per_epoch)
+        self.epoch, self.epoch_step, self.images_seen = state["epoch"], epoch_step, images
+        self.step = self.epoch * self.steps_per_epoch + self.epoch_step  # == the saved step when unchanged
         self.epoch_stats = dict(state["epoch_stats"])
         # Metrics logged after this checkpoint will be logged again: cut them off.
         same_run = Path(where).resolve().parent.parent == self.run_dir.resolve()
         self.metrics_bytes = meta.get("metrics_bytes", 0) if same_run else 0
-        if self.info.is_main:
-            ckpt.set_rng_state(state["rng"])
-            print(f"resuming from {where} (epoch {self.epoch}, batch {self.batch}, step {self.step})", flush=True)
+        if self.info.is_main and self.epoch < self.cfg.train.epochs:
+            print(f"resuming {self.run_dir} from {self._position()}; checkpoint {where}", flush=True)
+        return state["rng"]
+
+    def _accept_changes(self, changes: dict[str, tuple[Any, Any]], where: Path) -> dict[str, tuple[Any, Any]]:
+        """The changes that run.allow_changes names; BlockMAEError listing the others."""
+        allowed = set(self.cfg.run.allow_changes)
+
+        def accepted(key: str) -> bool:
+            parts = key.split(".")
+            return "all" in allowed or any(".".join(parts[:i]) in allowed for i in range(1, len(parts) + 1))
+
+        refused = {k: v for k, v in changes.items() if not accepted(k)}
+        if refused:
+            listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in refused.items())
+            raise BlockMAEError(f"{where} was trained with other settings that change the training ({listed}); "
+                                f"set them back, use another run.dir, or accept them with "
+                                f"run.allow_changes=[{','.join(refused)}]")
+        if changes and self.info.is_main:
+            listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items())
+            print(f"accepting changed settings (run.allow_changes): {listed}", flush=True)
+        return changes
+
+    def _position(self) -> str:
+        """'epoch 2, step 13 (5 of 8 steps into the epoch)', with the epoch counted from 1 as the bar does."""
+        where = ("the start of the epoch" if self.epoch_step == 0 else
+                 f"{self.epoch_step} of {self.steps_per_epoch} steps into the epoch")
+        return f"epoch {self.epoch + 1}, step {self.step} ({where})"
 
     # ---- one optimiser step -----------------------------------------------------------------
 
-    def _masks(self, micro_index: int, rows: int) -> Any:
-        """The masks of global micro-batch `micro_index`: drawn for all ranks, this rank's rows kept."""
-        self.mask_rng.manual_seed(self.cfg.run.seed * 1_000_003 + micro_index)
-        mask = self.mask_generator(rows * self.info.world_size, device=self.device, generator=self.mask_rng)
+    def _masks(self, micro: int, rows: int) -> Any:
+        """The masks of micro-batch `micro` of the current step on this rank: the step's masks are drawn for
+        its whole global batch from (seed, step), so they depend neither on accum_steps nor on the ranks."""
+        if micro == 0:
+            self.mask_rng.manual_seed(self.cfg.run.seed * 1_000_003 + self.step)
+            self.step_masks = self.mask_generator(self.cfg.train.batch_size, device=self.device,
+                                                  generator=self.mask_rng)
+        global_rows = rows * self.info.world_size
+        mask = _map_mask(self.step_masks, lambda t: t[micro * global_rows:(micro + 1) * global_rows])
         if not self.info.enabled:
             return mask
-        keep = dist.rows_of_rank(rows * self.info.world_size, self.info)
+        keep = dist.rows_of_rank(global_rows, self.info)
         return _map_mask(mask, lambda t: t[keep])
 
     def _train_step(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -215,7 +267,7 @@ class Pretrainer:
             t0 = time.perf_counter()
             images, _ = next(batches)
             data_time += time.perf_counter() - t0
-            mask = self._masks(self.step * accum + m, images.shape[0])
+            mask = self._masks(m, images.shape[0])
             sync = contextlib.nullcontext()
             if self.info.enabled and m < accum - 1:
                 sync = self._ddp().no_sync()  # all-reduce gradients once, on the last micro-batch
@@ -227,7 +279,8 @@ class Pretrainer:
             loss_sum += loss.detach().float()
         grad_norm = optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.optim.clip_grad)
         self.step += 1
-        self.batch += accum
+        self.epoch_step += 1
+        self.images_seen += self.cfg.train.batch_size
         return loss_sum / accum, grad_norm, data_time
 
     def _ddp(self) -> Any:
@@ -240,11 +293,14 @@ class Pretrainer:
         cfg, main = self.cfg, self.info.is_main
         if self.epoch >= cfg.train.epochs:
             if main:
-                print(f"run {self.run_dir} is already complete ({self.epoch} epochs)", flush=True)
+                print(f"run {self.run_dir} is already complete ({self.epoch} epochs); nothing to do", flush=True)
             return self.run_dir
         self.logger = _RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
         if main:
             self._write_run_files()
+            if self.accepted_changes:
+                self.logger.write({"kind": "resume", "epoch": self.epoch, "step": self.step,
+                                   "changes": {k: list(v) for k, v in self.accepted_changes.items()}}, self.step)
             print(f"run dir: {self.run_dir}  ({self.device}, {self.precision}, {self.info.world_size} rank(s), "
                   f"{self.steps_per_epoch} steps/epoch, lr {self.lr:.3g})", flush=True)
         self.last_ckpt_time = time.monotonic()
@@ -272,25 +328,26 @@ class Pretrainer:
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
                   f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
-    def _stop(self) -> None:
-        self._save_last()
+    def _stop(self, save: bool = True) -> None:
+        if save:
+            self._save_last()
         if self.info.is_main:
-            print(f"stopped at epoch {self.epoch}, batch {self.batch}, step {self.step}; checkpoint "
-                  f"{ckpt.checkpoints_dir(self.run_dir) / 'last'}; the same command resumes", file=sys.stderr,
-                  flush=True)
+            print(f"stopped at {self._position()}; checkpoint {ckpt.checkpoints_dir(self.run_dir) / 'last'}; "
+                  f"the same command resumes", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
         accum = cfg.train.accum_steps
         self.loader.set_epoch(epoch)
-        batches = iter(self.loader.iter_from(self.batch))
+        batches = iter(self.loader.iter_from(self.epoch_step * accum))
         window = _Window(self.device)
         epoch_start, epoch_images = time.perf_counter(), 0
-        bar = _progress(self.info.is_main, self.steps_per_epoch, self.batch // accum,
+        bar = _progress(self.info.is_main, self.steps_per_epoch, self.epoch_step,
                         f"epoch {epoch + 1}/{cfg.train.epochs}")
+        stopping = False
         try:
-            while self.batch < self.steps_per_epoch * accum:
+            while self.epoch_step < self.steps_per_epoch:
                 loss, grad_norm, data_time = self._train_step(batches)
                 window.add(loss, grad_norm, data_time, cfg.train.batch_size)
                 epoch_images += cfg.train.batch_size
@@ -302,16 +359,20 @@ class Pretrainer:
                     stats = self._sync(window)
                     self._log_window(stats, bar)
                     if stats["stop"]:
-                        self._stop()
-                    if (by_steps or stats["time_for_ckpt"]) and self.batch < self.steps_per_epoch * accum:
+                        if self.epoch_step < self.steps_per_epoch:
+                            self._stop()
+                        stopping = True  # the epoch's last step: finish the epoch first, then stop
+                        break
+                    if (by_steps or stats["time_for_ckpt"]) and self.epoch_step < self.steps_per_epoch:
                         self._save_last()
             tail_steps = window.steps  # steps since the last log line (_sync resets the window)
             stats = self._sync(window)
+            stopping = stopping or stats["stop"]
             if tail_steps:
                 self._log_window(stats, bar)
         finally:
             bar.close()
-        self.epoch, self.batch = epoch + 1, 0
+        self.epoch, self.epoch_step = epoch + 1, 0
         seconds = time.perf_counter() - epoch_start
         epoch_loss = self.epoch_stats["loss_sum"] / max(1, self.epoch_stats["count"])
         self.epoch_stats = {"loss_sum": 0.0, "count": 0}
@@ -324,6 +385,8 @@ class Pretrainer:
             self._save(ckpt.checkpoints_dir(self.run_dir) / ckpt.milestone_name(self.epoch))
         if self.epoch in self.cfg.run.milestones or self.epoch == self.cfg.train.epochs:
             self._draw_reconstructions()
+        if stopping and self.epoch < cfg.train.epochs:
+            self._stop(save=False)  # `last` holds the end of this epoch
 
     def _lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
@@ -349,7 +412,7 @@ class Pretrainer:
     def _log_window(self, stats: dict[str, float], bar: Any) -> None:
         if self.logger is None:
             return
-        record = {"kind": "step", "epoch": self.epoch + self.batch / (self.steps_per_epoch * self.cfg.train.accum_steps),
+        record = {"kind": "step", "epoch": self.epoch + self.epoch_step / self.steps_per_epoch,
                   "step": self.step, "loss": stats["loss"], "lr": self._lr(), "grad_norm": stats["grad_norm"],
                   "img_per_s": stats["img_per_s"], "data_time": stats["data_time"],
                   "memory_mb": _memory_mb(self.device)}
@@ -357,7 +420,7 @@ class Pretrainer:
         bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}")
 
     def _fail_non_finite(self) -> None:
-        last = ckpt.find_checkpoint(self.run_dir)
+        last = ckpt.find_checkpoint(self.run_dir, repair=self.info.is_main)  # rank 0 alone renames
         kept = (f"the last good checkpoint is {last} (epoch {ckpt.read_meta(last)['epoch']}, step "
                 f"{ckpt.read_meta(last)['step']})" if last else "no checkpoint was written before it")
         raise NonFiniteLossError(f"the loss became non-finite near step {self.step} (epoch {self.epoch + 1}); {kept}; "
@@ -368,13 +431,14 @@ class Pretrainer:
     def _state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "epoch": self.epoch, "batch": self.batch, "step": self.step,
-                "epoch_stats": dict(self.epoch_stats), "rng": ckpt.rng_state()}
+                "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
+                "images_seen": self.images_seen, "epoch_stats": dict(self.epoch_stats), "rng": ckpt.rng_state()}
 
     def _save(self, directory: Path) -> None:
         if not self.info.is_main:
             return
-        meta = {"epoch": self.epoch, "batch": self.batch, "step": self.step, "total_steps": self.total_steps,
+        meta = {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
+                "images_seen": self.images_seen, "total_steps": self.total_steps,
                 "complete": self.epoch >= self.cfg.train.epochs, "arch": self.model.arch,
                 "config": to_dict(self.cfg), "world_size": self.info.world_size,
                 "metrics_bytes": self.logger.tell() if self.logger else 0,
@@ -387,7 +451,7 @@ class Pretrainer:
 
     def _write_run_files(self) -> None:
         write_run_files(self.run_dir, self.cfg, self.device, self.info.world_size, self.precision, self.resume_from,
-                        self.step)
+                        self.step, self.accepted_changes)
 
     def _figure_images(self) -> torch.Tensor | None:
         from blockmae.data import load_dataset
@@ -430,8 +494,9 @@ class Pretrainer:
         from blockmae.visualisation.reconstructions import reconstruction_figure
 
         path = self.run_dir / "figures" / f"reconstructions_epoch_{self.epoch:04d}.png"
-        reconstruction_figure(self.model, self.figure_batch, self._figure_masks(), path,
-                              title=f"{self.run_dir.name}: epoch {self.epoch}")
+        with writing(path):
+            reconstruction_figure(self.model, self.figure_batch, self._figure_masks(), path,
+                                  title=f"{self.run_dir.name}: epoch {self.epoch}")
 
 
 class _FolderBatches:
@@ -500,16 +565,24 @@ class _RunLogger:
     def __init__(self, run_dir: Path, step: int, resume_bytes: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / "metrics.jsonl"
-        with open(path, "a") as f:
-            f.truncate(resume_bytes if step else 0)
-        self.file = open(path, "a")
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
+        self.path = run_dir / "metrics.jsonl"
+        with writing(self.path):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.truncate(resume_bytes if step else 0)
+            self.file = open(self.path, "a")
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
 
     def write(self, record: dict, step: int) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        line = json.dumps(record) + "\n"
+        start = self.file.tell()
+        try:
+            self.file.write(line)
+            self.file.flush()
+        except OSError as err:
+            with contextlib.suppress(OSError):  # no half line left for the reader (and the resume) to trip on
+                self.file.truncate(start)
+            raise output_error(err, self.path) from None
         prefix = "epoch" if record["kind"] == "epoch" else "train"
         for key, value in record.items():
             if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
@@ -520,7 +593,8 @@ class _RunLogger:
         return self.file.tell()
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk was reported already
+            self.file.close()
         self.tb.close()
 
 
@@ -537,6 +611,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     info = dist.torchrun_env()
     device = dist.resolve_device(cfg.train.device, info)
     dist.init_distributed(info, device)
+    trainer = None
     try:
         trainer = Pretrainer(cfg, info, device)
         finished = trainer.epoch >= cfg.train.epochs
@@ -545,13 +620,47 @@ def pretrain(cfg: PretrainConfig) -> Path:
         from blockmae.registry import Registry
 
         parent = str(trainer.resume_from) if trainer.resume_from else None
-        with Registry(cfg.run.output_root).track("pretrain", trainer.run_dir, to_dict(cfg), parent=parent,
-                                                 name=cfg.run.name) as record:
+        with writing(cfg.run.output_root):
+            registry = Registry(cfg.run.output_root)
+        with registry.track("pretrain", trainer.run_dir, to_dict(cfg), parent=parent, name=cfg.run.name) as record:
             run_dir = trainer.run()
             record.metrics.update(_final_metrics(run_dir))
         return run_dir
     finally:
+        if trainer is not None:
+            trainer.release()
         dist.cleanup()
+
+
+def claim_run_dir(cfg: PretrainConfig, info: dist.DistInfo) -> tuple[Path, RunLock | None, Path | None]:
+    """(run dir, its lock, checkpoint to resume from) on every rank.
+
+    Rank 0 alone locks the run dir, repairs an interrupted checkpoint swap and checks the checkpoints
+    (passing over damaged ones, saying so); the other ranks wait for its answer, so no rank renames or
+    deletes what another is reading. An error on rank 0 is raised on every rank.
+    """
+    lock, answer = None, None
+    if info.is_main:
+        try:
+            run_dir = run_dir_for(cfg)
+            lock = RunLock(run_dir).acquire()
+            where = Path(cfg.run.resume) if cfg.run.resume else run_dir
+            found, notes = ckpt.intact_checkpoint(where)
+            if cfg.run.resume and found is None:
+                raise BlockMAEError(f"run.resume={cfg.run.resume}: no checkpoint there (expected a checkpoint dir "
+                                    f"with {ckpt.META}, or a run dir with checkpoints/last)")
+            for note in notes:
+                print(f"warning: {note}; resuming from {found} instead", file=sys.stderr, flush=True)
+            answer = {"run_dir": str(run_dir), "resume": str(found) if found else None}
+        except BaseException as err:
+            if lock is not None:
+                lock.release()
+            dist.broadcast_object({"error": str(err)} if isinstance(err, BlockMAEError) else {"error": "rank 0 failed"})
+            raise
+    answer = dist.broadcast_object(answer)
+    if "error" in answer:
+        raise BlockMAEError(answer["error"])
+    return Path(answer["run_dir"]), lock, Path(answer["resume"]) if answer["resume"] else None
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

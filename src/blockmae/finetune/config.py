@@ -74,7 +74,7 @@ class FinetuneOptimConfig(OptimConfig):
 
 @dataclass
 class FinetuneRunConfig:
-    dir: Optional[str] = None  # None: <output_root>/<name>-<timestamp>
+    dir: Optional[str] = None  # None: <output_root>/<name>-<hash of the settings>: the same command resumes
     output_root: str = "outputs"
     name: str = "finetune"
     seed: int = 0

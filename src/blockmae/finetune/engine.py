@@ -30,7 +30,7 @@ from torch import nn
 from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
-from blockmae.engine.environment import new_run_dir, write_run_files
+from blockmae.engine.environment import run_dir_for, write_run_files
 from blockmae.engine.optim import build_scheduler, optimizer_step
 from blockmae.engine.pretrain import (AUTOCAST_DTYPES, _memory_mb, _progress, _RunLogger, _Window,
                                       resolve_precision, seed_everything)
@@ -237,7 +237,7 @@ class Finetuner:
             raise BlockMAEError(f"train.batch_size {cfg.train.batch_size} must split into accum_steps x ranks = "
                                 f"{accum} x {world} micro-batches of even size")
         self.micro_batch = cfg.train.batch_size // (accum * world)
-        run_dir = new_run_dir(cfg) if info.is_main else None
+        run_dir = run_dir_for(cfg) if info.is_main else None
         self.run_dir = Path(dist.broadcast_object(str(run_dir) if run_dir else None))
         self.resume_from = ckpt.find_checkpoint(self.run_dir)
 
