@@ -69,7 +69,6 @@ class Evaluation:
     name: str
     run: Callable[[EvalContext], EvalOutcome]
     check: Callable[[SweepSpec, EvaluationSpec], None] | None = None
-    after: tuple[str, ...] = ()  # evaluation names it reads the results of (shape_bias reads a linear head)
 
 
 EVALUATIONS: dict[str, Evaluation] = {}
