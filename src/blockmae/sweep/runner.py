@@ -8,8 +8,10 @@ run is complete), and evaluations recorded as completed (in arm_state.json and t
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
-from blockmae.registry import Registry
+from blockmae.registry import HEARTBEAT_EVERY_S, Registry
 from blockmae.sweep.evaluations import EvalContext, EvalOutcome, get_evaluation
 from blockmae.sweep.spec import EvaluationSpec, pretrain_config
 from blockmae.sweep.state import eval_key, read_json, start_state, write_state, write_sweep_json
@@ -39,9 +41,6 @@ def _config(entry: dict[str, Any], out: Path, task: dict[str, Any]) -> PretrainC
 
 def run_arm(task_path: str | Path) -> str:
     """Run (or resume) the arm of `task_path`; returns its final status (completed, failed, interrupted)."""
-    from blockmae.engine import checkpoint as ckpt
-    from blockmae.engine.pretrain import pretrain
-
     task_path = Path(task_path)
     task = read_json(task_path)
     out = out_of(task_path, task)
@@ -49,10 +48,32 @@ def run_arm(task_path: str | Path) -> str:
     state = start_state(out, run_dir)
     registry = Registry(out)
 
+    lock = threading.Lock()
+
     def save(**changes: Any) -> None:
-        state.update(changes)
-        write_state(out, run_dir, state)
-        write_sweep_json(out)
+        with lock:
+            state.update(changes)
+            write_state(out, run_dir, state)
+            write_sweep_json(out)
+
+    stop = threading.Event()
+
+    def heartbeat() -> None:  # another host tells a live arm from a dead one by this (registry.process_alive)
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            # RuntimeError: the main thread changed the state while it was being written; next beat
+            with contextlib.suppress(OSError, RuntimeError, BlockMAEError):
+                save(heartbeat_at=time.time())
+
+    threading.Thread(target=heartbeat, name="sweep-arm-heartbeat", daemon=True).start()
+    try:
+        return _run(task, out, state, registry, save)
+    finally:
+        stop.set()
+
+
+def _run(task: dict[str, Any], out: Path, state: dict[str, Any], registry: Registry, save: Any) -> str:
+    from blockmae.engine import checkpoint as ckpt
+    from blockmae.engine.pretrain import pretrain
 
     try:
         ckpt_dirs: dict[int, Path] = {}

@@ -112,7 +112,7 @@ def start_state(out: Path, run_dir: str) -> dict[str, Any]:
     state = read_state(out, run_dir)
     pid = os.getpid()
     state.update(status="running", host=socket.gethostname(), pid=pid, proc_start=_proc_start(pid),
-                 started_at=time.time(), ended_at=None, error=None)
+                 started_at=time.time(), heartbeat_at=time.time(), ended_at=None, error=None)
     state.setdefault("evaluations", {})
     write_state(out, run_dir, state)
     return state
@@ -123,7 +123,7 @@ def effective_status(state: dict[str, Any], wanted: list[list[Any]]) -> str:
     completed arm that the spec now asks more evaluations of is planned again."""
     status = state.get("status", "planned")
     if status == "running" and not process_alive(state.get("host"), state.get("pid"), state.get("proc_start"),
-                                                 state.get("started_at")):
+                                                 state.get("heartbeat_at") or state.get("started_at")):
         return "interrupted"
     if status == "completed":
         done = state.get("evaluations", {})
