@@ -217,3 +217,41 @@ def test_local_slots_and_submitit_local_executor(tmp_path, capsys):
     assert isinstance(job, submitit.helpers.Checkpointable)
     resubmission = job.checkpoint(str(out / "b1" / "s0" / "arm.json"))
     assert isinstance(resubmission, submitit.helpers.DelayedSubmission) and resubmission.function.code_dir == "/snapshot"
+
+
+@pytest.mark.slow
+def test_interrupted_arm_resumes_without_redoing_finished_work(tmp_path, capsys):
+    """An arm stopped mid-evaluation (SIGTERM reads as KeyboardInterrupt) is interrupted; the next run keeps
+    its pretraining and finished evaluations and runs only the rest. A diagnostic plugs in by name."""
+    from blockmae.sweep import evaluations as ev_mod
+    from blockmae.sweep.evaluations import EvalOutcome, register_evaluation
+
+    calls = []
+
+    def flaky(ctx):
+        calls.append(ctx.milestone)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        return EvalOutcome(None, ctx.run_dir, {"score": float(ctx.milestone), "n": 1})
+
+    register_evaluation("flaky", flaky)
+    try:
+        spec = write_spec(tmp_path, f"probe: {{config: {PROBE}, overrides: {{device: cpu, data.num_images: 60, "
+                                    "linear.epochs: 2, linear.warmup_epochs: 0, linear.batch_size: 30}}\n"
+                                    "evaluations: [{name: linear, dataset: shapetex}, flaky]\n")
+        out = tmp_path / "out"
+        assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug"]) == 1
+        (arm,) = json.loads((out / "sweep.json").read_text())["arms"]
+        assert arm["status"] == "interrupted"
+        assert [e["status"] for e in arm["evaluations"]] == ["completed", "interrupted"]
+        assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug"]) == 0
+        (arm,) = json.loads((out / "sweep.json").read_text())["arms"]
+        assert arm["status"] == "completed" and arm["evaluations"][1]["metrics"] == {"score": 2.0, "n": 1}
+        from blockmae.registry import Registry
+
+        reg = Registry(out)
+        assert len(reg.list_runs(kind="pretrain")) == 1 and len(reg.list_runs(kind="probe")) == 1
+        assert calls == [2, 2]
+    finally:
+        ev_mod.EVALUATIONS.pop("flaky", None)
