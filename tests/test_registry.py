@@ -51,7 +51,8 @@ def test_where_filters(tmp_path):
     assert [r.id for r in reg.list_runs(where=["metrics.top1>0.8"])] == []
     assert [r.id for r in reg.list_runs(where=["dataset=shapetex", "pool=cls"])] == [probe]
     assert [r.id for r in reg.list_runs(where=["name=b2"])] == [pre]
-    assert reg.list_runs(where=["missing.key=1"]) == []
+    with pytest.raises(BlockMAEError, match="no run has the key 'missing.key'; valid keys: .*mask.block"):
+        reg.list_runs(where=["missing.key=1"])
     assert parse_condition("a.b>=3") == ("a.b", ">=", "3")
     with pytest.raises(BlockMAEError, match="key=value"):
         parse_condition("novalue")
@@ -138,3 +139,101 @@ def test_runs_cli_table_and_json(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == []
     assert main(["runs", "--root", str(tmp_path / "empty")]) == 2
     assert "no registry" in capsys.readouterr().err
+
+
+def _writer_process(root, i, n):
+    from blockmae.registry import Registry
+
+    reg = Registry(root, timeout_s=120)
+    for j in range(n):
+        rid = reg.start_run("probe", None, {"i": i, "j": j}, heartbeat=False)
+        reg.log_metrics(rid, {"v": j}, epoch=j)
+        reg.finish_run(rid, "completed", {"v": j})
+
+
+def test_concurrent_writer_processes_rollback_journal(tmp_path):
+    """Several processes writing at once (parallel slots, array tasks): no lost row, no 'database is locked',
+    and the file keeps the rollback journal (WAL is unsafe on network file systems)."""
+    import multiprocessing as mp
+
+    Registry(tmp_path)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer_process, args=(str(tmp_path), i, 8)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    runs = Registry(tmp_path).list_runs(status="completed")
+    assert sorted((r.config["i"], r.config["j"]) for r in runs) == [(i, j) for i in range(4) for j in range(8)]
+    assert all(r.history and r.history[0]["metrics"] == {"v": r.config["j"]} for r in runs)
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not (tmp_path / "registry.sqlite-wal").exists()
+
+
+def test_corrupt_or_truncated_registry_is_one_line_error(tmp_path, capsys):
+    reg, _, _ = _make(tmp_path)
+    db = tmp_path / "registry.sqlite"
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 3])  # truncated mid-file
+    assert main(["runs", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a valid blockmae registry" in err and "--reindex" in err
+    db.write_bytes(b"this is not sqlite at all" * 100)
+    assert main(["runs", "--root", str(tmp_path)]) == 2
+    assert "not a valid blockmae registry" in capsys.readouterr().err
+
+
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path, capsys):
+    db = tmp_path / "registry.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE orders (id INTEGER, item TEXT)")
+        con.execute("INSERT INTO orders VALUES (1, 'tea')")
+    before = db.read_bytes()
+    assert main(["runs", "--root", str(tmp_path)]) == 2
+    assert "not a blockmae registry (tables: orders)" in capsys.readouterr().err
+    assert db.read_bytes() == before
+    with sqlite3.connect(db) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["orders"]
+
+
+def test_legacy_registry_without_marker_is_adopted(tmp_path):
+    from blockmae.registry import _SCHEMA
+
+    with sqlite3.connect(tmp_path / "registry.sqlite") as con:
+        con.execute(_SCHEMA.split(";")[0])  # the runs table as written before the marker existed
+    reg = Registry(tmp_path)
+    rid = reg.start_run("probe", None, {}, heartbeat=False)
+    assert reg.get(rid).status == "running"
+
+
+def test_where_unknown_key_or_operator_exits_2(tmp_path, capsys):
+    _make(tmp_path)
+    assert main(["runs", "--root", str(tmp_path), "--where", "mask.blok=2"]) == 2
+    err = capsys.readouterr().err
+    assert "no run has the key 'mask.blok'" in err and "mask.block" in err and err.count("\n") == 1
+    for expr in ("mask.block==2", "mask.block=>2", "top1=<0.5"):
+        assert main(["runs", "--root", str(tmp_path), "--where", expr]) == 2
+        assert "unknown operator; use one of = != > >= < <=" in capsys.readouterr().err
+    assert main(["runs", "--root", str(tmp_path), "--where", "mask.block=4"]) == 0
+    assert "no matching runs" in capsys.readouterr().err
+
+
+def test_record_files_and_reindex(tmp_path, capsys):
+    reg, pre, probe = _make(tmp_path)
+    reg.log_metrics(pre, {"loss": 0.7}, epoch=2)
+    record = json.loads((tmp_path / "pre" / "run_record.json").read_text())
+    assert record["row"]["id"] == pre and record["row"]["status"] == "completed"
+    assert record["history"][0]["epoch"] == 2 and record["history"][0]["metrics"] == {"loss": 0.7}
+    # A second run in the same folder keeps its own file instead of overwriting the first one's.
+    again = reg.start_run("pretrain", tmp_path / "pre", {"mask": {"block": 2}}, heartbeat=False)
+    assert (tmp_path / "pre" / f"run_record-{again}.json").is_file()
+    (tmp_path / "registry.sqlite").write_bytes(b"garbage" * 50)
+    assert main(["runs", "--root", str(tmp_path), "--reindex"]) == 0
+    assert "reindexed 3 runs" in capsys.readouterr().out
+    rebuilt = Registry(tmp_path)
+    assert [r.id for r in rebuilt.list_runs()] == [pre, probe, again]
+    assert rebuilt.get(probe).metrics == {"top1": 0.8, "top5": 0.99}
+    assert rebuilt.get(pre).history[0]["metrics"] == {"loss": 0.7}
+    assert list(tmp_path.glob("registry.sqlite.old-*"))

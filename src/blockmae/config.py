@@ -100,3 +100,13 @@ def to_yaml(cfg: Any) -> str:
 
 def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf where two nested dicts differ (sorted by key)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from blockmae.config import load_config, to_dict, to_yaml
+from blockmae.config import differences, load_config, to_dict, to_yaml
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
@@ -110,15 +110,6 @@ class Stages:
         write_text_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
-
-
 def prepare_output(out: Path, cfg: QuickstartConfig) -> bool:
     """Create or check the output folder; True when resuming an earlier quickstart with the same settings."""
     stored = out / CONFIG_NAME
@@ -127,7 +118,7 @@ def prepare_output(out: Path, cfg: QuickstartConfig) -> bool:
         from omegaconf import OmegaConf
 
         previous = OmegaConf.to_container(OmegaConf.load(stored), resolve=True)
-        diffs = _differences(previous, wanted)
+        diffs = differences(previous, wanted)
         if diffs:
             raise BlockMAEError(
                 f"{out} holds a quickstart with other settings ({'; '.join(diffs[:3])}); "

@@ -625,6 +625,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         with registry.track("pretrain", trainer.run_dir, to_dict(cfg), parent=parent, name=cfg.run.name) as record:
             run_dir = trainer.run()
             record.metrics.update(_final_metrics(run_dir))
+            for line in read_metrics(run_dir, "epoch"):  # the registry keeps every milestone, not only the last
+                if line.get("epoch") in cfg.run.milestones:
+                    registry.log_metrics(record.id, {k: v for k, v in line.items() if k != "kind"}, line["epoch"])
         return run_dir
     finally:
         if trainer is not None:
