@@ -57,7 +57,7 @@ def test_lr_scales_with_effective_batch():
 def test_shipped_configs_load_and_differ_only_in_masking():
     block = to_dict(load_config(PretrainConfig, CONFIGS / "pretrain_block.yaml"))
     rand = to_dict(load_config(PretrainConfig, CONFIGS / "pretrain_random.yaml"))
-    assert block["mask"] == {"family": "block", "block": 2, "ratio": 0.75, "align": "grid"}
+    assert block["mask"] == {"family": "block", "block": 2, "ratio": 0.75, "align": "free"}
     assert (rand["mask"]["family"], rand["mask"]["block"]) == ("random", 1)
     assert block["model"]["preset"] == "vit_small" and block["model"]["patch_size"] == 8
     assert block["data"]["dataset"] == "tiny-imagenet" and block["data"]["image_size"] == 64
@@ -66,7 +66,8 @@ def test_shipped_configs_load_and_differ_only_in_masking():
 
 
 def test_model_kwargs_pass_only_set_overrides():
-    cfg = load_config(PretrainConfig, None, ["model.decoder_depth=2", "data.image_size=32", "mask.block=4"])
+    cfg = load_config(PretrainConfig, None, ["model.decoder_depth=2", "data.image_size=32", "model.patch_size=4",
+                                             "mask.block=4"])
     kwargs = cfg.model_kwargs()
     assert kwargs["decoder_depth"] == 2 and kwargs["img_size"] == 32 and kwargs["mask_block"] == 4
     assert "embed_dim" not in kwargs and "decoder_embed_dim" not in kwargs

@@ -86,7 +86,7 @@ def test_block_masks_have_exact_counts_and_whole_blocks(grid, b, align, ratio):
 @pytest.mark.parametrize("ratio,partial_size", [(0.65, 2), (0.75, 0), (0.85, 2)])
 def test_partial_block_on_8x8_fills_raster_order(ratio, partial_size):
     # 65% and 85% of 64 patches (42, 54) are not multiples of 4: one 2x2 block has 2 cells, its top row.
-    m = MaskGenerator(8, ratio, block=2)(200, generator=seeded(2)).mask.numpy()
+    m = MaskGenerator(8, ratio, block=2, align="grid")(200, generator=seeded(2)).mask.numpy()
     for row in m:
         counts = np.array([row[t].sum() for t in tiles(8, 8, 2)])
         partial = np.flatnonzero((counts > 0) & (counts < 4))
@@ -106,7 +106,7 @@ def test_block_size_one_is_the_random_family():
     block_masks = MaskGenerator(8, 0.75, block=1, align="shifted")(64, generator=seeded(4))
     assert torch.equal(random_masks.mask, block_masks.mask)
     # The block algorithm itself, run with 1x1 blocks, draws the same masks from the same noise.
-    general = MaskGenerator(8, 0.75, block=1)
+    general = MaskGenerator(8, 0.75, block=1, align="grid")
     assert torch.equal(general._blocks(64, torch.device("cpu"), seeded(4)).float(), random_masks.mask)
 
 
@@ -150,7 +150,7 @@ def test_rect_family_exact_counts_and_contiguous_regions():
         return float((grid[:, 1:] * grid[:, :-1]).sum() + (grid[:, :, 1:] * grid[:, :, :-1]).sum()) / len(mask)
 
     # Rectangles are compact: far more masked-masked neighbours than independent patches give.
-    assert masked_neighbour_pairs(m.mask) > 1.4 * masked_neighbour_pairs(random.mask)
+    assert masked_neighbour_pairs(m.mask) > 1.3 * masked_neighbour_pairs(random.mask)
 
 
 def test_mask_from_noise_hand_example():
@@ -217,7 +217,7 @@ def test_impossible_requests_raise_clear_errors(args, message):
 
 
 def test_block_equal_to_one_side_of_a_rectangular_grid_is_allowed():
-    m = MaskGenerator((4, 8), 0.5, block=4)(10, generator=seeded(14)).mask.view(10, 4, 8)
+    m = MaskGenerator((4, 8), 0.5, block=4, align="grid")(10, generator=seeded(14)).mask.view(10, 4, 8)
     # Two 4x4 blocks, exactly one masked.
     halves = torch.stack([m[:, :, :4].sum((1, 2)), m[:, :, 4:].sum((1, 2))], 1)
     assert sorted(halves.flatten().tolist()) == [0.0] * 10 + [16.0] * 10

@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from blockmae.errors import BlockMAEError
-from blockmae.masking.generators import ALIGNS, FAMILIES, MaskGenerator
+from blockmae.masking.generators import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
 
 MASKED, VISIBLE = "#", "."
 
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratio", type=float, default=0.75, help="fraction of patches masked (default 0.75)")
     parser.add_argument("--family", choices=FAMILIES, default="block", help="mask family (default block)")
     parser.add_argument("--block", type=int, default=1, help="block side b in patches (block family; default 1)")
-    parser.add_argument("--align", choices=ALIGNS, default="grid", help="block grid alignment (default grid)")
+    parser.add_argument("--align", choices=ALIGNS, default=DEFAULT_ALIGN,
+                        help=f"block placement: free squares, tiles of a fixed grid, or shifted tiles (default {DEFAULT_ALIGN})")
     parser.add_argument("--count", type=int, default=4, help="number of masks to print (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -45,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise BlockMAEError(f"--count must be >= 1, got {args.count}")
     masks = MaskGenerator(args.grid, args.ratio, family=args.family, block=args.block, align=args.align)
     mask = masks(args.count, generator=torch.Generator().manual_seed(args.seed))
-    height, width = masks.grid
-    shape = f" ({masks.block}x{masks.block}, {masks.align} alignment)" if masks.family == "block" else ""
-    print(f"{masks.family} masks{shape} on the {height}x{width} patch grid, ratio {masks.ratio} "
-          f"('{MASKED}' masked, '{VISIBLE}' visible)")
+    print(f"{masks.describe()} ('{MASKED}' masked, '{VISIBLE}' visible)")
     for index in range(args.count):
         print(f"\nmask {index}: {int(mask.mask[index].sum())}/{masks.num_patches} masked")
         print(format_mask(mask.mask[index], masks.grid))
