@@ -17,7 +17,7 @@ from blockmae.errors import BlockMAEError
 # (command words, module, one-line help). Group commands ("data", "bench", ...) are
 # derived from the first word.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
-    (("masks",), "blockmae.masking.cli", "print block masks as text grids"),
+    (("masks",), "blockmae.masking.cli", "inspect a mask setting: masks as text or PNG, --stats"),
     (("pretrain",), "blockmae.engine.cli", "pretrain a masked autoencoder from a YAML config"),
     (("ckpt", "compare"), "blockmae.engine.compare", "compare the weights of two checkpoints or run dirs"),
     (("data", "prepare"), "blockmae.data.cli_prepare", "download/verify/extract a dataset and build its cache"),

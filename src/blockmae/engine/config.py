@@ -177,6 +177,10 @@ class PretrainConfig:
         self._validate_geometry()
 
     def _validate_geometry(self) -> None:
+        self.mask_generator()
+
+    def patch_size(self) -> int:
+        """model.patch_size, or the preset's when it is null."""
         patch = self.model.patch_size
         if patch is None:
             from blockmae.models import PRESETS  # the preset decides the patch size
@@ -187,17 +191,16 @@ class PretrainConfig:
             patch = PRESETS[self.model.preset].get("patch_size", 16)
         if patch < 1 or self.img_size % patch:
             raise BlockMAEError(f"image size {self.img_size} is not a multiple of model.patch_size {patch}")
-        grid = self.img_size // patch
-        self.mask_generator(grid, f"{self.img_size} px / patch {patch}")
+        return patch
 
-    def mask_generator(self, grid: int, where: str = "") -> MaskGenerator:
-        """The run's mask generator on the ``grid`` x ``grid`` patch grid; its errors name the mask.* keys."""
-        m = self.mask
+    def mask_generator(self) -> MaskGenerator:
+        """The run's mask generator on its patch grid; its errors name the mask.* keys and the geometry."""
+        m, patch = self.mask, self.patch_size()
         try:
-            return MaskGenerator(grid, m.ratio, family=m.family, block=m.block, align=m.align)
+            return MaskGenerator(self.img_size // patch, m.ratio, family=m.family, block=m.block, align=m.align)
         except BlockMAEError as err:
             raise BlockMAEError(f"mask.family={m.family} mask.block={m.block} mask.ratio={m.ratio} "
-                                f"mask.align={m.align}{f' ({where})' if where else ''}: {err}") from None
+                                f"mask.align={m.align} ({self.img_size} px / patch {patch}): {err}") from None
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
