@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from blockmae.errors import BlockMAEError
 from blockmae.masking.generators import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
-from blockmae.masking.stats import CHUNK_ELEMENTS, MaskStats, mask_stats
+from blockmae.masking.stats import CHUNK_ELEMENTS, MaskStats, mask_stats, max_draws
 
 MASKED, VISIBLE = "#", "."
 MAX_SIDE = 1024  # patches per grid side
@@ -110,6 +110,9 @@ def _check_size(args: argparse.Namespace) -> None:
     if args.stats and height * width * max(height, width) > CHUNK_ELEMENTS:
         raise BlockMAEError(f"--stats on the {height}x{width} grid is too large: at most "
                             f"{CHUNK_ELEMENTS} patches x side (e.g. 256x256)")
+    if args.stats and not 1 <= args.draws <= max_draws(height * width):
+        raise BlockMAEError(f"--draws must be in [1, {max_draws(height * width)}] on the {height}x{width} grid "
+                            f"(memory for the distinct-mask count), got {args.draws}")
 
 
 def run(args: argparse.Namespace) -> int:

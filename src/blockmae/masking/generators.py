@@ -152,6 +152,20 @@ def _parse_grid(grid_size: int | tuple[int, int] | list[int]) -> tuple[int, int]
 
 
 
+def _span_bits(start: Tensor, length: Tensor | float, size: int, bit: Tensor) -> Tensor:
+    """Bit sets of the shapes covering each row (or column): (B, size), bit k set where shape k spans it.
+
+    Shape k spans [start_k, start_k + length_k) clipped to [0, size): its bit is added at the clipped start
+    and removed at the clipped end of a difference array, whose running sum is the bit set (bits are
+    distinct, so sums are exact ORs). O(B K + B size) instead of comparing every row with every shape.
+    """
+    first = start.clamp(0, size).long()
+    end = (start + length).clamp(0, size).long()
+    diff = torch.zeros(start.shape[0], size + 1, dtype=torch.int64, device=start.device)
+    diff.scatter_add_(1, first, bit).scatter_add_(1, end, -bit)
+    return diff.cumsum(1)[:, :size]
+
+
 class MaskGenerator:
     """Draws batches of masks with exactly ``num_masked(ratio, N)`` masked patches per sample.
 
@@ -284,11 +298,10 @@ class MaskGenerator:
             return rank_in_block < taken.gather(1, block_of_patch)
         return rank_in_block < taken.index_select(1, block_of_patch[0])
 
-    def _square_sizes(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        side = torch.full_like(u[0], float(self.block))
-        return side, side
+    def _square_sizes(self, u: Tensor) -> tuple[float, float]:
+        return float(self.block), float(self.block)
 
-    def _rect_sizes(self, u: Tensor) -> tuple[Tensor, Tensor]:
+    def _rect_sizes(self, u: Tensor) -> tuple[Tensor, Tensor]:  # u: (2, B, K) uniforms
         """BEiT-style sizes: area uniform in [max(2, N/16), num_masked/2], log-uniform aspect in [0.3, 1/0.3]."""
         height, width = self.grid
         min_area, max_area = self._rect_areas()
@@ -323,23 +336,26 @@ class MaskGenerator:
         (about 4x the expected number of shapes; practically never reached) are drawn at random.
         """
         height, width = self.grid
-        n, per_pass = self.num_patches, SHAPES_PER_PASS
+        n, expected = self.num_patches, self._expected_shapes()
+        # About twice the expected number of shapes per pass: most batches need one pass, and the
+        # per-pass work O(B (H + W) K) stays small; more passes follow only for the unlucky samples.
+        per_pass = min(SHAPES_PER_PASS, max(8, math.ceil(2 * expected)))
         sizes = self._square_sizes if self.family == "block" else self._rect_sizes
-        max_passes = max(2, math.ceil((4 * self._expected_shapes() + per_pass) / per_pass))
+        max_passes = max(2, math.ceil((4 * expected + per_pass) / per_pass))
         none = max_passes * per_pass  # "not covered" priority class, after every shape
         bit = torch.ones(per_pass, dtype=torch.int64, device=device) << torch.arange(per_pass, device=device)
-        row = torch.arange(height, device=device, dtype=torch.float32).view(height, 1)
-        col = torch.arange(width, device=device, dtype=torch.float32).view(width, 1)
+        bit = bit.expand(batch_size, per_pass)
         first = torch.full((batch_size, n), none, dtype=torch.int64, device=device)
         for index in range(max_passes):
-            u = torch.rand(4, batch_size, 1, per_pass, device=device, generator=generator)
-            shape_h, shape_w = sizes(u[:2])
-            top = torch.floor(u[2] * (height + shape_h - 1)) - (shape_h - 1)
-            left = torch.floor(u[3] * (width + shape_w - 1)) - (shape_w - 1)
+            u = torch.rand(2 if self.family == "block" else 4, batch_size, per_pass, device=device,
+                           generator=generator)
+            shape_h, shape_w = sizes(u[2:])
+            top = torch.floor(u[0] * (height + shape_h - 1)) - (shape_h - 1)
+            left = torch.floor(u[1] * (width + shape_w - 1)) - (shape_w - 1)
             # Coverage as bit sets (bit k = shape k of this pass): a patch is covered where its row AND its
-            # column are; the lowest set bit is its first shape. O(B (H + W) K + B N) instead of O(B N K).
-            row_bits = (((row >= top) & (row < top + shape_h)) * bit).sum(2)  # (B, H)
-            col_bits = (((col >= left) & (col < left + shape_w)) * bit).sum(2)  # (B, W)
+            # column are; the lowest set bit is its first shape. O(B K + B N) instead of O(B N K).
+            row_bits = _span_bits(top, shape_h, height, bit)  # (B, H)
+            col_bits = _span_bits(left, shape_w, width, bit)  # (B, W)
             covered = (row_bits.unsqueeze(2) & col_bits.unsqueeze(1)).view(batch_size, n)
             lowest = (covered & -covered).to(torch.float32)  # a power of two: exact in float32
             shape_index = torch.log2(lowest).round_().long() + index * per_pass
