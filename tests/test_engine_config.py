@@ -71,3 +71,27 @@ def test_model_kwargs_pass_only_set_overrides():
     kwargs = cfg.model_kwargs()
     assert kwargs["decoder_depth"] == 2 and kwargs["img_size"] == 32 and kwargs["mask_block"] == 4
     assert "embed_dim" not in kwargs and "decoder_embed_dim" not in kwargs
+
+
+def test_masked_count_rule_is_the_generators_half_up_rule():
+    # 0.125 of a 2x2 grid is 0.5 patches: half-up masks 1 (Python's round would give 0 and refuse it).
+    cfg = load_config(PretrainConfig, None, ["data.image_size=16", "model.patch_size=8", "mask.family=random",
+                                             "mask.block=1", "mask.ratio=0.125"])
+    assert cfg.mask_generator().num_masked == 1
+
+
+def test_block_hint_names_an_accepted_block():
+    with pytest.raises(BlockMAEError, match="use a block <= 7") as err:
+        load_config(PretrainConfig, None, ["mask.block=16"])  # 64 px / patch 8: an 8x8 grid
+    block = int(str(err.value).rsplit("<= ", 1)[1].split()[0])
+    load_config(PretrainConfig, None, [f"mask.block={block}"])
+
+
+def test_env_json_records_the_mask_statistics_of_the_run():
+    from blockmae.engine.environment import MASK_STATS_DRAWS, mask_record
+
+    record = mask_record(load_config(PretrainConfig, CONFIGS / "smoke.yaml"))
+    assert record["draws"] == MASK_STATS_DRAWS == 2_000 and "2000 draws" in record["note"]
+    assert record["setting"] == "block masks (2x2, free placement) on the 8x8 patch grid, ratio 0.75"
+    assert record["distinct_masks"] >= 1_990 and record["ratio"] == pytest.approx(0.75)
+    assert 1 < record["mean_regions"] < 2 and 1.2 < record["avg_dist"] < 1.8
