@@ -68,7 +68,7 @@ def test_lr_scales_with_effective_batch():
 def test_shipped_configs_load_and_differ_only_in_masking():
     block = to_dict(load_config(PretrainConfig, CONFIGS / "pretrain_block.yaml"))
     rand = to_dict(load_config(PretrainConfig, CONFIGS / "pretrain_random.yaml"))
-    assert block["mask"] == {"family": "block", "block": 2, "ratio": 0.75, "align": "grid"}
+    assert block["mask"] == {"family": "block", "block": 2, "ratio": 0.75, "align": "free"}
     assert (rand["mask"]["family"], rand["mask"]["block"]) == ("random", 1)
     assert block["model"]["preset"] == "vit_small" and block["model"]["patch_size"] == 8
     assert block["data"]["dataset"] == "tiny-imagenet" and block["data"]["image_size"] == 64
@@ -77,7 +77,8 @@ def test_shipped_configs_load_and_differ_only_in_masking():
 
 
 def test_model_kwargs_pass_only_set_overrides():
-    cfg = load_config(PretrainConfig, None, ["model.decoder_depth=2", "data.image_size=32", "mask.block=4"])
+    cfg = load_config(PretrainConfig, None, ["model.decoder_depth=2", "data.image_size=32", "model.patch_size=4",
+                                             "mask.block=4"])
     kwargs = cfg.model_kwargs()
     assert kwargs["decoder_depth"] == 2 and kwargs["img_size"] == 32 and kwargs["mask_block"] == 4
     assert "embed_dim" not in kwargs and "decoder_embed_dim" not in kwargs
@@ -103,3 +104,27 @@ def test_yaml_that_is_not_a_mapping_is_named(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(BlockMAEError, match="must be a mapping of sections"):
         load_config(PretrainConfig, path)
+
+
+def test_masked_count_rule_is_the_generators_half_up_rule():
+    # 0.125 of a 2x2 grid is 0.5 patches: half-up masks 1 (Python's round would give 0 and refuse it).
+    cfg = load_config(PretrainConfig, None, ["data.image_size=16", "model.patch_size=8", "mask.family=random",
+                                             "mask.block=1", "mask.ratio=0.125"])
+    assert cfg.mask_generator().num_masked == 1
+
+
+def test_block_hint_names_an_accepted_block():
+    with pytest.raises(BlockMAEError, match="use a block <= 7") as err:
+        load_config(PretrainConfig, None, ["mask.block=16"])  # 64 px / patch 8: an 8x8 grid
+    block = int(str(err.value).rsplit("<= ", 1)[1].split()[0])
+    load_config(PretrainConfig, None, [f"mask.block={block}"])
+
+
+def test_env_json_records_the_mask_statistics_of_the_run():
+    from blockmae.engine.environment import MASK_STATS_DRAWS, mask_record
+
+    record = mask_record(load_config(PretrainConfig, CONFIGS / "smoke.yaml"))
+    assert record["draws"] == MASK_STATS_DRAWS == 2_000 and "2000 draws" in record["note"]
+    assert record["setting"] == "block masks (2x2, free placement) on the 8x8 patch grid, ratio 0.75"
+    assert record["distinct_masks"] >= 1_990 and record["ratio"] == pytest.approx(0.75)
+    assert 1 < record["mean_regions"] < 2 and 1.2 < record["avg_dist"] < 1.8

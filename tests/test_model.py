@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blockmae.errors import BlockMAEError
-from blockmae.masking import Mask, mask_from_noise
+from blockmae.masking import Mask, MaskGenerator, mask_from_noise
 from blockmae.models import PRESETS, MaskedAutoencoderViT, build_mae, load_mae, save_mae
 
 POS_EMBEDS = ["sincos", "learned", "rope", "none"]
@@ -38,10 +38,11 @@ def shuffle_image_patches(model: MaskedAutoencoderViT, imgs: torch.Tensor, perm:
 @pytest.mark.parametrize("pos_embed", POS_EMBEDS)
 def test_forward_shapes_and_finite_loss_for_every_position_variant(pos_embed):
     model = tiny(pos_embed=pos_embed)
-    out = model(images(3), generator=torch.Generator().manual_seed(0))
+    block_masks = MaskGenerator(IMG // PATCH, 0.75, block=2)(3, generator=torch.Generator().manual_seed(0))
+    out = model(images(3), mask=block_masks)
     assert out.pred.shape == (3, N, PATCH * PATCH * 3)
     assert out.mask.shape == (3, N) and out.ids_restore.shape == (3, N)
-    assert torch.equal(out.mask.sum(1), torch.full((3,), float(model.mask_generator.num_masked)))
+    assert torch.equal(out.mask, block_masks.mask) and torch.equal(out.mask.sum(1), torch.full((3,), 48.0))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -70,21 +71,21 @@ def test_presets_match_the_standard_vit_sizes_and_small_is_default():
 
 
 # ----------------------------------------------------------------------------------------- masking
-def test_mask_sources_explicit_mask_beats_noise_beats_generator():
+def test_mask_sources_explicit_mask_beats_noise_and_one_is_required():
     model, imgs = tiny(), images()
-    explicit = noise_mask(2, model.mask_generator.num_keep, seed=5)
+    assert model.num_keep == 16 and not hasattr(model, "mask_generator")  # masks come from blockmae.masking
+    explicit = noise_mask(2, model.num_keep, seed=5)
     other_noise = torch.rand(2, N, generator=torch.Generator().manual_seed(9))
     assert torch.equal(model(imgs, mask=explicit, noise=other_noise).mask, explicit.mask)
     from_noise = model(imgs, noise=other_noise)
-    assert torch.equal(from_noise.mask, mask_from_noise(other_noise, model.mask_generator.num_keep).mask)
-    first = model(imgs, generator=torch.Generator().manual_seed(3))
-    again = model(imgs, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(first.mask, again.mask) and torch.equal(first.loss, again.loss)
+    assert torch.equal(from_noise.mask, mask_from_noise(other_noise, model.num_keep).mask)
+    with pytest.raises(BlockMAEError, match="needs a mask"):
+        model(imgs)
 
 
 def test_loss_depends_only_on_masked_patches():
     model, imgs = tiny(), images()
-    mask = noise_mask(2, model.mask_generator.num_keep)
+    mask = noise_mask(2, model.num_keep)
     pred = torch.randn(2, N, PATCH * PATCH * 3, requires_grad=True)
     model.forward_loss(imgs, pred, mask.mask).backward()
     grad_norm = pred.grad.abs().sum(-1)
@@ -95,7 +96,7 @@ def test_loss_depends_only_on_masked_patches():
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 def test_loss_is_mse_on_masked_patches_against_the_chosen_targets(norm_pix_loss):
     model, imgs = tiny(norm_pix_loss=norm_pix_loss), images()
-    out = model(imgs, mask=noise_mask(2, model.mask_generator.num_keep))
+    out = model(imgs, mask=noise_mask(2, model.num_keep))
     target = model.patchify(imgs)
     if norm_pix_loss:
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
@@ -206,7 +207,7 @@ def test_attention_maps_are_the_real_attention_probabilities(pos_embed):
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 def test_reconstruct_undoes_the_target_normalisation_and_pastes_visible_patches(norm_pix_loss, monkeypatch):
     model, imgs = tiny(norm_pix_loss=norm_pix_loss), images()
-    mask = noise_mask(2, model.mask_generator.num_keep)
+    mask = noise_mask(2, model.num_keep)
     recon = model.reconstruct(imgs, mask)
     assert recon.shape == imgs.shape
     pasted = model.reconstruct(imgs, mask, paste_visible=True)
@@ -223,13 +224,13 @@ def test_reconstruct_undoes_the_target_normalisation_and_pastes_visible_patches(
 def test_bf16_autocast_is_finite_and_returns_fp32_loss_and_predictions(pos_embed):
     model = tiny(pos_embed=pos_embed).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(images(), generator=torch.Generator().manual_seed(0))
+        out = model(images(), mask=noise_mask(2, model.num_keep))
     assert out.loss.dtype == torch.float32 and out.pred.dtype == torch.float32
     assert torch.isfinite(out.loss) and torch.isfinite(out.pred).all()
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with torch.no_grad():
-        fp32 = model(images(), generator=torch.Generator().manual_seed(0)).loss
+        fp32 = model(images(), mask=noise_mask(2, model.num_keep)).loss
     assert abs(out.loss.item() - fp32.item()) < 0.05 * fp32.item()
 
 

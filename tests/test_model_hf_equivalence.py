@@ -80,7 +80,9 @@ def test_benchmark_peers_do_the_same_work():
 
     ours, hf = _twin_models(32, 4, norm_pix_loss=True)
     imgs = torch.randn(2, 3, 32, 32)
-    assert _step_flops(ours, lambda: ours(imgs).loss) == _step_flops(hf, lambda: hf(pixel_values=imgs).loss) > 0
+    noise = torch.rand(2, 64)  # the same random masks on both sides
+    assert (_step_flops(ours, lambda: ours(imgs, noise=noise).loss)
+            == _step_flops(hf, lambda: hf(pixel_values=imgs, noise=noise).loss) > 0)
 
 
 def test_bench_model_command_parses(capsys):

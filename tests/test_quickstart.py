@@ -237,7 +237,7 @@ def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
 
 def test_quickstart_config_rejects_bad_blocks(tmp_path):
     done = _quickstart(tmp_path / "qs", "blocks=[1,16]")
-    assert done.returncode == 2 and "mask.block 16" in done.stderr
+    assert done.returncode == 2 and "mask.block=16" in done.stderr and "use a block <= 7" in done.stderr
 
 
 def test_random_init_baseline_has_the_pretrained_arms_architecture(tmp_path):

@@ -17,7 +17,7 @@ from blockmae.errors import BlockMAEError
 # (command words, module, one-line help). Group commands ("data", "bench", ...) are
 # derived from the first word.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
-    (("masks",), "blockmae.masking.cli", "print block masks as text grids"),
+    (("masks",), "blockmae.masking.cli", "inspect a mask setting: masks as text or PNG, --stats"),
     (("pretrain",), "blockmae.engine.cli", "pretrain a masked autoencoder from a YAML config"),
     (("finetune",), "blockmae.finetune.cli", "fine-tune a pretrained encoder (MAE recipe) from a YAML config"),
     (("export",), "blockmae.models.export", "export an encoder as a timm or Hugging Face model"),

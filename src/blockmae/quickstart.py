@@ -72,8 +72,9 @@ def arm_key(block: int) -> str:
 def arm_pretrain_config(base: PretrainConfig, block: int, out: Path, run_dir: Path) -> PretrainConfig:
     """The arm's pretraining config: the shared one with its own mask, run dir and name."""
     cfg = copy.deepcopy(base)
-    cfg.mask.family = "random" if block == 1 else "block"
-    cfg.mask.block = block
+    from blockmae.masking import canonical_mask
+
+    cfg.mask.family, cfg.mask.block = canonical_mask("block", block)
     cfg.run.output_root = str(out)
     cfg.run.dir = str(run_dir)
     cfg.run.name = f"quickstart-{arm_key(block)}"
@@ -344,7 +345,7 @@ def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[Any]:
 
     from blockmae.data import load_dataset
     from blockmae.data.augment import normalize
-    from blockmae.masking import MaskGenerator
+    from blockmae.masking import MaskGenerator, canonical_mask
     from blockmae.models.io import load_mae
     from blockmae.report.document import Image
     from blockmae.visualisation.reconstructions import reconstruction_figure
@@ -357,9 +358,9 @@ def _reconstructions(cfg: QuickstartConfig, out: Path) -> list[Any]:
     grid = pc.img_size // int(pc.model.patch_size or 4)
     masks = {}
     for block in cfg.blocks:
-        family = "random" if block == 1 else "block"
         gen = torch.Generator().manual_seed(1234 + block)
-        masks[f"{block}x{block}"] = MaskGenerator(grid, pc.mask.ratio, family, block, pc.mask.align)(count, generator=gen)
+        masks[f"{block}x{block}"] = MaskGenerator(grid, pc.mask.ratio, *canonical_mask("block", block),
+                                                  pc.mask.align)(count, generator=gen)
     figures = []
     for block in cfg.blocks:
         model, _ = load_mae(out / "pretrain" / arm_key(block))

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from blockmae.errors import BlockMAEError
+from blockmae.masking import MaskGenerator
 from blockmae.models import build_mae
 from blockmae.models.io import build_hf_vitmae
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     ours = build_mae("vit_small", img_size=IMG_SIZE, patch_size=PATCH_SIZE, mask_ratio=0.75,
                      mask_family="block", mask_block=2).to(device).train()
     hf = build_hf_vitmae(ours.arch).to(device).train()
+    masks = MaskGenerator(IMG_SIZE // PATCH_SIZE, 0.75, family="block", block=2)  # the engine's generator
     images = torch.randn(batch, 3, IMG_SIZE, IMG_SIZE, device=device)
     arch = ours.arch
     say(f"blockmae bench model: ViT-S/{PATCH_SIZE} at {IMG_SIZE} px (encoder {arch['embed_dim']}x{arch['depth']}, "
@@ -81,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     say(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s "
           f"(torch.matmul, best of 3)")
     if args.profile:
-        _profile(_train_step(ours, lambda: ours(images).loss, None))
+        _profile(_train_step(ours, lambda: ours(images, mask=masks(batch, device=device)).loss, None))
         return 0
 
-    ours_loss = lambda: ours(images).loss  # noqa: E731  (block masks drawn inside the step)
+    ours_loss = lambda: ours(images, mask=masks(batch, device=device)).loss  # noqa: E731  (masks drawn in the step)
     hf_loss = lambda: hf(pixel_values=images).loss  # noqa: E731
     pair = images[:2]  # FLOPs are linear in the batch: count two images, scale up
-    flops = {"ours": _step_flops(ours, lambda: ours(pair).loss) * batch // 2,
+    flops = {"ours": _step_flops(ours, lambda: ours(pair, mask=masks(2, device=device)).loss) * batch // 2,
              "vitmae": _step_flops(hf, lambda: hf(pixel_values=pair).loss) * batch // 2}
     say(f"step FLOPs (forward + backward, FlopCounterMode): ours {flops['ours'] / 1e9:.1f} G, "
           f"ViTMAE {flops['vitmae'] / 1e9:.1f} G per batch")
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             variant.times.append(seconds)
             progress.update()
     progress.close()
-    mask_seconds = _median_time(lambda: ours.mask_generator(batch, device=device), sync, repeats=20)
+    mask_seconds = _median_time(lambda: masks(batch, device=device), sync, repeats=20)
 
     for variant in variants:
         extra = f", peak memory +{memory[variant.name] / 2**20:.0f} MiB" if variant.name in memory else ""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from blockmae.data.augment import INTERPOLATIONS
-from blockmae.masking import ALIGNS, FAMILIES
+from blockmae.masking import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
 from blockmae.models.mae import POS_EMBEDS
 from blockmae.config import check_finite
 from blockmae.errors import BlockMAEError
@@ -56,7 +56,7 @@ class MaskConfig:
     family: str = "block"
     block: int = 2
     ratio: float = 0.75
-    align: str = "grid"
+    align: str = DEFAULT_ALIGN  # free placement; grid and shifted for the ablation (docs/masking.md)
 
 
 @dataclass
@@ -192,6 +192,10 @@ class PretrainConfig:
         self._validate_geometry()
 
     def _validate_geometry(self) -> None:
+        self.mask_generator()
+
+    def patch_size(self) -> int:
+        """model.patch_size, or the preset's when it is null."""
         patch = self.model.patch_size
         if patch is None:
             from blockmae.models import PRESETS  # the preset decides the patch size
@@ -202,14 +206,16 @@ class PretrainConfig:
             patch = PRESETS[self.model.preset].get("patch_size", 16)
         if patch < 1 or self.img_size % patch:
             raise BlockMAEError(f"image size {self.img_size} is not a multiple of model.patch_size {patch}")
-        grid = self.img_size // patch
-        if self.mask.block > grid:
-            raise BlockMAEError(f"mask.block {self.mask.block} does not fit the {grid}x{grid} patch grid "
-                                f"({self.img_size} px / patch {patch}); use a block <= {grid}")
-        num_masked = round(self.mask.ratio * grid * grid)
-        if num_masked < 1 or num_masked >= grid * grid:
-            raise BlockMAEError(f"mask.ratio {self.mask.ratio} on the {grid}x{grid} patch grid masks {num_masked} "
-                                f"of {grid * grid} patches; at least one must be masked and one visible")
+        return patch
+
+    def mask_generator(self) -> MaskGenerator:
+        """The run's mask generator on its patch grid; its errors name the mask.* keys and the geometry."""
+        m, patch = self.mask, self.patch_size()
+        try:
+            return MaskGenerator(self.img_size // patch, m.ratio, family=m.family, block=m.block, align=m.align)
+        except BlockMAEError as err:
+            raise BlockMAEError(f"mask.family={m.family} mask.block={m.block} mask.ratio={m.ratio} "
+                                f"mask.align={m.align} ({self.img_size} px / patch {patch}): {err}") from None
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import socket
@@ -14,7 +15,10 @@ import torch
 
 from blockmae.config import to_dict
 from blockmae.engine.config import FREE_KEYS, PretrainConfig
+from blockmae.masking.stats import mask_stats
 from blockmae.registry import config_hash, flatten, git_commit
+
+MASK_STATS_DRAWS = 2_000  # fewer than `blockmae masks --stats` (10,000): start-up stays short
 
 PACKAGES = ("blockmae", "torch", "torchvision", "timm", "numpy", "omegaconf", "safetensors", "tensorboard",
             "matplotlib", "tqdm")
@@ -55,7 +59,16 @@ def environment(cfg: PretrainConfig, device: torch.device, world_size: int, prec
         "seed": cfg.run.seed,
         "command": sys.argv,
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "mask_stats": mask_record(cfg),
     }
+
+
+def mask_record(cfg: PretrainConfig) -> dict[str, Any]:
+    """Statistics of the run's own mask setting (docs/masking.md), from MASK_STATS_DRAWS masks (seed 0)."""
+    generator = cfg.mask_generator()
+    stats = mask_stats(generator, draws=MASK_STATS_DRAWS, seed=0)
+    return {"setting": generator.describe(), **dataclasses.asdict(stats),
+            "note": f"{MASK_STATS_DRAWS} draws; `blockmae masks --stats` uses 10,000 by default"}
 
 
 def run_dir_for(cfg: PretrainConfig) -> Path:

@@ -75,11 +75,6 @@ def _map_mask(mask: Any, fn) -> Any:
     return dataclasses.replace(mask, **changes)
 
 
-def mask_label(family: str, block: int, ratio: float) -> str:
-    shape = "random" if family == "random" or block == 1 and family == "block" else f"{block}x{block} {family}s"
-    return f"{shape} {ratio:.0%}"
-
-
 class Pretrainer:
     """One pretraining run (one process of it under torchrun)."""
 
@@ -117,13 +112,11 @@ class Pretrainer:
         cfg, info, device = self.cfg, self.info, self.device
         self._build_data()
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
-        from blockmae.masking import MaskGenerator
         from blockmae.models import build_mae
 
         self.model = build_mae(cfg.model.preset, **cfg.model_kwargs()).to(device)
         self.grid = cfg.img_size // self.model.arch["patch_size"]
-        self.mask_generator = MaskGenerator(self.grid, cfg.mask.ratio, cfg.mask.family, cfg.mask.block,
-                                            cfg.mask.align)
+        self.mask_generator = cfg.mask_generator()
         self.mask_rng = torch.Generator(device=device)
         self.lr = cfg.optim.resolved_lr(cfg.train.batch_size)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, fused=device.type == "cuda")
@@ -473,15 +466,16 @@ class Pretrainer:
 
     def _figure_masks(self) -> dict[str, Any]:
         """The run's own mask, then random / 2x2 / 4x4 blocks (those that fit and differ), fixed seeds."""
+        from blockmae.masking import DEFAULT_ALIGN, is_random_masking, mask_label
         from blockmae.visualisation.cli import standard_masks
 
         m, count = self.cfg.mask, self.figure_batch.shape[0]
         own = self.mask_generator(count, generator=torch.Generator().manual_seed(FIGURE_SEED))
-        masks = {f"{mask_label(m.family, m.block, m.ratio)} (run)": own}
+        masks = {f"{mask_label(m.family, m.block, m.ratio, m.align)} (run)": own}
         same_as_run = None  # the standard mask that is the run's own one
-        if m.family == "random" or (m.family == "block" and m.block == 1):
+        if is_random_masking(m.family, m.block):
             same_as_run = "random"
-        elif m.family == "block" and m.align == "grid":
+        elif m.family == "block" and m.align == DEFAULT_ALIGN:
             same_as_run = f"{m.block}x{m.block} blocks"
         for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=m.ratio).items():
             if name != same_as_run:

@@ -1,5 +1,19 @@
-"""Patch masks for MAE pretraining: random, b x b blocks (grid-aligned or shifted), rectangles."""
+"""Patch masks for MAE pretraining: random, b x b blocks (free, grid-aligned or shifted), rectangles."""
 
-from blockmae.masking.generators import ALIGNS, FAMILIES, Mask, MaskGenerator, mask_from_bool, mask_from_noise
+from blockmae.masking.generators import (
+    ALIGNS,
+    DEFAULT_ALIGN,
+    FAMILIES,
+    Mask,
+    MaskGenerator,
+    canonical_mask,
+    is_random_masking,
+    largest_block,
+    mask_from_bool,
+    mask_from_noise,
+    mask_label,
+    num_masked,
+)
 
-__all__ = ["ALIGNS", "FAMILIES", "Mask", "MaskGenerator", "mask_from_bool", "mask_from_noise"]
+__all__ = ["ALIGNS", "DEFAULT_ALIGN", "FAMILIES", "Mask", "MaskGenerator", "canonical_mask", "is_random_masking",
+           "largest_block", "mask_from_bool", "mask_from_noise", "mask_label", "num_masked"]

@@ -1,21 +1,27 @@
 """Patch masks for masked-autoencoder pretraining: random (MAE), b x b blocks, and rectangles.
 
 Every generator returns a :class:`Mask` in MAE's layout and masks exactly the same number of
-patches in every sample (MAE drops the masked tokens, so the kept sequences must have equal length).
+patches in every sample (MAE drops the masked tokens, so the kept sequences must have equal length):
+``num_masked(ratio, N)``, the one rounding rule of the project (half-up).
 
-Block family, in short (docs/masking.md has the details):
+Block family, in short (docs/masking.md has the details and pictures):
 
-* The patch grid is tiled by b x b blocks. Blocks are visited in a random order per sample and
-  masked whole while the running patch count stays <= ``num_masked``; the first block that would
-  overshoot is masked partially (its first patches in raster order), so each sample has at most one
-  partial block and exactly ``num_masked`` masked patches.
-* ``align="grid"``: the tiling is fixed. If the grid is not a multiple of b, the last block row and
-  column are cut by the border (truncated blocks count as whole blocks).
-* ``align="shifted"``: the grid-aligned mask is rolled cyclically by a random per-sample offset in
-  [0, b) x [0, b), so a block cut by the border continues on the opposite side (a torus). This keeps
-  the count exact and makes every patch position masked with the same probability. It needs a grid
-  that is a multiple of b (otherwise the wrapped blocks would not be b x b).
-* With b = 1 the blocks are single patches and the masks are the random family's masks, draw for draw.
+* ``align="free"`` (default): b x b squares at uniform integer offsets (top, left) in
+  [-(b-1), H-1] x [-(b-1), W-1], clipped by the border, overlaps allowed, drawn one after another
+  until ``num_masked`` patches are covered; the newly covered patches of the last square are taken
+  in raster order until the count is exact. Every patch is covered by exactly b*b of the
+  (H+b-1)(W+b-1) offsets, so border patches are masked as often as inner ones.
+* ``align="grid"``: the patch grid is tiled by b x b blocks, visited in a random order per sample and
+  masked whole while the running count stays <= ``num_masked``; the first block that would overshoot is
+  masked partially (its first patches in raster order). Few distinct masks for large b (4 for 4x4 on 8x8
+  at 75%): kept for the ablation.
+* ``align="shifted"``: the grid-aligned mask rolled cyclically by a random per-sample offset in
+  [0, b) x [0, b) (a torus: a block cut by the border continues on the opposite side). Needs a grid that
+  is a multiple of b.
+* With b = 1 every alignment is the random family, draw for draw (:func:`is_random_masking`).
+
+The ``rect`` family paints rectangles of random area and aspect the same way as free squares (offsets
+that let them hang over the border, clipped), so it is translation-invariant too.
 """
 
 from __future__ import annotations
@@ -29,7 +35,49 @@ from torch import Tensor
 from blockmae.errors import BlockMAEError
 
 FAMILIES = ("random", "block", "rect")
-ALIGNS = ("grid", "shifted")
+ALIGNS = ("free", "grid", "shifted")
+DEFAULT_ALIGN = "free"
+SHAPES_PER_PASS = 62  # squares or rectangles painted per pass: one bit each in an int64 bit set
+
+
+def num_masked(ratio: float, num_patches: int) -> int:
+    """The number of masked patches: ``ratio * num_patches`` rounded half-up (0.5 -> 1, 2.5 -> 3).
+
+    The one rounding rule of the project (generators, config validation, docs). The inner ``round``
+    absorbs float noise such as 0.35 * 10 = 3.4999...
+    """
+    return int(math.floor(round(float(ratio) * num_patches, 9) + 0.5))
+
+
+def is_random_masking(family: str, block: int) -> bool:
+    """True for MAE's random masking in either spelling: ``family="random"``, or blocks of side 1."""
+    return family == "random" or (family == "block" and block == 1)
+
+
+def canonical_mask(family: str, block: int) -> tuple[str, int]:
+    """``(family, block)`` with random masking spelled one way, ``("random", 1)``; others unchanged."""
+    return ("random", 1) if is_random_masking(family, block) else (family, block)
+
+
+def mask_label(family: str, block: int, ratio: float, align: str | None = None) -> str:
+    """A short human name: 'random 75%', '4x4 blocks 75%', '2x2 grid blocks 75%', 'rects 60%'.
+
+    The alignment is named only when it is not the default (free placement)."""
+    family, block = canonical_mask(family, block)
+    if family == "random":
+        shape = "random"
+    elif family == "block":
+        shape = f"{block}x{block} {'' if align in (None, DEFAULT_ALIGN) else align + ' '}blocks"
+    else:
+        shape = f"{family}s"
+    return f"{shape} {ratio:.0%}"
+
+
+def largest_block(grid: tuple[int, int]) -> int:
+    """The largest block side a grid accepts: it must fit, and must not be the whole grid."""
+    height, width = grid
+    side = min(height, width)
+    return side - 1 if height == width else side
 
 
 @dataclass(frozen=True)
@@ -103,12 +151,27 @@ def _parse_grid(grid_size: int | tuple[int, int] | list[int]) -> tuple[int, int]
     return grid
 
 
+
+def _span_bits(start: Tensor, length: Tensor | float, size: int, bit: Tensor) -> Tensor:
+    """Bit sets of the shapes covering each row (or column): (B, size), bit k set where shape k spans it.
+
+    Shape k spans [start_k, start_k + length_k) clipped to [0, size): its bit is added at the clipped start
+    and removed at the clipped end of a difference array, whose running sum is the bit set (bits are
+    distinct, so sums are exact ORs). O(B K + B size) instead of comparing every row with every shape.
+    """
+    first = start.clamp(0, size).long()
+    end = (start + length).clamp(0, size).long()
+    diff = torch.zeros(start.shape[0], size + 1, dtype=torch.int64, device=start.device)
+    diff.scatter_add_(1, first, bit).scatter_add_(1, end, -bit)
+    return diff.cumsum(1)[:, :size]
+
+
 class MaskGenerator:
-    """Draws batches of masks with exactly ``num_masked = round(ratio * N)`` masked patches per sample.
+    """Draws batches of masks with exactly ``num_masked(ratio, N)`` masked patches per sample.
 
     ``family``: "random" (independent patches; ``block`` is ignored), "block" (b x b squares, see the
     module docstring), "rect" (BEiT-style rectangles of random area and aspect; ``block`` is ignored).
-    ``align``: "grid" or "shifted" (block family only; the others are translation-invariant already).
+    ``align``: "free" (default), "grid" or "shifted" (block family only).
     Calls take ``(batch_size, device=None, generator=None)``; random numbers are drawn on the
     generator's device (CPU when no generator is given) and the mask is moved to ``device``.
     """
@@ -119,7 +182,7 @@ class MaskGenerator:
         ratio: float,
         family: str = "block",
         block: int = 1,
-        align: str = "grid",
+        align: str = DEFAULT_ALIGN,
     ) -> None:
         self.grid = _parse_grid(grid_size)
         height, width = self.grid
@@ -136,8 +199,7 @@ class MaskGenerator:
         self.family, self.align, self.ratio = family, align, ratio
         self.block = block if family == "block" else 1
         self.num_patches = height * width
-        # Half-up rounding; the small round() absorbs float noise such as 0.35 * 10 = 3.4999...
-        self.num_masked = int(math.floor(round(ratio * self.num_patches, 9) + 0.5))
+        self.num_masked = num_masked(ratio, self.num_patches)
         self.num_keep = self.num_patches - self.num_masked
         if self.num_masked == 0:
             raise BlockMAEError(
@@ -151,18 +213,23 @@ class MaskGenerator:
         b = self.block
         if family == "block":
             if b > height or b > width:
-                raise BlockMAEError(f"a {b}x{b} mask block does not fit in the {grid_name}; use a block <= {min(height, width)}")
+                raise BlockMAEError(f"a {b}x{b} mask block does not fit in the {grid_name}; "
+                                    f"use a block <= {largest_block(self.grid)}")
             if b == height and b == width:
                 raise BlockMAEError(
-                    f"a {b}x{b} mask block is the whole {grid_name}; use a smaller block "
+                    f"a {b}x{b} mask block is the whole {grid_name}; use a block <= {largest_block(self.grid)} "
                     "(or smaller patches, which give a larger grid)"
                 )
             if align == "shifted" and (height % b or width % b):
                 raise BlockMAEError(
                     f"shifted {b}x{b} blocks wrap around the border and need a grid that is a multiple of {b}, "
-                    f"but the grid is the {grid_name}; use align='grid' (border blocks are truncated) or another block"
+                    f"but the grid is the {grid_name}; use align='free' or another block"
                 )
         self._tables: dict[torch.device, tuple[Tensor, ...]] = {}
+
+    @property
+    def is_random(self) -> bool:
+        return is_random_masking(self.family, self.block)
 
     def __repr__(self) -> str:
         h, w = self.grid
@@ -171,13 +238,23 @@ class MaskGenerator:
             f"align={self.align!r}, masked={self.num_masked}/{self.num_patches})"
         )
 
+    def describe(self) -> str:
+        """One line for humans: 'block masks (4x4, free placement) on the 8x8 patch grid, ratio 0.75'."""
+        height, width = self.grid
+        shape = ""
+        if self.family == "block" and not self.is_random:
+            placement = "free placement" if self.align == "free" else f"{self.align} alignment"
+            shape = f" ({self.block}x{self.block}, {placement})"
+        family = "random" if self.is_random else self.family
+        return f"{family} masks{shape} on the {height}x{width} patch grid, ratio {self.ratio}"
+
     # ------------------------------------------------------------------ block tables
-    def _block_tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Lookup tables, built once per device on the CPU.
+    def _block_tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Lookup tables of the grid-aligned tiling, built once per device on the CPU.
 
         ``block_of_patch`` and ``rank_in_block`` (S, N): each patch's block and its raster rank inside
         the block, for each of the S = b*b cyclic shifts (row s = dy*b + dx; S = 1 in grid mode);
-        ``block_area`` (M,); ``rows``, ``cols`` (N,): the patch coordinates.
+        ``block_area`` (M,).
         """
         if device not in self._tables:
             height, width = self.grid
@@ -194,7 +271,7 @@ class MaskGenerator:
             source = torch.stack(
                 [((rows - dy) % height) * width + (cols - dx) % width for dy in shifts for dx in shifts]
             )
-            tables = (block_of_patch[source], rank_in_block[source], block_area, rows, cols)
+            tables = (block_of_patch[source], rank_in_block[source], block_area)
             self._tables[device] = tuple(t.to(device) for t in tables)
         return self._tables[device]
 
@@ -204,7 +281,8 @@ class MaskGenerator:
         return mask_from_noise(noise, self.num_keep)
 
     def _blocks(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-        block_of_patch, rank_in_block, block_area, _, _ = self._block_tables(device)
+        """Grid-aligned (or shifted) tiles taken in a random order; see the module docstring."""
+        block_of_patch, rank_in_block, block_area = self._block_tables(device)
         num_blocks = block_area.shape[0]
         noise = torch.rand(batch_size, num_blocks, device=device, generator=generator)
         # Blocks with the largest noise are masked first: with b = 1 this is exactly mask_from_noise.
@@ -220,41 +298,82 @@ class MaskGenerator:
             return rank_in_block < taken.gather(1, block_of_patch)
         return rank_in_block < taken.index_select(1, block_of_patch[0])
 
-    def _rects(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
-        """BEiT-style rectangles, painted in a random order; the first ``num_masked`` painted patches are kept.
+    def _square_sizes(self, u: Tensor) -> tuple[float, float]:
+        return float(self.block), float(self.block)
 
-        Each sample draws K rectangles (area uniform in [min_area, max_area], log-uniform aspect in
-        [0.3, 1/0.3], position uniform inside the grid). A patch's priority is the index of the first
-        rectangle covering it, so rectangles are taken whole in order and the last one is cut
-        (raster order inside it). K is chosen so the rectangles almost surely cover ``num_masked``
-        patches; patches left over in the rare case they do not are drawn at random.
+    def _rect_sizes(self, u: Tensor) -> tuple[Tensor, Tensor]:  # u: (2, B, K) uniforms
+        """BEiT-style sizes: area uniform in [max(2, N/16), num_masked/2], log-uniform aspect in [0.3, 1/0.3]."""
+        height, width = self.grid
+        min_area, max_area = self._rect_areas()
+        area = min_area + u[0] * (max_area - min_area)
+        aspect = torch.exp(math.log(0.3) + u[1] * (2 * math.log(1 / 0.3)))
+        return torch.sqrt(area * aspect).round().clamp(1, height), torch.sqrt(area / aspect).round().clamp(1, width)
+
+    def _rect_areas(self) -> tuple[int, int]:
+        min_area = max(2, self.num_patches // 16)
+        return min_area, max(min_area, self.num_masked // 2)
+
+    def _expected_shapes(self) -> float:
+        """Roughly how many shapes cover ``num_masked`` patches (each covers a patch w.p. ~area / offsets)."""
+        height, width = self.grid
+        if self.family == "block":
+            side_h = side_w = float(self.block)
+        else:
+            side = math.sqrt(sum(self._rect_areas()) / 2)
+            side_h, side_w = min(side, height), min(side, width)
+        cover = side_h * side_w / ((height + side_h - 1) * (width + side_w - 1))
+        return math.log(self.num_keep / self.num_patches) / math.log1p(-min(cover, 0.999))
+
+    def _painted(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+        """Free squares or rectangles painted in draw order until ``num_masked`` patches are covered.
+
+        Each pass draws ``SHAPES_PER_PASS`` shapes per sample, with offsets (top, left) uniform in
+        [-(h-1), H-1] x [-(w-1), W-1] so that shapes hang over the border and are clipped: every patch is
+        covered by the same number of offsets. A patch's priority is (index of the first shape covering
+        it, its raster index), and the ``num_masked`` lowest priorities are masked: shapes are taken whole
+        in order and the last one is cut, its new patches in raster order (from a random corner). Passes repeat (tensorised over
+        the batch) until every sample is covered enough; patches still missing after a generous bound
+        (about 4x the expected number of shapes; practically never reached) are drawn at random.
         """
         height, width = self.grid
-        n = self.num_patches
-        min_area = max(2, n // 16)
-        max_area = max(min_area, self.num_masked // 2)
-        num_rects = min(62, 4 * math.ceil(self.num_masked / ((min_area + max_area) / 2)) + 4)  # bits of an int64
-        u = torch.rand(4, batch_size, 1, num_rects, device=device, generator=generator)
-        area = min_area + u[0] * (max_area - min_area)
-        log_aspect = math.log(0.3) + u[1] * (2 * math.log(1 / 0.3))
-        rect_h = torch.sqrt(area * torch.exp(log_aspect)).round().clamp(1, height)
-        rect_w = torch.sqrt(area / torch.exp(log_aspect)).round().clamp(1, width)
-        top = torch.floor(u[2] * (height - rect_h + 1))
-        left = torch.floor(u[3] * (width - rect_w + 1))
-        # Coverage as bit sets (bit k = rectangle k): a patch is covered where its row AND its column are,
-        # and the lowest set bit is its first rectangle. O(B (H + W) K + B N) instead of O(B N K).
-        bit = torch.ones(num_rects, dtype=torch.int64, device=device) << torch.arange(num_rects, device=device)
-        row = torch.arange(height, device=device).view(height, 1)
-        col = torch.arange(width, device=device).view(width, 1)
-        row_bits = (((row >= top) & (row < top + rect_h)) * bit).sum(2)  # (B, H)
-        col_bits = (((col >= left) & (col < left + rect_w)) * bit).sum(2)  # (B, W)
-        covered = (row_bits.unsqueeze(2) & col_bits.unsqueeze(1)).view(batch_size, n)
-        lowest = (covered & -covered).to(torch.float64)  # exact powers of two
-        first = torch.where(covered != 0, torch.log2(lowest).round_().long(), num_rects)  # (B, N)
-        _, _, _, rows, cols = self._block_tables(device)
-        fallback = torch.rand(batch_size, n, device=device, generator=generator)
-        priority = first.to(torch.float32) + torch.where(first < num_rects, rows * width + cols, fallback * n) / (n + 1)
-        chosen = torch.topk(priority, self.num_masked, dim=1, largest=False).indices
+        n, expected = self.num_patches, self._expected_shapes()
+        # About twice the expected number of shapes per pass: most batches need one pass, and the
+        # per-pass work O(B (H + W) K) stays small; more passes follow only for the unlucky samples.
+        per_pass = min(SHAPES_PER_PASS, max(8, math.ceil(2 * expected)))
+        sizes = self._square_sizes if self.family == "block" else self._rect_sizes
+        max_passes = max(2, math.ceil((4 * expected + per_pass) / per_pass))
+        none = max_passes * per_pass  # "not covered" priority class, after every shape
+        bit = torch.ones(per_pass, dtype=torch.int64, device=device) << torch.arange(per_pass, device=device)
+        bit = bit.expand(batch_size, per_pass)
+        first = torch.full((batch_size, n), none, dtype=torch.int64, device=device)
+        for index in range(max_passes):
+            u = torch.rand(2 if self.family == "block" else 4, batch_size, per_pass, device=device,
+                           generator=generator)
+            shape_h, shape_w = sizes(u[2:])
+            top = torch.floor(u[0] * (height + shape_h - 1)) - (shape_h - 1)
+            left = torch.floor(u[1] * (width + shape_w - 1)) - (shape_w - 1)
+            # Coverage as bit sets (bit k = shape k of this pass): a patch is covered where its row AND its
+            # column are; the lowest set bit is its first shape. O(B K + B N) instead of O(B N K).
+            row_bits = _span_bits(top, shape_h, height, bit)  # (B, H)
+            col_bits = _span_bits(left, shape_w, width, bit)  # (B, W)
+            covered = (row_bits.unsqueeze(2) & col_bits.unsqueeze(1)).view(batch_size, n)
+            lowest = (covered & -covered).to(torch.float32)  # a power of two: exact in float32
+            shape_index = torch.log2(lowest).round_().long() + index * per_pass
+            first = torch.where((covered != 0) & (first == none), shape_index, first)
+            if device.type == "meta" or bool(((first < none).sum(1) >= self.num_masked).all()):
+                break  # (meta tensors have shapes only: one pass)
+        else:
+            noise = torch.rand(batch_size, n, device=device, generator=generator)
+            missing_order = torch.argsort(torch.argsort(noise, dim=1), dim=1)
+            first = torch.where(first == none, none + missing_order, first)
+        # The cut shape keeps its new patches in raster order, read from one of the four corners (two
+        # random bits per sample): a fixed corner would favour the top-left of the grid.
+        flip = torch.rand(2, batch_size, 1, device=device, generator=generator) < 0.5
+        rows = torch.arange(height, device=device).repeat_interleave(width)
+        cols = torch.arange(width, device=device).repeat(height)
+        raster = torch.where(flip[0], height - 1 - rows, rows) * width + torch.where(flip[1], width - 1 - cols, cols)
+        priority = first * n + raster
+        chosen = torch.topk(priority, self.num_masked, dim=1, largest=False, sorted=False).indices
         return torch.zeros(batch_size, n, dtype=torch.bool, device=device).scatter_(1, chosen, True)
 
     # ------------------------------------------------------------------ entry point
@@ -268,12 +387,12 @@ class MaskGenerator:
             raise BlockMAEError(f"batch_size must be >= 1, got {batch_size}")
         target = torch.device(device) if device is not None else None
         draw_on = generator.device if generator is not None else (target or torch.device("cpu"))
-        if self.family == "random" or self.block == 1 and self.family == "block":
+        if self.is_random:
             mask = self._random(batch_size, draw_on, generator)  # 1x1 blocks: same masks, no table work
-        elif self.family == "block":
+        elif self.family == "block" and self.align != "free":
             mask = mask_from_bool(self._blocks(batch_size, draw_on, generator), self.num_keep)
         else:
-            mask = mask_from_bool(self._rects(batch_size, draw_on, generator), self.num_keep)
+            mask = mask_from_bool(self._painted(batch_size, draw_on, generator), self.num_keep)
         if target is not None and target != draw_on:
             mask = mask.to(target)
         return mask

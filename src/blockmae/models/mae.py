@@ -3,7 +3,8 @@
 The forward pass follows the paper's method section:
 
 1. *patchify*: the image is cut into non-overlapping p x p patches, each linearly embedded;
-2. *mask*: a subset of patches is removed (random, or contiguous b x b blocks for Block-MAE);
+2. *mask*: a subset of patches is removed (random, or contiguous b x b blocks for Block-MAE); masks
+   are drawn by `blockmae.masking` (the engine owns the generator) and passed in as a ``Mask``;
 3. *encoder*: a ViT sees only the visible patches plus a cls token;
 4. *decoder*: a lighter transformer gets the encoded tokens and a shared, learned mask token at every
    masked position, each with its position embedding, and predicts the pixels of every patch;
@@ -28,7 +29,7 @@ from timm.models.eva import EvaBlock
 from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
-from blockmae.masking import Mask, MaskGenerator, mask_from_noise
+from blockmae.masking import DEFAULT_ALIGN, Mask, MaskGenerator, mask_from_noise, num_masked
 from blockmae.models.pos_embed import build_rope, gather_rope, sincos_2d_table
 
 POS_EMBEDS = ("sincos", "learned", "rope", "none")
@@ -61,7 +62,12 @@ def _make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.M
 
 
 class MaskedAutoencoderViT(nn.Module):
-    """MAE with a ViT encoder, a light ViT decoder and a built-in (block) mask generator.
+    """MAE with a ViT encoder and a light ViT decoder; the mask of each batch comes from the caller.
+
+    ``mask_ratio``, ``mask_family``, ``mask_block`` and ``mask_align`` record the pretraining mask in
+    ``arch`` (and so in every checkpoint); the model does not draw masks with them. ``forward`` takes a
+    ``Mask`` (from ``blockmae.masking.MaskGenerator``) or MAE's ``noise`` (``mask_from_noise`` with
+    ``num_keep`` patches kept, as in MAE and Hugging Face ViTMAE).
 
     ``pos_embed`` selects the encoder's position information: ``sincos`` (MAE's fixed 2-D table),
     ``learned`` (trained absolute table), ``rope`` (2-D rotary embeddings in every attention layer) or
@@ -86,7 +92,7 @@ class MaskedAutoencoderViT(nn.Module):
         mask_ratio: float = 0.75,
         mask_family: str = "block",
         mask_block: int = 2,
-        mask_align: str = "grid",
+        mask_align: str = DEFAULT_ALIGN,
     ) -> None:
         super().__init__()
         self.arch: dict[str, Any] = {
@@ -103,8 +109,8 @@ class MaskedAutoencoderViT(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.pos_embed_type = pos_embed
         self.norm_pix_loss = norm_pix_loss
-        self.mask_generator = MaskGenerator(self.grid_size, mask_ratio, family=mask_family, block=mask_block,
-                                            align=mask_align)
+        MaskGenerator(self.grid_size, mask_ratio, family=mask_family, block=mask_block, align=mask_align)  # validates
+        self.num_keep = self.num_patches - num_masked(mask_ratio, self.num_patches)  # for noise -> mask
 
         # Encoder.
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -171,15 +177,12 @@ class MaskedAutoencoderViT(nn.Module):
         return (target - mean) / std, mean, std
 
     # ------------------------------------------------------------------------------------- masks
-    def make_mask(self, batch_size: int, device: torch.device | None = None, noise: Tensor | None = None,
-                  generator: torch.Generator | None = None) -> Mask:
-        """The model's mask for a batch: from ``noise`` (argsort, MAE/ViTMAE-compatible) or its generator."""
-        if noise is not None:
-            if noise.shape != (batch_size, self.num_patches):
-                raise BlockMAEError(f"noise has shape {tuple(noise.shape)}; expected ({batch_size}, "
-                                    f"{self.num_patches}) for the {self.grid_size[0]}x{self.grid_size[1]} patch grid")
-            return mask_from_noise(noise, self.mask_generator.num_keep)
-        return self.mask_generator(batch_size, device=device, generator=generator)
+    def mask_from_noise(self, noise: Tensor) -> Mask:
+        """MAE's random mask from per-patch ``noise`` (B, N): keep the ``num_keep`` smallest (ViTMAE-compatible)."""
+        if noise.dim() != 2 or noise.shape[1] != self.num_patches:
+            raise BlockMAEError(f"noise has shape {tuple(noise.shape)}; expected (batch, {self.num_patches}) "
+                                f"for the {self.grid_size[0]}x{self.grid_size[1]} patch grid")
+        return mask_from_noise(noise, self.num_keep)
 
     # ----------------------------------------------------------------------------------- encoder
     def forward_encoder(self, imgs: Tensor, ids_keep: Tensor | None = None, depth: int | None = None) -> Tensor:
@@ -219,12 +222,17 @@ class MaskedAutoencoderViT(nn.Module):
         per_patch = (pred.float() - target).pow(2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
 
-    def forward(self, imgs: Tensor, mask: Mask | None = None, noise: Tensor | None = None,
-                generator: torch.Generator | None = None) -> MAEOutput:
-        """One MAE step. The mask is ``mask`` if given, else derived from ``noise``, else drawn by the generator."""
+    def forward(self, imgs: Tensor, mask: Mask | None = None, noise: Tensor | None = None) -> MAEOutput:
+        """One MAE step with ``mask`` (a ``blockmae.masking.Mask``), or with the random mask of ``noise``."""
         self._check_images(imgs)
         if mask is None:
-            mask = self.make_mask(imgs.shape[0], imgs.device, noise=noise, generator=generator)
+            if noise is None:
+                raise BlockMAEError("MaskedAutoencoderViT needs a mask: pass mask= (blockmae.masking.MaskGenerator) "
+                                    "or noise= (MAE's random masking)")
+            if noise.shape[0] != imgs.shape[0]:
+                raise BlockMAEError(f"noise has shape {tuple(noise.shape)}; expected ({imgs.shape[0]}, "
+                                    f"{self.num_patches}) for {imgs.shape[0]} images")
+            mask = self.mask_from_noise(noise)
         else:
             self._check_mask(mask, imgs.shape[0])
         latent = self.forward_encoder(imgs, mask.ids_keep)
