@@ -82,7 +82,7 @@ def test_hash_ignores_paths_and_logging_but_not_seed_or_semantics(tmp_path):
     ("grid: {mask.blok: [1, 2]}", "'mask.blok' is not a pretraining config key"),
     ("zip: {mask.block: [1, 2], mask.ratio: [0.7]}", "zip lists must have equal lengths"),
     ("grid: {mask.block: [1, 2]}\nmilestones: [1, 2]", "milestones need an explicit milestone_mode"),
-    ("grid: {mask.block: [1, 99]}", "arm b99/s0: mask.block 99 does not fit the 8x8 patch grid"),
+    ("grid: {mask.block: [1, 99]}", "a 99x99 mask block does not fit in the 8x8 patch grid"),
     ("grid: {mask.block: [1, 2]}\nbaseline: b7", "baseline 'b7' is not an arm; arms: b1, b2"),
     ("evaluations: [{name: lowpas}]", "unknown evaluation 'lowpas'; known: "),
     ("evaluations: [{name: shape_bias}]", "shape_bias reads a linear probe head"),
