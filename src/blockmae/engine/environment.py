@@ -45,9 +45,10 @@ def device_description(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def environment(cfg: PretrainConfig, device: torch.device, world_size: int, precision: str) -> dict[str, Any]:
-    """The facts needed to repeat or explain a run, written to `env.json`."""
-    return {
+def environment(cfg: Any, device: torch.device, world_size: int, precision: str) -> dict[str, Any]:
+    """The facts needed to repeat or explain a run, written to `env.json` (pretraining and fine-tuning; a
+    pretraining run also records the statistics of its mask setting)."""
+    env = {
         "git_commit": git_commit(),
         "packages": package_versions(),
         "python": sys.version.split()[0],
@@ -59,8 +60,10 @@ def environment(cfg: PretrainConfig, device: torch.device, world_size: int, prec
         "seed": cfg.run.seed,
         "command": sys.argv,
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "mask_stats": mask_record(cfg),
     }
+    if isinstance(cfg, PretrainConfig):
+        env["mask_stats"] = mask_record(cfg)
+    return env
 
 
 def mask_record(cfg: PretrainConfig) -> dict[str, Any]:
