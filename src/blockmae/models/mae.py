@@ -18,9 +18,10 @@ tensor; parameter names are those of timm's ViT ``Block``, so official MAE check
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from timm.layers import PatchEmbed, trunc_normal_
@@ -257,13 +258,16 @@ class MaskedAutoencoderViT(nn.Module):
             return avg_feat
         return torch.cat([cls_feat, avg_feat], dim=-1)
 
-    def attention_maps(self, imgs: Tensor) -> list[Tensor]:
-        """Softmax attention probabilities of every encoder block on full images, each (B, heads, T, T).
+    @contextmanager
+    def capturing_attention(self) -> Iterator[list[Tensor]]:
+        """Capture the encoder's attention probabilities for the calls made inside this block only.
 
-        T = 1 + N (cls first). Runs the explicit (non-fused) attention path for this call only, capturing
-        the probabilities where timm's attention hands them to its dropout; the default path stays fused.
+        Yields a list that every encoder forward inside the block extends with one (B, heads, T, T)
+        tensor per block, in block order (T = 1 + visible patches, cls first). Inside, the blocks run
+        timm's explicit (non-fused) attention and the probabilities are read where it hands them to its
+        dropout; on leaving, hooks are removed and each block's fused setting restored, so every other
+        call keeps ``F.scaled_dot_product_attention`` (a hook alone would capture nothing on that path).
         """
-        self._check_images(imgs)
         maps: list[Tensor] = []
         hooks = [block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: maps.append(inputs[0]))
                  for block in self.blocks]
@@ -271,12 +275,22 @@ class MaskedAutoencoderViT(nn.Module):
         try:
             for block in self.blocks:
                 block.attn.fused_attn = False
-            self.forward_encoder(imgs)
+            yield maps
         finally:
             for hook in hooks:
                 hook.remove()
             for block, was_fused in zip(self.blocks, fused):
                 block.attn.fused_attn = was_fused
+
+    def attention_maps(self, imgs: Tensor) -> list[Tensor]:
+        """Softmax attention probabilities of every encoder block on full images, each (B, heads, T, T).
+
+        T = 1 + N (cls first). Uses :meth:`capturing_attention` for this call only; the default path
+        stays fused.
+        """
+        self._check_images(imgs)
+        with self.capturing_attention() as maps:
+            self.forward_encoder(imgs)
         return maps
 
     @torch.no_grad()
