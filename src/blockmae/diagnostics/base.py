@@ -92,12 +92,18 @@ class Diagnostic:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_probe: ClassVar[bool] = True
+    # True: `--checkpoint A B C` runs the diagnostic once per checkpoint, then `compare` draws them together.
+    compares_checkpoints: ClassVar[bool] = False
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         """Add the diagnostic's own options (the common ones are already there)."""
 
     def evaluate(self, ctx: "Context") -> DiagnosticResult:
+        raise NotImplementedError
+
+    def compare(self, runs: Sequence[tuple[str, Path, DiagnosticResult]], out_dir: Path) -> list[str]:
+        """Figures (and their CSVs) comparing finished runs, written into `out_dir`; returns lines to print."""
         raise NotImplementedError
 
 
@@ -137,10 +143,13 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 # -- common arguments ------------------------------------------------------------------------------
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, several_checkpoints: bool = False) -> None:
     encoder = parser.add_argument_group("encoder and probe")
-    encoder.add_argument("--checkpoint", help="pretraining run dir, checkpoint dir, .safetensors file, or 'random' "
-                                              "(default with --probe: the probe's checkpoint)")
+    several = {"nargs": "+"} if several_checkpoints else {}
+    encoder.add_argument("--checkpoint", **several,
+                         help="pretraining run dir, checkpoint dir, .safetensors file, or 'random' "
+                              "(default with --probe: the probe's checkpoint)"
+                              + ("; several: one run each plus a comparison (see the docs)" if several else ""))
     encoder.add_argument("--probe", help="probe run dir or head.safetensors (default: train the standard linear "
                                          "probe, or reuse one already trained for the same weights and settings)")
     encoder.add_argument("--probe-config", help="probe YAML for a probe trained here (e.g. configs/linear_probe.yaml)")
@@ -173,10 +182,15 @@ def command(diagnostic: type[Diagnostic]) -> tuple[Callable[[argparse.ArgumentPa
     """(add_arguments, run) for `blockmae.cli` from a Diagnostic subclass."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        add_common_arguments(parser)
+        add_common_arguments(parser, several_checkpoints=diagnostic.compares_checkpoints)
         diagnostic.add_options(parser.add_argument_group(f"{diagnostic.name} options"))
 
     def run(args: argparse.Namespace) -> int:
+        checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+        if len(checkpoints) > 1:
+            run_several(diagnostic, args, checkpoints)
+            return 0
+        args.checkpoint = checkpoints[0]
         run_diagnostic(diagnostic(), args)
         return 0
 
@@ -471,13 +485,17 @@ class Context:
 
     def save_figure(self, stem: str, fig: Any, rows: Sequence[Mapping[str, Any]]) -> Path:
         """figures/<stem>.png (atomically, via the project's save_figure) and figures/<stem>.csv (`rows`)."""
-        from blockmae.visualisation import save_figure
-
-        folder = self.run_dir / "figures"
-        write_csv(folder / f"{stem}.csv", rows)
-        path = save_figure(fig, folder / f"{stem}.png", dpi=120, bbox_inches="tight")
+        path = write_figure(self.run_dir / "figures", stem, fig, rows)
         self.figures.append(f"figures/{stem}.png")
         return path
+
+
+def write_figure(folder: Path, stem: str, fig: Any, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """<folder>/<stem>.png (atomically) beside <folder>/<stem>.csv, the numbers drawn."""
+    from blockmae.visualisation import save_figure
+
+    write_csv(folder / f"{stem}.csv", rows)
+    return save_figure(fig, folder / f"{stem}.png", dpi=120, bbox_inches="tight")
 
 
 def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -516,13 +534,37 @@ def take_subset(dataset: Any, num_images: int | None, seed: int) -> Any:
 # -- running one diagnostic ------------------------------------------------------------------------
 
 
-def default_run_dir(args: argparse.Namespace, name: str) -> Path:
-    checkpoint = args.checkpoint or (Path(args.probe).name if args.probe else "run")
+def checkpoint_stem(checkpoint: str) -> str:
+    """A short file-name-safe name of a checkpoint: its run folder's name (or 'random')."""
     if checkpoint != RANDOM:
         parts = [p for p in Path(checkpoint).parts if p not in ("checkpoints", "last", "model.safetensors")]
         checkpoint = Path(parts[-1]).stem if parts else Path(checkpoint).stem
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.name or checkpoint)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint)
+
+
+def default_run_dir(args: argparse.Namespace, name: str) -> Path:
+    checkpoint = args.checkpoint or (Path(args.probe).name if args.probe else "run")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.name) if args.name else checkpoint_stem(checkpoint)
     return Path(args.output_root) / name / f"{stem}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def run_several(diagnostic: type[Diagnostic], args: argparse.Namespace, checkpoints: Sequence[str]) -> Path:
+    """One run per checkpoint, as `<out>/<i>-<checkpoint>/` (each a full run with its registry row), then
+    `diagnostic.compare` over them into `<out>/` (default `<output-root>/<diagnostic>/compare-<time>`)."""
+    if args.probe:
+        raise BlockMAEError("--probe belongs to one checkpoint's weights; with several --checkpoint each gets its own")
+    out = Path(args.out) if args.out else (Path(args.output_root) / diagnostic.name
+                                           / f"compare-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    runs = []
+    for i, checkpoint in enumerate(checkpoints):
+        stem = checkpoint_stem(checkpoint)
+        one = argparse.Namespace(**{**vars(args), "checkpoint": checkpoint, "out": str(out / f"{i}-{stem}"),
+                                    "name": f"{args.name}-{stem}" if args.name else None})
+        runs.append(run_diagnostic(diagnostic(), one))
+    for line in diagnostic().compare(runs, out):
+        print(line)
+    print(f"comparison of {len(runs)} runs: {out}")
+    return out
 
 
 def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[str, Path, DiagnosticResult]:
