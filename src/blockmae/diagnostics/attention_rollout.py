@@ -96,13 +96,10 @@ class AttentionRollout(Diagnostic):
                                  "(default: 2 if among --blocks, else the first)")
 
     # ------------------------------------------------------------------------------------- passes
-    def _setup(self, ctx: Context) -> None:
-        args = ctx.args
-        model = ctx.encoder.model
-        self.grid, self.patch = tuple(model.grid_size), int(model.patch_size)
-        self.side = self.grid[0]
+    def check(self, args: argparse.Namespace, encoder: Any) -> None:
+        grid = tuple(encoder.model.grid_size)
         for b in args.blocks:
-            occ.sliding_block_masks(self.grid, b)  # refuses sizes that do not fit, before any work
+            occ.sliding_block_masks(grid, b)  # refuses sizes that do not fit
         for f in args.drop_fractions:
             if not 0.0 < f < 1.0:
                 raise BlockMAEError(f"--drop-fractions: {f} must lie strictly between 0 and 1")
@@ -110,11 +107,19 @@ class AttentionRollout(Diagnostic):
             raise BlockMAEError(f"--discard-ratio {args.discard_ratio} must lie in [0, 1)")
         if args.sliding_images < 1 or args.samples < 0:
             raise BlockMAEError("--sliding-images must be positive and --samples non-negative")
+        block = args.trajectory_block or (2 if 2 in args.blocks else args.blocks[0])
+        if block not in args.blocks:
+            raise BlockMAEError(f"--trajectory-block {block} is not among --blocks {' '.join(map(str, args.blocks))}")
+
+    def _setup(self, ctx: Context) -> None:
+        args = ctx.args
+        model = ctx.encoder.model
+        self.grid, self.patch = tuple(model.grid_size), int(model.patch_size)
+        self.side = self.grid[0]
         self.source = args.rollout_source if args.rollout_source != "auto" else (
             "patches" if ctx.pool == "avg" else "cls")
         self.block = args.trajectory_block or (2 if 2 in args.blocks else args.blocks[0])
-        if self.block not in args.blocks:
-            raise BlockMAEError(f"--trajectory-block {self.block} is not among --blocks {args.blocks}")
+        self.similarity = args.similarity
 
     def _forward(self, ctx: Context, images: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """(predictions (B,), rollout maps (B, gh, gw) float32, raw attention per layer) of [0, 1] images."""
@@ -196,7 +201,6 @@ class AttentionRollout(Diagnostic):
 
         self._setup(ctx)
         args = ctx.args
-        self.similarity = args.similarity
         settings = ctx.data_settings()
         with_figure = settings["dataset"] == "shapetex" and settings["split"] != "texture_only"
         ds = ctx.dataset(**({"figure_masks": True} if with_figure else {}))

@@ -99,6 +99,9 @@ class Diagnostic:
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         """Add the diagnostic's own options (the common ones are already there)."""
 
+    def check(self, args: argparse.Namespace, encoder: Encoder) -> None:
+        """Refuse bad options (BlockMAEError) once the encoder is known, before the run dir and registry row."""
+
     def evaluate(self, ctx: "Context") -> DiagnosticResult:
         raise NotImplementedError
 
@@ -584,6 +587,7 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
         print(probe.describe())
     else:
         encoder, probe = load_diagnostic_encoder(args, device), None
+    diagnostic.check(args, encoder)
     registry = Registry(args.output_root)
     run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
     if (run_dir / "results.json").exists():
