@@ -15,6 +15,8 @@ All take and return float images (B, C, H, W) in [0, 1].
   outside (high) a circle on the centred spectrum. The radius is a fraction of the Nyquist frequency
   (0.5 cycles per pixel), so 32 px and 64 px images are filtered alike; radius >= sqrt(2) keeps every
   frequency. High-pass output gets the Gaussian high-pass's treatment: mean shifted to the grey, clipped.
+* Amplitude-phase recombination (:func:`amplitude_swap`): an image's Fourier phase (layout, edges,
+  shape) with an amplitude spectrum (texture statistics) interpolated towards a donor's.
 """
 
 from __future__ import annotations
@@ -138,6 +140,30 @@ def fourier_filter(images: torch.Tensor, radius: float, keep: str = "low") -> to
     h, w = images.shape[-2:]
     rho = frequency_radius(h, w, images.device)
     mask = rho <= radius if keep == "low" else rho > radius
-    spectrum = torch.fft.fft2(images.double())
+    spectrum = torch.fft.fft2(images.to(_fft_dtype(images.device)))
     out = torch.fft.ifft2(spectrum * mask).real.to(images.dtype)
     return out.clamp_(0.0, 1.0) if keep == "low" else shift_to_grey(out)
+
+
+def _fft_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def amplitude_swap(images: torch.Tensor, donors: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Keep each image's Fourier phase, interpolate its amplitude towards the donor's, per channel:
+    amplitude = (1 - alpha) |F(image)| + alpha |F(donor)|, phase = angle F(image).
+
+    alpha 0 returns the images unchanged; alpha 1 is the donor's amplitude with the image's phase.
+    Both amplitude spectra are those of real images (symmetric), so the result is real. It is not
+    clipped (clipping would alter the phase): values may leave [0, 1] a little."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if images.shape != donors.shape:
+        raise ValueError(f"images {tuple(images.shape)} and donors {tuple(donors.shape)} differ in shape")
+    if alpha == 0:
+        return images.clone()
+    dtype = _fft_dtype(images.device)
+    spectrum = torch.fft.fft2(images.to(dtype))
+    amplitude = (1 - alpha) * spectrum.abs() + alpha * torch.fft.fft2(donors.to(dtype)).abs()
+    mixed = torch.polar(amplitude, spectrum.angle())
+    return torch.fft.ifft2(mixed).real.to(images.dtype)
