@@ -94,6 +94,9 @@ class Diagnostic:
     needs_probe: ClassVar[bool] = True
     # True: `--checkpoint A B C` runs the diagnostic once per checkpoint, then `compare` draws them together.
     compares_checkpoints: ClassVar[bool] = False
+    # True: --data/--root/--split name the diagnostic's own images (e.g. DTD), not the probe's dataset;
+    # the probe and ctx.dataset() then use the checkpoint's pretraining dataset.
+    own_data: ClassVar[bool] = False
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
@@ -375,6 +378,7 @@ class Context:
     encoder: Encoder
     probe: Probe | None
     run_dir: Path
+    data_args: argparse.Namespace  # args as the evaluation images read them (own_data: without --data/--root)
     figures: list[str] = field(default_factory=list)
 
     @property
@@ -410,17 +414,17 @@ class Context:
             pretrained = pretraining_data(self.encoder.checkpoint) or {}
             probe_data = {"dataset": pretrained.get("dataset"), "root": pretrained.get("root"),
                           "options": pretrained.get("options")}
-        dataset = self.args.data or probe_data.get("dataset") or "shapetex"
+        dataset = self.data_args.data or probe_data.get("dataset") or "shapetex"
         same = dataset == probe_data.get("dataset")
         from blockmae.evaluation.config import EVAL_SPLITS
 
-        split = self.args.split or (probe_data.get("eval_split") if same else None) or EVAL_SPLITS.get(dataset, "val")
-        root = self.args.root if self.args.root is not None else (probe_data.get("root") if same else None)
+        split = self.data_args.split or (probe_data.get("eval_split") if same else None) or EVAL_SPLITS.get(dataset, "val")
+        root = self.data_args.root if self.data_args.root is not None else (probe_data.get("root") if same else None)
         options = dict(probe_data.get("options") or {}) if same else {}
         if same and dataset == "shapetex" and probe_data.get("num_images") is not None:
             options["num_images"] = probe_data["num_images"]
         return {"dataset": dataset, "split": split, "root": root, "options": options,
-                "num_images": self.args.num_images}
+                "num_images": self.data_args.num_images}
 
     def dataset(self, name: str | None = None, split: str | None = None, root: str | None = None,
                 subset: int | None = None, **options: Any) -> Any:
@@ -582,8 +586,10 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     device = resolve_device(args.device)
     autocast = autocast_enabled(args.autocast, device)
     args.autocast = autocast
+    data_args = argparse.Namespace(**{**vars(args), "data": None, "root": None, "split": None}) \
+        if diagnostic.own_data else args
     if diagnostic.needs_probe:
-        encoder, probe = resolve_probe(args, device)
+        encoder, probe = resolve_probe(data_args, device)
         print(probe.describe())
     else:
         encoder, probe = load_diagnostic_encoder(args, device), None
@@ -593,7 +599,7 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     if (run_dir / "results.json").exists():
         raise BlockMAEError(f"{run_dir} already holds a finished diagnostic; pass another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args, device, autocast, encoder, probe, run_dir)
+    ctx = Context(args, device, autocast, encoder, probe, run_dir, data_args)
     common = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command_name"
               and not callable(v)}
     parent = parent_run(registry, encoder.checkpoint)
