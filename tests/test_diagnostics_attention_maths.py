@@ -265,3 +265,20 @@ def test_attention_capture_only_inside_its_block_while_every_other_call_stays_fu
     with torch.no_grad():
         model.forward_features(imgs)
     assert len(maps) == len(model.blocks)  # nothing captured after the block
+
+
+def test_bootstrap_interval_of_a_mean_and_channel_statistics():
+    from blockmae.data.base import ImageTensorDataset
+    from blockmae.diagnostics.attention_rollout import bootstrap_mean_interval, channel_stats
+
+    assert bootstrap_mean_interval(torch.full((20,), 0.3), seed=0) == pytest.approx((0.3, 0.3))
+    values = torch.cat([torch.zeros(50), torch.ones(50), torch.tensor([float("nan")])])
+    low, high = bootstrap_mean_interval(values, seed=0)
+    assert 0.38 < low < 0.5 < high < 0.62  # about 0.5 +- 1.96 * 0.05, the NaN left out
+    assert bootstrap_mean_interval(values, seed=0) == (low, high)
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0] = 255
+    images[:2, 1] = 255  # channel 1: half the images white
+    mean, std = channel_stats(ImageTensorDataset(images, torch.zeros(4, dtype=torch.long), ["a"]), 8, chunk=3)
+    torch.testing.assert_close(mean, torch.tensor([1.0, 0.5, 0.0]))
+    torch.testing.assert_close(std, torch.tensor([0.0, 0.5, 0.0]))

@@ -250,7 +250,7 @@ def comparison(results: Mapping[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
         rows += [{"panel": "attention distance", "checkpoint": name, "layer": r["layer"],
                   "distance_patches": r["distance_patches"], "entropy": r["entropy"]} for r in layers]
         s = result.summary
-        low, high = s["rollout_entropy_low_high"]
+        low, high = s["rollout_entropy_low"], s["rollout_entropy_high"]
         axes[3].bar([k], [s["rollout_entropy"]], color=colour, yerr=[[s["rollout_entropy"] - low],
                                                                       [high - s["rollout_entropy"]]], capsize=3)
         rows.append({"panel": "rollout entropy", "checkpoint": name, "rollout_entropy": s["rollout_entropy"],

@@ -271,7 +271,7 @@ class AttentionRollout(Diagnostic):
 
         headline = next(r for r in slide_rows if r["level"] == self.block)
         summary.update({
-            "rollout_entropy_low_high": list(bootstrap_mean_interval(clean_entropy, ctx.seed)),
+            **dict(zip(("rollout_entropy_low", "rollout_entropy_high"), bootstrap_mean_interval(clean_entropy, ctx.seed))),
             "stability_score": headline["stability"], "stability_low": headline["stability_low"],
             "stability_high": headline["stability_high"], "stability_block": self.block,
             **{f"com_displacement_{k}": headline[f"displacement_{k}"] for k in
@@ -285,7 +285,8 @@ class AttentionRollout(Diagnostic):
         if figure is not None:
             mass = att.region_mass(clean["maps"], figure)
             summary.update({"figure_mass_clean": mass.mean().item(), "figure_area": figure.mean().item(),
-                            "figure_mass_clean_low_high": list(bootstrap_mean_interval(mass, ctx.seed)),
+                            **dict(zip(("figure_mass_clean_low", "figure_mass_clean_high"),
+                                       bootstrap_mean_interval(mass, ctx.seed))),
                             f"figure_mass_sliding_b{self.block}": headline["figure_mass"]})
 
         self._figures(ctx, sub, sub_clean, sliding, drop_rows, slide_rows, position_rows, head_rows, chance)
