@@ -103,11 +103,34 @@ def test_texture_correlation_is_respected(correlation):
 
 
 def _silhouettes(data_split: str, n: int, seed: int) -> torch.Tensor:
-    """The shape masks of a split, recovered from the flat-filled rendering of the same scenes."""
-    gen = torch.Generator().manual_seed(shapetex.split_seed(seed, data_split))
-    labels = shapetex._split_labels(data_split, n, 0.8, gen)
+    """The silhouettes of a split as ShapeTex returns them (figure_masks=True), coverage in [0, 1]."""
+    data = generate_shapetex(data_split, num_images=n, seed=seed, figure_masks=True)
+    return data.extra_labels["figure"].float() / 255
+
+
+def test_figure_masks_are_the_drawn_silhouettes_of_the_same_images(tmp_path):
+    n, seed = 120, 4
+    with_masks = generate_shapetex("val", num_images=n, seed=seed, figure_masks=True)
+    plain = load_shapetex("val", num_images=n, seed=seed, cache_dir=tmp_path)
+    assert torch.equal(with_masks.images, plain.images) and torch.equal(with_masks.labels, plain.labels)
+    assert "figure" not in plain.extra_labels
+    figure = with_masks.extra_labels["figure"]
+    assert figure.shape == (n, 32, 32) and figure.dtype == torch.uint8
+    # Independent reference: the random stream replayed up to the shape draw (labels, then shapes).
+    gen = torch.Generator().manual_seed(shapetex.split_seed(seed, "val"))
+    labels = shapetex._split_labels("val", n, 0.8, gen)
     x, y = shapetex._grid(32)
-    return shapetex._draw_shapes(labels["shape"], x, y, gen, 32)
+    reference = shapetex._draw_shapes(labels["shape"], x, y, gen, 32)
+    assert torch.equal(figure, (reference * 255).round().to(torch.uint8))
+    # Through load_shapetex (drawn afresh, the cache holds no masks) and deterministic.
+    loaded = load_shapetex("val", num_images=n, seed=seed, cache_dir=tmp_path, figure_masks=True)
+    assert torch.equal(loaded.extra_labels["figure"], figure) and torch.equal(loaded.images, plain.images)
+    # A real figure: about a third to a half of the image, never empty, never everything.
+    area = (figure.float() / 255).mean((1, 2))
+    assert area.min() > 0.1 and area.max() < 0.9
+    assert _silhouettes("shape_only", 10, 0).shape == (10, 32, 32)
+    with pytest.raises(BlockMAEError, match="no figure"):
+        generate_shapetex("texture_only", num_images=4, figure_masks=True)
 
 
 def test_foreground_and_background_have_matched_mean_colour():

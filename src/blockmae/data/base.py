@@ -13,7 +13,8 @@ import torch
 class ImageTensorDataset:
     """Images as uint8 (N, 3, H, W) (possibly memory-mapped), labels as int64 (N,).
 
-    `extra_labels` holds further per-image integer labels (e.g. ShapeTex's "texture") and
+    `extra_labels` holds further per-image integer tensors, first axis N: labels (N,) (e.g. ShapeTex's
+    "texture") or masks (N, H, W) (ShapeTex's "figure", with `figure_masks=True`); and
     `class_names` the names of `labels`' classes, index = class id.
     """
 

@@ -283,12 +283,13 @@ def _to_uint8(img: Tensor) -> Tensor:
 
 def _compose_textured(
     shapes: Tensor, fg: Tensor, bg: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int
-) -> Tensor:
-    """Shape filled with texture `fg` on texture `bg`; both with the same mean colour."""
+) -> tuple[Tensor, Tensor]:
+    """Shape filled with texture `fg` on texture `bg`; both with the same mean colour. Returns the
+    images and the silhouettes' coverage (n, H, W) in [0, 1]."""
     alpha = _draw_shapes(shapes, x, y, gen, size)
     ink_fg = _draw_textures(fg, x, y, gen, size)
     ink_bg = _draw_textures(bg, x, y, gen, size)
-    return _colourise(alpha, ink_fg, ink_bg, gen)
+    return _colourise(alpha, ink_fg, ink_bg, gen), alpha
 
 
 def _colourise(alpha: Tensor, ink_fg: Tensor, ink_bg: Tensor, gen: torch.Generator) -> Tensor:
@@ -327,7 +328,7 @@ def _neutral_ink(n: int, gen: torch.Generator, size: int) -> Tensor:
     return torch.nn.functional.interpolate(coins, size=(size, size), mode="nearest")[:, 0]
 
 
-def _compose_neutral(shapes: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int) -> Tensor:
+def _compose_neutral(shapes: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int) -> tuple[Tensor, Tensor]:
     """Silhouette on a background, both filled with neutral noise in the textured splits' colour scheme.
 
     The figure/ground boundary is the one of the textured splits (a change of colour direction and
@@ -337,7 +338,7 @@ def _compose_neutral(shapes: Tensor, x: Tensor, y: Tensor, gen: torch.Generator,
     alpha = _draw_shapes(shapes, x, y, gen, size)
     ink_fg = _neutral_ink(n, gen, size)
     ink_bg = _neutral_ink(n, gen, size)
-    return _colourise(alpha, ink_fg, ink_bg, gen)
+    return _colourise(alpha, ink_fg, ink_bg, gen), alpha
 
 
 def _compose_texture_only(families: Tensor, x: Tensor, y: Tensor, gen: torch.Generator, size: int) -> Tensor:
@@ -392,30 +393,38 @@ def split_seed(seed: int, split: str) -> int:
 
 
 def generate_shapetex(
-    split: str, image_size: int = 32, num_images: int | None = None, texture_correlation: float = 0.8, seed: int = 0
+    split: str, image_size: int = 32, num_images: int | None = None, texture_correlation: float = 0.8, seed: int = 0,
+    figure_masks: bool = False,
 ) -> ImageTensorDataset:
     """Draw a ShapeTex split in memory (no cache). See `load_shapetex` for the arguments."""
     _validate(split, image_size, num_images, texture_correlation)
+    if figure_masks and split == "texture_only":
+        raise BlockMAEError("ShapeTex texture_only images have no figure: figure masks exist for the other splits")
     n = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images
     gen = torch.Generator().manual_seed(split_seed(seed, split))
     labels = _split_labels(split, n, texture_correlation, gen)
     x, y = _grid(image_size)
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+    figures = torch.empty(n, image_size, image_size, dtype=torch.uint8) if figure_masks else None
     for start in range(0, n, _CHUNK):
         part = slice(start, min(start + _CHUNK, n))
-        if split == "shape_only":
-            images[part] = _compose_neutral(labels["shape"][part], x, y, gen, image_size)
-        elif split == "texture_only":
+        if split == "texture_only":
             images[part] = _compose_texture_only(labels["texture"][part], x, y, gen, image_size)
+            continue
+        if split == "shape_only":
+            images[part], alpha = _compose_neutral(labels["shape"][part], x, y, gen, image_size)
         else:
-            images[part] = _compose_textured(
+            images[part], alpha = _compose_textured(
                 labels["shape"][part], labels["texture"][part], labels["background"][part], x, y, gen, image_size
             )
+        if figures is not None:
+            figures[part] = _to_uint8(alpha)
     if split == "texture_only":
         texture = labels["texture"]
         return ImageTensorDataset(images, texture.clone(), list(TEXTURE_CLASSES), "shapetex", {"texture": texture})
     texture = labels.get("texture", torch.full((n,), -1, dtype=torch.int64))
-    return ImageTensorDataset(images, labels["shape"], list(SHAPE_CLASSES), "shapetex", {"texture": texture})
+    extra = {"texture": texture, **({"figure": figures} if figures is not None else {})}
+    return ImageTensorDataset(images, labels["shape"], list(SHAPE_CLASSES), "shapetex", extra)
 
 
 def _validate(split: str, image_size: int, num_images: int | None, texture_correlation: float) -> None:
@@ -474,6 +483,7 @@ def load_shapetex(
     texture_correlation: float = 0.8,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    figure_masks: bool = False,
 ) -> ImageTensorDataset:
     """Load (generating and caching on first use) one ShapeTex split.
 
@@ -483,11 +493,16 @@ def load_shapetex(
     `texture_correlation`, else another texture, uniformly), cue_conflict (shape i with texture
     j != i, the 90 pairs balanced), shape_only (silhouette and ground in neutral noise, no
     texture), texture_only (texture alone).
+    figure_masks: also return each image's silhouette as extra_labels["figure"], uint8 (N, H, W), the
+    anti-aliased coverage of the figure (255 inside, 0 on the ground). The split is then drawn afresh
+    (the same seeds, so the same images as the cache holds); texture_only has no figure.
     """
     _validate(split, image_size, num_images, texture_correlation)
     n = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images
     params = _cache_params(split, image_size, n, texture_correlation, seed)
     path = cache_path(params, cache_dir)
+    if figure_masks:  # the cache holds no masks; drawing again gives the same images with them
+        return generate_shapetex(split, image_size, n, texture_correlation, seed, figure_masks=True)
     cached = _read_cache(path, params)
     if cached is not None:
         return cached

@@ -100,11 +100,17 @@ class ForeignViT(nn.Module):
     def forward(self, imgs: Tensor) -> Tensor:
         return self.forward_features(imgs)
 
-    def attention_maps(self, imgs: Tensor) -> list[Tensor]:
-        from blockmae.models.mae import capture_attention
+    def capturing_attention(self) -> Any:
+        """As :meth:`MaskedAutoencoderViT.capturing_attention`: the attention of calls made inside the block."""
+        from blockmae.models.mae import attention_capture
 
+        return attention_capture(self.vit.blocks)
+
+    def attention_maps(self, imgs: Tensor) -> list[Tensor]:
         x = self._input(imgs)
-        return capture_attention(self.vit.blocks, lambda: self.vit.forward_features(x))
+        with self.capturing_attention() as maps:
+            self.vit.forward_features(x)
+        return maps
 
 
 # ------------------------------------------------------------------------------------------- specs

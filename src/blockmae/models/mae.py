@@ -19,9 +19,10 @@ tensor; parameter names are those of timm's ViT ``Block``, so official MAE check
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from timm.layers import PatchEmbed, trunc_normal_
@@ -265,14 +266,27 @@ class MaskedAutoencoderViT(nn.Module):
             return avg_feat
         return torch.cat([cls_feat, avg_feat], dim=-1)
 
+    def capturing_attention(self) -> Any:
+        """Capture the encoder's attention probabilities for the calls made inside this block only.
+
+        Yields a list that every encoder forward inside the block extends with one (B, heads, T, T)
+        tensor per block, in block order (T = 1 + visible patches, cls first). Inside, the blocks run
+        timm's explicit (non-fused) attention and the probabilities are read where it hands them to its
+        dropout; on leaving, hooks are removed and each block's fused setting restored, so every other
+        call keeps ``F.scaled_dot_product_attention`` (a hook alone would capture nothing on that path).
+        """
+        return attention_capture(self.blocks)
+
     def attention_maps(self, imgs: Tensor) -> list[Tensor]:
         """Softmax attention probabilities of every encoder block on full images, each (B, heads, T, T).
 
-        T = 1 + N (cls first). Runs the explicit (non-fused) attention path for this call only, capturing
-        the probabilities where timm's attention hands them to its dropout; the default path stays fused.
+        T = 1 + N (cls first). Uses :meth:`capturing_attention` for this call only; the default path
+        stays fused.
         """
         self._check_images(imgs)
-        return capture_attention(self.blocks, lambda: self.forward_encoder(imgs))
+        with self.capturing_attention() as maps:
+            self.forward_encoder(imgs)
+        return maps
 
     @torch.no_grad()
     def reconstruct(self, imgs: Tensor, mask: Mask, paste_visible: bool = False) -> Tensor:
@@ -303,10 +317,12 @@ class MaskedAutoencoderViT(nn.Module):
                                 f"{self.grid_size[0]}x{self.grid_size[1]} patch grid")
 
 
-def capture_attention(blocks: Any, forward: Any) -> list[Tensor]:
-    """Run ``forward()`` with the explicit attention path of every block in ``blocks`` (timm ``Attention`` /
-    ``AttentionRope``: ``attn.fused_attn``, ``attn.attn_drop``) and return the softmax probabilities each
-    hands to its dropout, in block order; the fused setting is restored afterwards."""
+@contextmanager
+def attention_capture(blocks: Any) -> Iterator[list[Tensor]]:
+    """Inside the block, every block in ``blocks`` (timm ``Attention`` / ``AttentionRope``: ``attn.fused_attn``,
+    ``attn.attn_drop``) runs the explicit attention path, and the yielded list collects the softmax
+    probabilities each hands to its dropout, in block order; on leaving, the hooks are removed and the fused
+    setting restored (a hook alone would capture nothing on the fused path)."""
     maps: list[Tensor] = []
     hooks = [block.attn.attn_drop.register_forward_hook(lambda _m, inputs, _out: maps.append(inputs[0]))
              for block in blocks]
@@ -314,13 +330,12 @@ def capture_attention(blocks: Any, forward: Any) -> list[Tensor]:
     try:
         for block in blocks:
             block.attn.fused_attn = False
-        forward()
+        yield maps
     finally:
         for hook in hooks:
             hook.remove()
         for block, was_fused in zip(blocks, fused):
             block.attn.fused_attn = was_fused
-    return maps
 
 
 # The constructor arguments, i.e. the keys of ``model.arch`` (what a checkpoint needs to rebuild a model).

@@ -1,0 +1,169 @@
+"""Image filters of the diagnostics, batched on tensors on the device (never one image at a time).
+
+All take and return float images (B, C, H, W) in [0, 1].
+
+* Gaussian blur as scipy.ndimage.gaussian_filter computes it (sampled kernel, truncated at 4 sigma,
+  normalised to sum 1, separable), with constant padding at `cval` (model-vs-human's mean grey
+  0.4423) or reflection.
+* model-vs-human's protocols (Geirhos et al., NeurIPS 2018; the model-vs-human toolbox, NeurIPS 2021):
+  greyscale by luminance (skimage's rgb2gray weights 0.2125, 0.7154, 0.0721), low-pass = Gaussian blur
+  with constant padding at the grey, clipped; high-pass = image minus its blur, shifted so that its mean
+  is the grey, clipped; the grey image is stacked to three channels. Their sigmas are given in pixels
+  at 224 px: :func:`scale_levels` scales them to the input size.
+* Fourier low- and high-pass (Wang et al., "High-frequency component helps explain the generalization
+  of convolutional neural networks", CVPR 2020): per channel, keep the frequencies inside (low) or
+  outside (high) a circle on the centred spectrum. The radius is a fraction of the Nyquist frequency
+  (0.5 cycles per pixel), so 32 px and 64 px images are filtered alike; radius >= sqrt(2) keeps every
+  frequency. High-pass output gets the Gaussian high-pass's treatment: mean shifted to the grey, clipped.
+* Amplitude-phase recombination (:func:`amplitude_swap`): an image's Fourier phase (layout, edges,
+  shape) with an amplitude spectrum (texture statistics) interpolated towards a donor's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+MEAN_GREY = 0.4423  # model-vs-human's mean pixel value, the padding and the grey of the high-pass images
+LUMINANCE = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, used by model-vs-human
+REFERENCE_SIZE = 224  # the image side at which model-vs-human's sigmas are given
+
+# model-vs-human's levels (sigma in pixels at 224 px); high-pass inf = unfiltered.
+LOWPASS_SIGMAS_224: tuple[float, ...] = (0, 1, 3, 5, 7, 10, 15, 40)
+HIGHPASS_SIGMAS_224: tuple[float, ...] = (math.inf, 3, 1.5, 1, 0.7, 0.55, 0.45, 0.4)
+# Fourier radii as fractions of Nyquist; the first level keeps everything (the clean image).
+FOURIER_LOWPASS_RADII: tuple[float, ...] = (math.inf, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
+FOURIER_HIGHPASS_RADII: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75)
+
+
+def scale_levels(sigmas_224: Sequence[float], size: int) -> list[float]:
+    """Sigmas given at 224 px for images of `size` px (x size / 224; 0 and inf stay)."""
+    return [float(s) * size / REFERENCE_SIZE for s in sigmas_224]
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """scipy.ndimage's 1-d Gaussian: radius int(truncate * sigma + 0.5), sampled, normalised (float64)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    weights = torch.exp(-0.5 * (x / sigma) ** 2)
+    return weights / weights.sum()
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float, mode: str = "constant", cval: float = MEAN_GREY,
+                  truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian blur of every channel (scipy.ndimage.gaussian_filter over H and W).
+
+    mode "constant" pads with `cval`, "reflect" mirrors the edge (scipy's reflect: edge pixel repeated).
+    sigma 0 returns the images unchanged."""
+    if sigma < 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+    if sigma == 0:
+        return images.clone()
+    b, c, h, w = images.shape
+    kernel = gaussian_kernel(sigma, truncate, images.device).to(images.dtype)
+    radius = (kernel.numel() - 1) // 2
+    x = images.reshape(b * c, 1, h, w)
+    for dim in (3, 2):  # along W, then along H
+        if mode == "constant":
+            pad = (radius, radius, 0, 0) if dim == 3 else (0, 0, radius, radius)
+            x = F.pad(x, pad, mode="constant", value=cval)
+        elif mode == "reflect":
+            x = _symmetric_pad(x, radius, dim)
+        else:
+            raise ValueError(f"mode must be constant or reflect, not {mode!r}")
+        weight = kernel.view(1, 1, 1, -1) if dim == 3 else kernel.view(1, 1, -1, 1)
+        x = F.conv2d(x, weight)
+    return x.reshape(b, c, h, w)
+
+
+def _symmetric_pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """scipy's 'reflect' (d c b a | a b c d | d c b a), for any radius (repeats the mirrored image)."""
+    n = x.shape[dim]
+    index = torch.arange(-radius, n + radius, device=x.device)
+    period = 2 * n
+    index = index % period
+    index = torch.where(index >= n, period - 1 - index, index)
+    return x.index_select(dim, index)
+
+
+def greyscale(images: torch.Tensor) -> torch.Tensor:
+    """Luminance (B, 1, H, W) of RGB images (skimage's rgb2gray weights)."""
+    weights = torch.tensor(LUMINANCE, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _stack3(grey: torch.Tensor) -> torch.Tensor:
+    return grey.expand(-1, 3, -1, -1).contiguous()
+
+
+def gaussian_lowpass(images: torch.Tensor, sigma: float, grey: bool = False) -> torch.Tensor:
+    """Low-pass: blur with constant padding at the mean grey, clipped; `grey`: model-vs-human's protocol
+    (luminance first, the result stacked to three channels)."""
+    x = greyscale(images) if grey else images
+    x = gaussian_blur(x, sigma, mode="constant", cval=MEAN_GREY).clamp_(0.0, 1.0)
+    return _stack3(x) if grey else x
+
+
+def shift_to_grey(images: torch.Tensor) -> torch.Tensor:
+    """Shift each image channel so its mean is the mean grey, then clip (the high-pass images' rule)."""
+    return (images + (MEAN_GREY - images.mean(dim=(2, 3), keepdim=True))).clamp_(0.0, 1.0)
+
+
+def gaussian_highpass(images: torch.Tensor, sigma: float, grey: bool = False) -> torch.Tensor:
+    """High-pass: image minus its blur (constant padding at the grey), mean shifted to the grey, clipped.
+
+    sigma inf returns the (greyscale, when `grey`) image unfiltered."""
+    x = greyscale(images) if grey else images
+    if math.isinf(sigma):
+        out = x.clone()
+    else:
+        out = shift_to_grey(x - gaussian_blur(x, sigma, mode="constant", cval=MEAN_GREY))
+    return _stack3(out) if grey else out
+
+
+def frequency_radius(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(H, W) distance of each FFT bin from zero frequency, as a fraction of Nyquist (0.5 cycles/px)."""
+    fy = torch.fft.fftfreq(h, device=device).view(-1, 1)
+    fx = torch.fft.fftfreq(w, device=device).view(1, -1)
+    return torch.sqrt(fy**2 + fx**2) / 0.5
+
+
+def fourier_filter(images: torch.Tensor, radius: float, keep: str = "low") -> torch.Tensor:
+    """Keep the frequencies with |f| <= radius x Nyquist (keep="low") or > it (keep="high"), per channel.
+
+    Low-pass output is clipped to [0, 1]; high-pass output is shifted to the mean grey and clipped."""
+    if keep not in ("low", "high"):
+        raise ValueError(f"keep must be low or high, not {keep!r}")
+    h, w = images.shape[-2:]
+    rho = frequency_radius(h, w, images.device)
+    mask = rho <= radius if keep == "low" else rho > radius
+    spectrum = torch.fft.fft2(images.to(_fft_dtype(images.device)))
+    out = torch.fft.ifft2(spectrum * mask).real.to(images.dtype)
+    return out.clamp_(0.0, 1.0) if keep == "low" else shift_to_grey(out)
+
+
+def _fft_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def amplitude_swap(images: torch.Tensor, donors: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Keep each image's Fourier phase, interpolate its amplitude towards the donor's, per channel:
+    amplitude = (1 - alpha) |F(image)| + alpha |F(donor)|, phase = angle F(image).
+
+    alpha 0 returns the images unchanged; alpha 1 is the donor's amplitude with the image's phase.
+    Both amplitude spectra are those of real images (symmetric), so the result is real. It is not
+    clipped (clipping would alter the phase): values may leave [0, 1] a little."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if images.shape != donors.shape:
+        raise ValueError(f"images {tuple(images.shape)} and donors {tuple(donors.shape)} differ in shape")
+    if alpha == 0:
+        return images.clone()
+    dtype = _fft_dtype(images.device)
+    spectrum = torch.fft.fft2(images.to(dtype))
+    amplitude = (1 - alpha) * spectrum.abs() + alpha * torch.fft.fft2(donors.to(dtype)).abs()
+    mixed = torch.polar(amplitude, spectrum.angle())
+    return torch.fft.ifft2(mixed).real.to(images.dtype)

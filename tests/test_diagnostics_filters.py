@@ -1,0 +1,151 @@
+"""Diagnostic filters and recombination against independent references; curve summaries; human table."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from blockmae.diagnostics import filters
+from blockmae.diagnostics.curves import curve_summary, half_level, normalised
+from blockmae.diagnostics.human_reference import compute_table, human_curve, load_table
+from blockmae.diagnostics.stylized import conflict_donors, difference_interval, phase_amplitude_bias
+
+scipy_ndimage = pytest.importorskip("scipy.ndimage")
+
+
+def _images(b=2, h=20, w=17, seed=0):
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5, 7.0, 12.0])
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_gaussian_blur_matches_scipy(sigma, mode):
+    x = _images()
+    ours = filters.gaussian_blur(x, sigma, mode=mode, cval=filters.MEAN_GREY).numpy()
+    ref = np.stack([[scipy_ndimage.gaussian_filter(x[b, c].numpy(), sigma, mode=mode, cval=filters.MEAN_GREY)
+                     for c in range(3)] for b in range(2)])
+    assert np.abs(ours - ref).max() < 1e-12
+
+
+def test_model_vs_human_lowpass_and_highpass_match_their_recipe():
+    x = _images(1, 24, 24)
+    grey = (0.2125 * x[0, 0] + 0.7154 * x[0, 1] + 0.0721 * x[0, 2]).numpy()
+    blur = scipy_ndimage.gaussian_filter(grey, 2.0, mode="constant", cval=0.4423)
+    low = filters.gaussian_lowpass(x, 2.0, grey=True)
+    assert low.shape == x.shape and torch.equal(low[0, 0], low[0, 2])
+    assert np.abs(low[0, 0].numpy() - np.clip(blur, 0, 1)).max() < 1e-12
+    high_ref = grey - blur
+    high_ref = np.clip(high_ref + (0.4423 - high_ref.mean()), 0, 1)
+    assert np.abs(filters.gaussian_highpass(x, 2.0, grey=True)[0, 1].numpy() - high_ref).max() < 1e-12
+    assert torch.allclose(filters.gaussian_highpass(x, math.inf, grey=True)[0, 0], torch.from_numpy(grey))
+    assert torch.equal(filters.gaussian_lowpass(x, 0.0), x)  # sigma 0 is the identity in colour mode
+
+
+def test_levels_scale_with_the_input_size():
+    assert filters.scale_levels(filters.LOWPASS_SIGMAS_224, 64)[-1] == pytest.approx(40 * 64 / 224)
+    assert filters.scale_levels([math.inf, 0], 32) == [math.inf, 0.0]
+
+
+def _sinusoid(n, ky, kx):
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    wave = torch.cos(2 * math.pi * (ky * i + kx * j) / n).double()
+    return (0.5 + 0.25 * wave).expand(1, 3, n, n).clone()
+
+
+@pytest.mark.parametrize("n", [32, 64])
+@pytest.mark.parametrize("ky,kx", [(0, 3), (4, 4), (10, 2), (15, 15)])
+@pytest.mark.parametrize("radius", [0.2, 0.45, 0.8])
+def test_fourier_lowpass_passes_a_sinusoid_iff_inside_the_radius(n, ky, kx, radius):
+    x = _sinusoid(n, ky, kx)
+    rho = math.hypot(ky / n, kx / n) / 0.5  # fraction of Nyquist
+    out = filters.fourier_filter(x, radius, "low")
+    if rho <= radius:
+        assert torch.allclose(out, x, atol=1e-9)
+    else:
+        assert torch.allclose(out, torch.full_like(x, 0.5), atol=1e-9)  # only the mean survives
+    high = filters.fourier_filter(x, radius, "high")
+    expected = x - 0.5 + filters.MEAN_GREY if rho > radius else torch.full_like(x, filters.MEAN_GREY)
+    assert torch.allclose(high, expected, atol=1e-9)
+
+
+def test_fourier_radius_is_a_fraction_of_nyquist_at_any_size():
+    # the same relative frequency is kept at 32 px and 64 px
+    for n in (32, 64):
+        assert torch.allclose(filters.fourier_filter(_sinusoid(n, n // 8, 0), 0.3, "low"), _sinusoid(n, n // 8, 0))
+
+
+def test_amplitude_swap_keeps_the_phase_exactly_and_alpha_zero_is_identity():
+    x, donor = _images(3, 16, 16, 1), _images(3, 16, 16, 2)
+    assert torch.equal(filters.amplitude_swap(x, donor, 0.0), x)
+    for alpha in (0.3, 1.0):
+        out = filters.amplitude_swap(x, donor, alpha)
+        fx, fo = torch.fft.fft2(x), torch.fft.fft2(out)
+        assert torch.allclose(torch.angle(fo), torch.angle(fx), atol=1e-9)  # phase kept
+        expected = (1 - alpha) * fx.abs() + alpha * torch.fft.fft2(donor).abs()
+        assert torch.allclose(fo.abs(), expected, atol=1e-9)  # amplitude interpolated
+    assert not torch.allclose(filters.amplitude_swap(x, donor, 1.0), x, atol=1e-3)
+    with pytest.raises(ValueError):
+        filters.amplitude_swap(x, donor, 1.5)
+
+
+def test_conflict_donors_are_deterministic_and_of_another_class():
+    labels = torch.arange(200) % 7
+    a, b = conflict_donors(labels, seed=3), conflict_donors(labels, seed=3)
+    assert torch.equal(a, b) and not torch.equal(a, conflict_donors(labels, seed=4))
+    assert bool((labels[a] != labels).all())
+    both = torch.stack([labels, (torch.arange(200) // 7) % 5], dim=1)
+    d = conflict_donors(both, seed=0)
+    assert bool((both[d] != both).all(dim=1).all())
+
+
+def test_phase_amplitude_bias_counts_and_interval():
+    phase, amp = torch.zeros(100, dtype=torch.long), torch.ones(100, dtype=torch.long)
+    decisions = torch.tensor([0] * 60 + [1] * 20 + [2] * 20)
+    bias = phase_amplitude_bias(decisions, phase, amp)
+    assert bias["phase_bias"] == pytest.approx(0.75) and bias["n_neither"] == 20
+    assert bias["phase_bias_low"] < 0.75 < bias["phase_bias_high"]
+
+
+def test_difference_interval_contains_the_difference():
+    low, high = difference_interval(0.6, 500, 0.4, 400)
+    assert low < 0.2 < high and 0.1 < low and high < 0.3
+
+
+def test_curve_summary_on_hand_made_curves():
+    levels = [0, 1, 3, 5]
+    s = curve_summary(levels, [0.9, 0.8, 0.5, 0.1], chance=0.1)
+    # half-way = 0.1 + 0.4 = 0.5: reached exactly at level 3
+    assert s["half_level"] == pytest.approx(3.0) and s["half_reached"]
+    assert s["auc"] == pytest.approx(((0.9 + 0.8) / 2 + (0.8 + 0.5) / 2 + (0.5 + 0.1) / 2) / 3)
+    assert s["auc_normalised"] == pytest.approx(((1 + 0.875) / 2 + (0.875 + 0.5) / 2 + 0.5 / 2) / 3)
+    assert s["last_relative"] == pytest.approx(0.1 / 0.9)
+    # interpolated between levels: acc 0.7 at 1, 0.3 at 3, target 0.5 -> level 2
+    assert half_level([0, 1, 3], [0.9, 0.7, 0.3], 0.1)[0] == pytest.approx(2.0)
+    # never falls half-way; clean at chance
+    assert math.isnan(curve_summary(levels, [0.9, 0.9, 0.8, 0.7], 0.1)["half_level"])
+    assert math.isnan(half_level(levels, [0.1, 0.1, 0.1, 0.1], 0.1)[0])
+    # inf first level (high-pass): the crossing maps to the finite level
+    assert half_level([math.inf, 3, 1], [0.8, 0.3, 0.2], 0.1)[0] == 3.0
+    assert normalised([0.5], 0.9, 0.1) == [pytest.approx(0.5)]
+
+
+def test_shipped_human_table_has_the_published_numbers():
+    low = {r["condition"]: r["accuracy"] for r in load_table("low-pass")}
+    assert low == pytest.approx({"0": 0.920, "1": 0.914, "3": 0.795, "5": 0.630, "7": 0.588, "10": 0.380,
+                                 "15": 0.200, "40": 0.061}, abs=6e-4)
+    high = load_table("high-pass")
+    assert [r["condition"] for r in high] == ["inf", "3", "1.5", "1", "0.7", "0.55", "0.45", "0.4"]
+    assert all(r["trials"] == 640 and r["source"] and r["citation"] for r in high)
+    assert human_curve("low-pass", [0, 1, 3]) is not None and human_curve("low-pass", [0, 2]) is None
+
+
+def test_human_table_recomputed_from_the_raw_trials(shared_data):
+    raw = shared_data / "human-reference"
+    if not (raw / "low-pass").is_dir():
+        pytest.skip("no raw human trials in ../shared/data/human-reference")
+    shipped = load_table("low-pass") + load_table("high-pass")
+    recomputed = compute_table(raw)
+    assert [(r["experiment"], r["condition"], r["trials"], r["correct"]) for r in recomputed] == \
+        [(r["experiment"], r["condition"], r["trials"], r["correct"]) for r in shipped]
+    assert [r["accuracy"] for r in recomputed] == pytest.approx([r["accuracy"] for r in shipped])
