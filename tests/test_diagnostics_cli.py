@@ -1,6 +1,7 @@
 """End-to-end: a smoke checkpoint through each eval/*.py diagnostic script; files, registry rows, errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,14 @@ QUICK = ["--probe-set", "linear.epochs=3", "--probe-set", "linear.warmup_epochs=
          "data.num_images=200", "--num-images", "60", "--batch-size", "64", "--device", "cpu"]
 
 
+# Several subprocesses, each importing torch and timm: about a minute in all on an idle 2-core machine.
+pytestmark = pytest.mark.slow
+
+
 def _run(*args, cwd=ROOT):
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    return proc
+    # One thread: tiny models and batches, where more threads only add synchronisation on a shared CPU.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,10 @@ def smoke(tmp_path_factory):
                 f"run.output_root={outputs}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pretrain_id = Registry(outputs).list_runs(kind="pretrain")[0].id
-    return run_dir, outputs, pretrain_id
+    smoke = run_dir, outputs, pretrain_id
+    out, _, results = _diagnose("lowpass", smoke, "--curves", "fourier", "--radii", "inf")
+    assert "probe trained" in out and results["probe"]["origin"] == "trained"
+    return smoke
 
 
 def _diagnose(script, smoke, *extra):
@@ -52,13 +61,12 @@ def _check_common(results, run_path, smoke, kind):
         assert png.with_suffix(".csv").read_text().count("\n") >= 2  # header + at least one row
     rows = Registry(outputs).list_runs(kind=kind)
     assert rows and rows[-1].id == results["run_id"] and rows[-1].status == "completed"
-    assert rows[-1].parent == pretrain_id and rows[-1].metrics == pytest.approx(
-        {k: v for k, v in results["summary"].items()}, nan_ok=True) or rows[-1].metrics.keys() == results["summary"].keys()
+    assert rows[-1].parent == pretrain_id and set(rows[-1].metrics) == set(results["summary"])
 
 
 def test_lowpass_script_writes_curves_auc_figures_and_a_registry_row(smoke):
     out, run_path, results = _diagnose("lowpass", smoke)
-    assert "probe trained" in out or "probe reused" in out
+    assert "probe reused" in out  # the fixture's run trained it: same weights hash, same settings
     levels = results["levels"]
     assert set(levels) == {"colour", "greyscale", "fourier"}
     grey = levels["greyscale"]
@@ -78,7 +86,6 @@ def test_lowpass_script_writes_curves_auc_figures_and_a_registry_row(smoke):
 
 
 def test_highpass_reuses_the_probe_and_starts_unfiltered(smoke):
-    _diagnose("lowpass", smoke, "--curves", "fourier")  # makes sure a probe exists
     out, run_path, results = _diagnose("highpass", smoke, "--curves", "greyscale", "fourier")
     assert "probe reused" in out
     assert results["levels"]["greyscale"][0]["sigma_224"] == float("inf")
