@@ -89,6 +89,7 @@ def test_hash_ignores_paths_and_logging_but_not_seed_or_semantics(tmp_path):
     (f"probe: {{config: {PROBE}}}\nevaluations: [{{name: linear, overrides: [linear.epoch=3]}}]",
      "unknown config key 'linear.epoch'"),
     ("sweeps: 3", "unknown spec key 'sweeps'"),
+    ("evaluations: [{name: lowpass, bogus: 1}]", "evaluation 'lowpass': unrecognized arguments: --bogus 1"),
 ])
 def test_bad_specs_are_one_line_errors_at_plan_time(tmp_path, capsys, body, message):
     path = write_spec(tmp_path, body)
@@ -192,6 +193,23 @@ def test_debug_sweep_end_to_end_idempotent_and_guarded(tmp_path, capsys):
     assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug"]) == 2
     err = capsys.readouterr().err
     assert "arm b1/s0" in err and "mask.ratio: 0.75 -> 0.7" in err
+
+
+@pytest.mark.slow
+def test_a_diagnostic_is_an_evaluation_by_name_and_reads_the_arms_probe(tmp_path, capsys):
+    spec = write_spec(tmp_path, "milestones: [2]\nmilestone_mode: snapshots\n" + TINY_EVALS.replace(
+        "  - {name: knn, dataset: shapetex}\n  - {name: shape_bias, data: shapetex, num_images: 60}\n",
+        "  - {name: lowpass, num_images: 40, curves: [colour], sigmas: [0, 10]}\n"))
+    out = tmp_path / "out"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--executor", "debug"]) == 0
+    (arm,) = json.loads((out / "sweep.json").read_text())["arms"]
+    linear, lowpass = arm["evaluations"]
+    assert lowpass["name"] == "lowpass" and lowpass["status"] == "completed"
+    results = json.loads((out / lowpass["run_dir"] / "results.json").read_text())
+    assert [row["level"] for row in results["levels"]["colour"]] == pytest.approx([0, 10 * 32 / 224])  # sigma at 224 px, scaled
+    assert results["summary"] and set(lowpass["metrics"]) <= set(results["summary"])
+    # It read the arm's linear probe of that milestone instead of training another one.
+    assert results["probe"]["run_dir"] == str(out / linear["run_dir"])
 
 
 @pytest.mark.slow

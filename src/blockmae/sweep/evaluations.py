@@ -3,15 +3,16 @@
 An evaluation is a callable `run(ctx) -> EvalOutcome` registered under a name with
 :func:`register_evaluation`, plus an optional `check(spec, evaluation)` run at plan time (bad
 datasets or overrides fail before anything trains). `linear`, `knn` and `shape_bias` are built in;
-a diagnostic plugs in by name either by calling `register_evaluation` or by exposing
-`sweep_evaluation(ctx)` (and optionally `sweep_check(spec, evaluation)`) in the module listed in
-PLUGIN_MODULES, imported only when a spec names it.
+every diagnostic of `blockmae.diagnostics` (`blockmae eval NAME`: lowpass, highpass, stylized, dtd,
+attention, and any added later) is an evaluation under its command name, with no code here: the spec's
+options become its command-line options (`sigmas: [0, 1]` -> `--sigmas 0 1`) and it reads the linear
+probe evaluated before it at the same milestone when there is one.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,16 +21,6 @@ from blockmae.errors import BlockMAEError
 from blockmae.sweep.spec import EvaluationSpec, SweepSpec
 
 DEFAULT_PROBE_CONFIG = "configs/linear_probe.yaml"
-# Diagnostics that live in their own modules (`blockmae eval NAME`): imported when a spec names them.
-PLUGIN_MODULES = {
-    "lowpass": "blockmae.evaluation.cli_lowpass",
-    "highpass": "blockmae.evaluation.cli_highpass",
-    "stylized": "blockmae.evaluation.cli_stylized",
-    "dtd": "blockmae.evaluation.cli_dtd",
-    "attention": "blockmae.evaluation.cli_attention",
-}
-
-
 @dataclass
 class EvalOutcome:
     run_id: str | None
@@ -82,27 +73,14 @@ def register_evaluation(name: str, run: Callable[[EvalContext], EvalOutcome],
 def get_evaluation(name: str) -> Evaluation:
     if name in EVALUATIONS:
         return EVALUATIONS[name]
-    module_name = PLUGIN_MODULES.get(name)
-    if module_name is not None:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            raise BlockMAEError(f"evaluation '{name}' needs {module_name}, which this install does not have; "
-                                f"available: {', '.join(available())}") from None
-        if name not in EVALUATIONS:
-            run = getattr(module, "sweep_evaluation", None)
-            if run is None:
-                raise BlockMAEError(f"evaluation '{name}': {module_name} has no sweep_evaluation(ctx); "
-                                    f"available: {', '.join(available())}")
-            register_evaluation(name, run, getattr(module, "sweep_check", None))
+    if name in diagnostic_modules():
+        register_evaluation(name, _run_diagnostic, _diagnostic_check)
         return EVALUATIONS[name]
-    raise BlockMAEError(f"unknown evaluation '{name}'; known: {', '.join(sorted(set(EVALUATIONS) | set(PLUGIN_MODULES)))}")
+    raise BlockMAEError(f"unknown evaluation '{name}'; known: {', '.join(available())}")
 
 
 def available() -> list[str]:
-    names = list(EVALUATIONS)
-    names += [n for n, m in PLUGIN_MODULES.items() if n not in EVALUATIONS and importlib.util.find_spec(m) is not None]
-    return names
+    return sorted(set(EVALUATIONS) | set(diagnostic_modules()))
 
 
 def check_evaluations(spec: SweepSpec) -> None:
@@ -201,6 +179,67 @@ def _run_shape_bias(ctx: EvalContext) -> EvalOutcome:
     metrics = dict(outcome.metrics)
     metrics.setdefault("n", metrics.get("n_images"))
     return EvalOutcome(outcome.run_id, outcome.run_dir, scalar_metrics(metrics))
+
+
+# ---- diagnostics (blockmae eval NAME) ------------------------------------------------------------------
+
+def diagnostic_modules() -> dict[str, str]:
+    """Diagnostic name -> module, from the `blockmae eval` commands (one list of diagnostics: blockmae.cli)."""
+    from blockmae.cli import COMMANDS
+
+    return {words[1]: module for words, module, _ in COMMANDS
+            if len(words) == 2 and words[0] == "eval" and module.startswith("blockmae.diagnostics.")}
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage and exit
+        raise BlockMAEError(message)
+
+
+def diagnostic_arguments(name: str, ev: EvaluationSpec, extra: list[str]) -> argparse.Namespace:
+    """The diagnostic's parsed command line: `extra` (checkpoint, outputs, probe) plus the spec's options."""
+    module = importlib.import_module(diagnostic_modules()[name])
+    parser = _RaisingParser(prog=f"blockmae eval {name}")
+    module.add_arguments(parser)
+    argv = list(extra)
+    for key, value in ev.options.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append("--no-" + str(key).replace("_", "-"))
+        else:
+            argv += [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
+    if ev.dataset:
+        argv += ["--data", ev.dataset]
+    if ev.overrides:
+        raise BlockMAEError(f"a diagnostic takes options, not overrides (got {ev.overrides[0]!r})")
+    return parser.parse_args(argv)
+
+
+def _diagnostic_class(name: str) -> Any:
+    from blockmae.diagnostics.base import Diagnostic
+
+    module = importlib.import_module(diagnostic_modules()[name])
+    return next(v for v in vars(module).values()
+                if isinstance(v, type) and issubclass(v, Diagnostic) and getattr(v, "name", None) == name)
+
+
+def _diagnostic_check(spec: SweepSpec, ev: EvaluationSpec) -> None:
+    diagnostic_arguments(ev.name, ev, ["--checkpoint", "random"])
+
+
+def _run_diagnostic(ctx: EvalContext) -> EvalOutcome:
+    from blockmae.diagnostics.base import run_diagnostic
+
+    extra = ["--checkpoint", str(ctx.checkpoint), "--out", str(ctx.run_dir), "--output-root", str(ctx.out),
+             "--name", ctx.run_name, "--seed", str(ctx.seed)]
+    linear = [e.label for e in ctx.earlier if e.name == "linear" and e.label in ctx.done]
+    if linear and _diagnostic_class(ctx.evaluation.name).needs_probe:
+        extra += ["--probe", str(ctx.done[linear[0]].run_dir)]
+    args = diagnostic_arguments(ctx.evaluation.name, ctx.evaluation, extra)
+    run_id, run_dir, result = run_diagnostic(_diagnostic_class(ctx.evaluation.name)(), args)
+    return EvalOutcome(run_id, run_dir, scalar_metrics(result.summary))
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
