@@ -355,3 +355,34 @@ def test_control_shape_bias_separates_texture_and_shape_only_classifiers(
     print(f"shape bias: texture classifier {texture_bias:.3f}, shape_only classifier {shape_bias:.3f}")
     assert texture_bias < 0.2
     assert shape_bias > 0.8
+
+
+@pytest.fixture(scope="module")
+def phase_amplitude_conflict():
+    """phase(A) + amplitude(B) images from ShapeTex `val` (texture independent of shape), B differing from A
+    in both shape and texture, as uint8 images for the controls."""
+    from blockmae.diagnostics.filters import amplitude_swap
+    from blockmae.diagnostics.stylized import conflict_donors
+
+    val = generate_shapetex("val", num_images=800, texture_correlation=0.0, seed=110)
+    labels = torch.stack([val.labels, val.extra_labels["texture"]], dim=1)
+    donors = conflict_donors(labels, seed=0)
+    mixed = amplitude_swap(val.images.double() / 255, val.images[donors].double() / 255, 1.0)
+    return (mixed.clamp(0, 1) * 255).round().to(torch.uint8), labels, labels[donors]
+
+
+@pytest.mark.slow
+def test_phase_amplitude_bias_separates_shape_only_and_texture_classifiers(
+    fixed_threads, texture_model, shape_only_model, phase_amplitude_conflict
+):
+    """The diagnostic's readout (docs/diagnostics.md quotes the printed numbers) on the same controls: the
+    shape_only classifier scored on shape labels, the texture classifier on texture labels."""
+    from blockmae.diagnostics.stylized import phase_amplitude_bias
+
+    images, phase, amplitude = phase_amplitude_conflict
+    shape = phase_amplitude_bias(_predict(shape_only_model, images), phase[:, 0], amplitude[:, 0])
+    texture = phase_amplitude_bias(_predict(texture_model, images), phase[:, 1], amplitude[:, 1])
+    for name, b in (("shape_only classifier", shape), ("texture classifier", texture)):
+        print(f"{name}: phase bias {b['phase_bias']:.3f} [{b['phase_bias_low']:.3f}, {b['phase_bias_high']:.3f}] "
+              f"phase {b['frac_phase']:.3f} amplitude {b['frac_amplitude']:.3f} neither {b['frac_neither']:.3f}")
+    assert shape["phase_bias_low"] > texture["phase_bias_high"]  # separated, the shape classifier following phase
