@@ -27,6 +27,7 @@ from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import atomic_path
 from blockmae.evaluation.config import LinearConfig
 from blockmae.evaluation.metrics import topk_accuracy
 
@@ -253,13 +254,11 @@ def save_head(head: LinearProbeHead, path: str | Path, metadata: dict[str, Any])
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     header = {"blockmae": json.dumps({"kind": "linear_probe_head", "dim": head.dim,
                                       "num_classes": head.num_classes, **metadata}, default=str)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 
