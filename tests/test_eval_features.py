@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -67,3 +69,40 @@ def test_random_baseline_can_copy_an_architecture(encoder):
     # A head of that baseline finds the same untrained encoder again from its metadata alone.
     meta = {"checkpoint": "random", "encoder": {"seed": 3}, "arch": arch, "weights_hash": baseline.weights_hash}
     assert encoder_for_head(meta, None, torch.device("cpu")).weights_hash == baseline.weights_hash
+
+
+def test_concurrent_writers_of_one_head_or_cache_file_use_distinct_temp_names(tmp_path, monkeypatch, encoder):
+    """Two probes writing one head / one feature-cache entry at once: a second writer starts while the
+    first is between writing its temp file and renaming it. Each must own its temp name (a shared fixed
+    `.tmp` made the first writer's rename fail), and the target ends whole, with no temp files left."""
+    import safetensors.torch
+
+    from blockmae.evaluation.features import feature_cache_path
+    from blockmae.evaluation.linear import LinearProbeHead, load_head, save_head
+
+    real_save = safetensors.torch.save_file
+    temp_names: list[str] = []
+    second_writer: list = []
+
+    def interleaved_save(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        temp_names.append(filename)
+        if second_writer:
+            second_writer.pop()()  # the other probe writes the same target now
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interleaved_save)
+    head_path = tmp_path / "run" / "head.safetensors"
+    second_writer.append(lambda: save_head(LinearProbeHead(8, 3), head_path, {"writer": 2}))
+    save_head(LinearProbeHead(8, 3), head_path, {"writer": 1})
+    assert len(set(temp_names)) == 2 and all(Path(n).parent == head_path.parent for n in temp_names)
+    assert load_head(head_path)[1]["writer"] == 1  # the last rename wins, whole
+    assert sorted(p.name for p in head_path.parent.iterdir()) == ["head.safetensors"]
+
+    temp_names.clear()
+    data = _dataset(8)
+    cache = tmp_path / "cache"
+    second_writer.append(lambda: encoder_features(encoder, data, cache_dir=cache))
+    feats = encoder_features(encoder, data, cache_dir=cache)
+    assert len(set(temp_names)) == 2
+    assert [p.name for p in cache.iterdir()] == [feature_cache_path(cache, encoder, data, "cls", None).name]
+    assert torch.equal(encoder_features(encoder, data, cache_dir=cache), feats)

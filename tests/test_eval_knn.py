@@ -13,10 +13,29 @@ def test_hand_computed_votes():
     scores = knn_scores(train, labels, query, num_classes=3, k=2, temperature=0.5)
     expected = torch.tensor([[math.exp(1 / 0.5), math.exp((1 / math.sqrt(2)) / 0.5), 0.0]])
     assert torch.allclose(scores, expected, rtol=1e-5)
-    # k=3 adds #1 (class 1, sim 0): class 1 now outweighs class 0
+    # k=3 adds #1 (class 1, sim 0): 4.11 + 1 for class 1, still below class 0's e^2 = 7.39 at T=0.5 ...
     scores = knn_scores(train, labels, query, num_classes=3, k=3, temperature=0.5)
-    assert scores.argmax().item() == 1 or scores[0, 1] < scores[0, 0]
+    assert scores.argmax().item() == 0
     assert torch.isclose(scores[0, 1], torch.tensor(math.exp(math.sqrt(2)) + 1.0))
+    # ... and above it at T=2: e^(0.354) + 1 = 2.42 against e^0.5 = 1.65.
+    scores = knn_scores(train, labels, query, num_classes=3, k=3, temperature=2.0)
+    assert scores.argmax().item() == 1
+    assert torch.isclose(scores[0, 1], torch.tensor(math.exp(1 / math.sqrt(2) / 2) + 1.0))
+
+
+def test_top5_never_counts_a_class_without_votes():
+    """k=1: each query gets one voted class; the other nine tie at zero, and whichever of them topk
+    happens to list must not make the true label a top-5 hit."""
+    train = torch.eye(10)
+    labels = torch.arange(10)
+    queries = torch.eye(10).roll(1, dims=1)  # nearest neighbour is always the wrong class
+    query_labels = torch.arange(10)
+    acc = knn_evaluate(train, labels, queries, query_labels, num_classes=10, k=1)
+    assert acc == {"top1": 0.0, "top5": 0.0}
+    # With k=2 exactly two classes get votes: the true one is among them for every query.
+    queries = torch.eye(10) + torch.eye(10).roll(1, dims=1) * 1.5
+    acc = knn_evaluate(train, labels, queries, query_labels, num_classes=10, k=2)
+    assert acc == {"top1": 0.0, "top5": 1.0}
 
 
 def test_clusters_and_chunking():

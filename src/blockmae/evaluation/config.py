@@ -48,10 +48,11 @@ class LinearConfig:
 
     epochs: int = 100
     batch_size: int = 256
-    optimizer: str = "lars"  # lars | sgd | adamw
+    optimizer: str = "sgd"  # sgd | lars (large batches, MAE's 16384) | adamw; see docs/evaluation.md
     base_lr: float = 0.1  # lr = base_lr * batch_size / 256 (MAE's rule)
     weight_decay: float = 0.0
     momentum: float = 0.9  # lars and sgd
+    trust_coeff: float = 0.001  # lars: trust ratio coefficient (MAE's and timm's 0.001)
     warmup_epochs: int = 10
     augment: bool = False  # True: MAE path, encoder forward with augmentation every epoch (slow)
     seed: int = 0
@@ -61,6 +62,8 @@ class LinearConfig:
             raise BlockMAEError(f"linear.optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'")
         if self.epochs < 1 or self.batch_size < 2:
             raise BlockMAEError("linear.epochs must be >= 1 and linear.batch_size >= 2 (BatchNorm needs 2 samples)")
+        if not self.trust_coeff > 0:
+            raise BlockMAEError(f"linear.trust_coeff must be > 0, not {self.trust_coeff}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise BlockMAEError(f"linear.warmup_epochs must be in [0, linear.epochs={self.epochs}]")
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import atomic_path
 
 RANDOM = "random"
 
@@ -149,8 +150,6 @@ def encoder_features(
     feats = extract_features(encoder.model, dataset, pool, layer, batch_size, device, autocast,
                              image_size=encoder.image_size, desc=f"features {dataset.name}")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"features": feats.contiguous()}, str(tmp), metadata={"dataset": dataset.name, "pool": pool})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:  # unique temp name: concurrent probes may fill one cache
+            save_file({"features": feats.contiguous()}, str(tmp), metadata={"dataset": dataset.name, "pool": pool})
     return feats

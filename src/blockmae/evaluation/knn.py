@@ -1,7 +1,8 @@
 """Weighted k-NN probe on L2-normalised features (DINO's protocol: k = 20, T = 0.07).
 
 Each of the k nearest training features (cosine similarity s) votes for its class with weight
-exp(s / T); class scores are the summed votes. Top-1/top-5 are read from those scores.
+exp(s / T); class scores are the summed votes. Top-1/top-5 are read from those scores; a class that
+received no vote never counts as a hit (with k = 20 a query may have fewer than 5 voted classes).
 """
 
 from __future__ import annotations
@@ -50,4 +51,6 @@ def knn_evaluate(
 ) -> dict[str, float]:
     """{'top1', 'top5'} of the weighted k-NN classifier on the test features."""
     scores = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature, chunk_size)
+    # Every vote is exp(s/T) > 0, so a zero score means no neighbour voted: never a top-k hit.
+    scores = scores.masked_fill(scores == 0, float("-inf"))
     return topk_accuracy(scores, test_labels.to(scores.device))

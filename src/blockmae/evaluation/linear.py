@@ -2,8 +2,9 @@
 
 Fast path (default): features are extracted once without augmentation and the head is trained on
 them in mini-batches (`train_linear_probe`). MAE path: every epoch runs the frozen encoder on
-freshly augmented images (`train_linear_probe_forward`). Both share one training loop: LARS (timm,
-trust ratio on weights only, as MAE's), SGD or AdamW; lr = base_lr x batch / 256; per-iteration
+freshly augmented images (`train_linear_probe_forward`). Both share one training loop: momentum SGD
+(default), LARS (timm's, trust ratio on weights only, coefficient 0.001 as MAE's) or AdamW;
+lr = base_lr x batch / 256; per-iteration
 linear warm-up then cosine decay (timm's CosineLRScheduler). Accuracy is measured after every epoch;
 the result reports the final epoch and, labelled as such, the best one.
 """
@@ -26,6 +27,7 @@ from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import atomic_path
 from blockmae.evaluation.config import LinearConfig
 from blockmae.evaluation.metrics import topk_accuracy
 
@@ -57,9 +59,12 @@ def make_optimizer(head: LinearProbeHead, cfg: LinearConfig, batch_size: int) ->
     weights = [p for p in head.parameters() if p.ndim > 1]
     biases = [p for p in head.parameters() if p.ndim <= 1]
     if cfg.optimizer == "lars":
-        # MAE's LARS: trust ratio |w|/|g| (coefficient 1) on weight matrices only; biases plain SGD.
+        # MAE's LARS: trust ratio coeff x |w|/|g| on weight matrices only; biases plain SGD. Each step moves
+        # the weights by lr x coeff of their norm whatever the gradient, so without weight decay the norm
+        # random-walks upwards geometrically once the loss is near its floor; a large coeff (1 was the old
+        # default) blows the head up after a few thousand steps (docs/evaluation.md).
         groups = [
-            {"params": weights, "weight_decay": cfg.weight_decay, "always_adapt": True, "trust_coeff": 1.0},
+            {"params": weights, "weight_decay": cfg.weight_decay, "always_adapt": True, "trust_coeff": cfg.trust_coeff},
             {"params": biases, "weight_decay": 0.0, "always_adapt": False},
         ]
         return Lars(groups, lr=lr, momentum=cfg.momentum)
@@ -249,13 +254,11 @@ def save_head(head: LinearProbeHead, path: str | Path, metadata: dict[str, Any])
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     header = {"blockmae": json.dumps({"kind": "linear_probe_head", "dim": head.dim,
                                       "num_classes": head.num_classes, **metadata}, default=str)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -6,10 +6,11 @@ import torch
 
 
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
-    """Number of rows whose label is among the k highest scores, per k (k capped at the class count)."""
+    """Number of rows whose label is among the k highest scores, per k (k capped at the class count).
+    A class scored -inf (e.g. one no k-NN neighbour voted for) is never a hit, wherever ties place it."""
     kmax = min(max(ks), scores.shape[1])
-    top = scores.topk(kmax, dim=1).indices
-    hit = top == labels.view(-1, 1).to(top.device)
+    values, top = scores.topk(kmax, dim=1)
+    hit = (top == labels.view(-1, 1).to(top.device)) & (values > float("-inf"))
     return {k: int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks}
 
 
