@@ -245,13 +245,13 @@ def test_random_init_baseline_has_the_pretrained_arms_architecture(tmp_path):
     from blockmae.config import load_config
     from blockmae.models import build_mae
     from blockmae.quickstart import (
-        REPO_CONFIG,
+        CPU_CONFIG,
         QuickstartConfig,
         arm_pretrain_config,
         quickstart_encoder,
     )
 
-    cfg = load_config(QuickstartConfig, REPO_CONFIG, ["pretrain.model.depth=2", "pretrain.model.pos_embed=rope",
+    cfg = load_config(QuickstartConfig, CPU_CONFIG, ["pretrain.model.depth=2", "pretrain.model.pos_embed=rope",
                                                       "pretrain.model.embed_dim=64", "pretrain.model.num_heads=2"])
     arm = arm_pretrain_config(cfg.pretrain, 2, tmp_path, tmp_path / "arm")
     arm_arch = build_mae(arm.model.preset, **arm.model_kwargs()).arch
@@ -270,8 +270,8 @@ def test_default_settings_follow_the_device(monkeypatch, capsys):
 
     from blockmae.config import to_dict
     from blockmae.quickstart import (
-        REPO_CONFIG,
-        REPO_GPU_CONFIG,
+        CPU_CONFIG,
+        GPU_CONFIG,
         add_arguments,
         load_quickstart_config,
     )
@@ -280,12 +280,12 @@ def test_default_settings_follow_the_device(monkeypatch, capsys):
     add_arguments(parser)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu = load_quickstart_config(parser.parse_args([]))
-    assert f"settings: {REPO_CONFIG}" in capsys.readouterr().err
+    assert f"settings: {CPU_CONFIG}" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu = load_quickstart_config(parser.parse_args([]))
-    assert f"settings: {REPO_GPU_CONFIG}" in capsys.readouterr().err
+    assert f"settings: {GPU_CONFIG}" in capsys.readouterr().err
     gpu.validate()
-    assert load_quickstart_config(parser.parse_args(["--config", str(REPO_CONFIG)])).budget_seconds == 280
+    assert load_quickstart_config(parser.parse_args(["--config", str(CPU_CONFIG)])).budget_seconds == 280
 
     # Same question: arms, model, mask, data distribution and evaluation are identical; only sizes differ.
     a, b = to_dict(cpu), to_dict(gpu)

@@ -2,11 +2,14 @@
 
 Every command that takes a config goes through :func:`load_config`, so an unknown key or a
 value of the wrong type is always the same one-line error naming the key and the valid ones.
+Config files are found by :func:`resolve_config_path`: a path, or the name of a config shipped in the
+package (`smoke`, `ablations/block_size`), so an installed wheel works outside a checkout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import typing
 from pathlib import Path
@@ -55,15 +58,40 @@ def _read_yaml(path: Path) -> Any:
     return node
 
 
+def shipped_configs_dir() -> Path:
+    """The package's configs folder (the repository's `configs` is a symlink to it)."""
+    return Path(str(importlib.resources.files("blockmae") / "configs"))
+
+
+def shipped_config_names() -> list[str]:
+    """Names that `--config NAME` accepts: `smoke`, `ablations/block_size`, ... (sorted)."""
+    root = shipped_configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def resolve_config_path(text: str | Path, what: str = "config") -> Path:
+    """An existing file path wins; else a shipped config by name, with or without `.yaml` and with or
+    without a leading `configs/` (so `configs/smoke.yaml` in a spec works from an installed wheel too)."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    name = path.as_posix()
+    if not path.is_absolute():
+        name = name.removeprefix("./").removeprefix("configs/")
+        shipped = shipped_configs_dir() / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+        if shipped.is_file():
+            return shipped
+    raise BlockMAEError(f"{what} file not found: {text} (neither a file nor a shipped config; shipped: "
+                        f"{', '.join(shipped_config_names())})")
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Schema defaults <- YAML file <- `key.sub=value` overrides; returns a checked schema instance."""
     cfg = OmegaConf.structured(schema)
     source = "the defaults"
     try:
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise BlockMAEError(f"config file not found: {path}")
+            path = resolve_config_path(path)
             source = str(path)
             cfg = OmegaConf.merge(cfg, _read_yaml(path))
         source = "the command-line overrides"

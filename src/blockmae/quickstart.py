@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from blockmae.config import differences, load_config, to_dict, to_yaml
+from blockmae.config import differences, load_config, resolve_config_path, shipped_configs_dir, to_dict, to_yaml
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
 from blockmae.fileio import write_text_atomic
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+# Shipped in the package (`--config quickstart` names the same file), so an installed wheel finds them.
+CPU_CONFIG = shipped_configs_dir() / "quickstart.yaml"
 # On a GPU the quickstart can afford the pretraining that the question needs (docs/quickstart.md).
-REPO_GPU_CONFIG = REPO_CONFIG.with_name("quickstart_gpu.yaml")
+GPU_CONFIG = shipped_configs_dir() / "quickstart_gpu.yaml"
 CONFIG_NAME = "quickstart.yaml"
 STATE_NAME = "quickstart_state.json"
 BASELINE = "random-init"
@@ -163,29 +164,28 @@ class Progress:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/quickstart", help="output folder (default: outputs/quickstart)")
     parser.add_argument("--config", default=None,
-                        help=f"quickstart config (default: this repository's {REPO_GPU_CONFIG.name} when CUDA is "
-                             f"available, else {REPO_CONFIG.name})")
+                        help=f"quickstart config: a file or a shipped name (default: {GPU_CONFIG.stem} when CUDA "
+                             f"is available, else {CPU_CONFIG.stem})")
     parser.add_argument("--budget-seconds", type=float, default=None,
                         help="fit the pretraining (epochs and images, never above the config's) to this total budget "
                              "(default: the config's budget_seconds; budget_seconds=null disables it)")
     parser.add_argument("--seed", type=int, default=None, help="seed of pretraining and probes (default: the config's)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. pretrain.train.epochs=12 pretrain.data.num_images=8000")
 
 
 def default_config_path() -> Path:
-    """configs/quickstart_gpu.yaml where CUDA is available, else configs/quickstart.yaml (the CPU budget)."""
+    """The shipped quickstart_gpu.yaml where CUDA is available, else quickstart.yaml (the CPU budget)."""
     import torch
 
-    return REPO_GPU_CONFIG if torch.cuda.is_available() else REPO_CONFIG
+    return GPU_CONFIG if torch.cuda.is_available() else CPU_CONFIG
 
 
 def load_quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
-    path = Path(args.config) if args.config else default_config_path()
+    path = resolve_config_path(args.config or default_config_path(), "quickstart config")
     if not args.config:
         print(f"settings: {path} (pass --config to choose another)", file=sys.stderr, flush=True)
-    if not path.is_file():
-        raise BlockMAEError(f"quickstart config not found: {path}; pass --config configs/quickstart.yaml from a checkout")
     overrides = list(args.overrides)
     if args.budget_seconds is not None:
         overrides.append(f"budget_seconds={args.budget_seconds}")
@@ -197,6 +197,9 @@ def load_quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
 def run(args: argparse.Namespace) -> int:
     """`blockmae quickstart`."""
     cfg = load_quickstart_config(args)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     report = run_quickstart(cfg, Path(args.out))
     print(f"report: {report}")
     return 0

@@ -158,7 +158,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, several_checkpoints: b
                               + ("; several: one run each plus a comparison (see the docs)" if several else ""))
     encoder.add_argument("--probe", help="probe run dir or head.safetensors (default: train the standard linear "
                                          "probe, or reuse one already trained for the same weights and settings)")
-    encoder.add_argument("--probe-config", help="probe YAML for a probe trained here (e.g. configs/linear_probe.yaml)")
+    encoder.add_argument("--probe-config", help="probe YAML for a probe trained here: a file or a shipped name (e.g. linear_probe)")
     encoder.add_argument("--probe-set", action="append", default=[], metavar="KEY=VALUE",
                          help="override of a probe trained here, e.g. linear.epochs=20 (repeatable)")
     encoder.add_argument("--preset", default="vit_micro", help="checkpoint=random: architecture preset")

@@ -22,7 +22,7 @@ DEFAULT_OUT = Path("outputs") / "sweeps"
 
 
 def add_common(parser: argparse.ArgumentParser, out_help: str) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="sweep spec (e.g. configs/ablations/block_size.yaml)")
+    parser.add_argument("spec", metavar="SPEC", help="sweep spec: a file or a shipped name (e.g. ablations/block_size)")
     parser.add_argument("--out", metavar="DIR", help=out_help)
 
 

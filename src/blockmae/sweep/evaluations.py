@@ -20,7 +20,7 @@ from typing import Any, Callable
 from blockmae.errors import BlockMAEError
 from blockmae.sweep.spec import EvaluationSpec, SweepSpec
 
-DEFAULT_PROBE_CONFIG = "configs/linear_probe.yaml"
+DEFAULT_PROBE_CONFIG = "linear_probe"  # a shipped config (blockmae.config.resolve_config_path)
 @dataclass
 class EvalOutcome:
     run_id: str | None

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from blockmae.config import load_config, to_dict
+from blockmae.config import load_config, resolve_config_path, to_dict
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.registry import config_hash, flatten
@@ -255,9 +255,7 @@ def semantic(cfg: PretrainConfig) -> dict[str, Any]:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec; the arms are expanded (and each config validated) here."""
-    path = Path(path)
-    if not path.is_file():
-        raise BlockMAEError(f"sweep spec not found: {path}")
+    path = resolve_config_path(path, "sweep spec")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
