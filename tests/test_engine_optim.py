@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from blockmae.engine.config import OptimConfig
-from blockmae.engine.optim import build_optimizer, build_scheduler
+from blockmae.engine.optim import build_optimizer, build_scheduler, no_weight_decay_names, optimizer_step
 
 
 def mae_lr(step, lr, min_lr, warmup, total):
@@ -84,3 +84,43 @@ def test_mae_model_groups():
     assert {n for n, wd in decay.items() if wd > 0} == {
         n for n in trainable if model.get_parameter(n).ndim >= 2 and not n.endswith(("_token", "pos_embed"))}
     assert "patch_embed.proj.weight" in decay and decay["patch_embed.proj.weight"] == 0.05
+
+
+def test_mae_no_decay_set_is_exact():
+    """The exact undecayed names of a vit_nano (2 encoder blocks, 1 decoder block): the tokens and learned
+    position table (3-D, so only the name patterns keep them undecayed, whatever timm's own matching does),
+    every norm and every bias; the frozen decoder sin-cos table is not optimised at all."""
+    from blockmae.models import build_mae
+
+    model = build_mae("vit_nano", img_size=32, patch_size=4, pos_embed="learned")
+    decay = _decay_of(model, build_optimizer(model, OptimConfig(), lr=1e-3))
+    per_block = ["norm1.weight", "norm1.bias", "attn.qkv.bias", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                 "mlp.fc1.bias", "mlp.fc2.bias"]
+    blocks = ["blocks.0", "blocks.1", "decoder_blocks.0"]
+    assert {n for n, wd in decay.items() if wd == 0} == {
+        "cls_token", "mask_token", "pos_embed", "patch_embed.proj.bias", "norm.weight", "norm.bias",
+        "decoder_embed.bias", "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.bias",
+        *(f"{b}.{s}" for b in blocks for s in per_block)}
+    assert "decoder_pos_embed" not in decay
+    assert no_weight_decay_names(model) == ["cls_token", "decoder_pos_embed", "mask_token", "pos_embed"]
+
+
+def test_measuring_the_grad_norm_leaves_the_grads_untouched():
+    """clip_grad=None returns the global L2 norm (the value of torch's get_total_norm where it exists) and
+    steps with the gradients unscaled: SGD at lr 1 moves every weight by exactly its gradient."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3))
+    model(torch.randn(5, 8)).pow(2).sum().backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    expected = torch.sqrt(sum(g.double().pow(2).sum() for g in grads.values())).item()
+    reference = (torch.nn.utils.get_total_norm(list(grads.values()))
+                 if hasattr(torch.nn.utils, "get_total_norm") else None)
+
+    norm = optimizer_step(model, torch.optim.SGD(model.parameters(), lr=1.0), scaler=None, clip_grad=None)
+    assert norm.item() == pytest.approx(expected, rel=1e-6)
+    if reference is not None:
+        assert torch.equal(norm, reference)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n] - grads[n]), n
+        assert p.grad is None

@@ -7,7 +7,9 @@ embeddings excluded), and a per-iteration linear warm-up from 0 followed by a co
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import math
 
 import torch
 from timm.optim import param_groups_weight_decay
@@ -20,9 +22,14 @@ NO_DECAY_PATTERNS = ("*pos_embed*", "*cls_token*", "*mask_token*", "*dist_token*
 
 
 def no_weight_decay_names(model: torch.nn.Module) -> list[str]:
+    """The model's parameter names that match its declared `no_weight_decay()` or NO_DECAY_PATTERNS.
+
+    Resolved to exact names here because timm before 1.0.21 compares the list by equality only: a
+    wildcard passed through would silently decay the tokens and position tables."""
     declared = getattr(model, "no_weight_decay", None)
-    names = set(declared()) if callable(declared) else set()
-    return sorted(names | set(NO_DECAY_PATTERNS))
+    patterns = (set(declared()) if callable(declared) else set()) | set(NO_DECAY_PATTERNS)
+    return sorted(name for name, _ in model.named_parameters()
+                  if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float, fused: bool = False) -> torch.optim.AdamW:
@@ -47,7 +54,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
         cosine.setLevel(level)
 
 
-
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                    clip_grad: float | None) -> torch.Tensor:
     """Unscale (fp16), clip to `clip_grad` (None: only measure), step, zero the gradients; returns the global
@@ -55,10 +61,9 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sca
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
-    if clip_grad is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    else:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # An infinite max norm scales by exactly 1, so "only measure" is the clipping call itself: the same norm
+    # as torch.nn.utils.get_total_norm, which needs torch >= 2.6.
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, math.inf if clip_grad is None else clip_grad)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

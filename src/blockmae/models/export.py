@@ -110,10 +110,11 @@ def export_timm(model: MaskedAutoencoderViT, out_dir: str | Path, pool: str = "c
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     _fresh(tmp)
     size = model.arch["img_size"]
-    save_for_hf(vit, str(tmp), model_config={"pretrained_cfg": {"tag": "blockmae"}},
-                model_args=timm_model_args(model.arch, pool), safe_serialization=True,
-                data_config={"input_size": (model.arch["in_chans"], size, size), "mean": IMAGENET_MEAN,
-                             "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 1.0})
+    # On the model's own pretrained_cfg, which every timm >= 1.0 writes to config.json (save_for_hf's
+    # `data_config` and its merging of model_config's pretrained_cfg are newer than the declared floor).
+    vit.pretrained_cfg = {**vit.pretrained_cfg, "tag": "blockmae", "input_size": (model.arch["in_chans"], size, size),
+                          "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 1.0}
+    save_for_hf(vit, str(tmp), model_args=timm_model_args(model.arch, pool), safe_serialization=True)
     _swap_in(tmp, out_dir)
     return out_dir
 
