@@ -69,6 +69,41 @@ def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
     return load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
 
 
+# Settings that do not make a different probe: a rerun that changes only these may replace the results.
+_RERUN_KEYS_FREE = ("name", "run_dir", "output_root", "device")
+
+
+def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse a run dir that already holds another probe's head or results (a rerun of the same probe,
+    e.g. a sweep retrying a failed one, may replace its own)."""
+    import json
+
+    from blockmae.registry import flatten
+
+    results, head = run_dir / "results.json", run_dir / "head.safetensors"
+    if results.is_file():
+        try:
+            saved = json.loads(results.read_text()).get("config", {})
+        except (ValueError, AttributeError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise BlockMAEError(f"run_dir {run_dir} holds an unreadable results.json; use another run_dir or delete it")
+        old, new = ({k: v for k, v in flatten(c).items() if k not in _RERUN_KEYS_FREE} for c in (saved, config))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            listed = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise BlockMAEError(f"run_dir {run_dir} already holds another probe's results ({listed}{more}); "
+                                "use another run_dir (or none: a new folder is made) or delete it")
+    elif head.is_file():
+        from blockmae.evaluation.linear import load_head
+
+        _, meta = load_head(head)
+        if meta.get("weights_hash") != config["weights_hash"] or meta.get("dataset") != config["data"]["dataset"]:
+            raise BlockMAEError(f"run_dir {run_dir} already holds another probe's head (head.safetensors); "
+                                "use another run_dir (or none: a new folder is made) or delete it")
+
+
 def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = True) -> ProbeOutcome:
     """Run the probe(s) of `cfg` and record them; `encoder` skips loading when the caller has it."""
     from blockmae.evaluation.knn import knn_evaluate
@@ -89,9 +124,10 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
     root = Path(cfg.output_root)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else root / "probes" / f"{name}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = to_dict(cfg)
     config["weights_hash"] = encoder.weights_hash
+    check_run_dir(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
     kind = "knn" if cfg.kind == "knn" else "probe"
     registry = Registry(root)
     head_path = None
