@@ -59,14 +59,22 @@ def default_name(cfg: ProbeConfig) -> str:
 
 
 def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
-    from blockmae.data import load_dataset
+    """Split `split`; `data.num_images` images of it (ShapeTex generates them; a real dataset gives a
+    class-balanced subset drawn with `data.seed`)."""
+    import sys
+
+    from blockmae.data import load_dataset, subset
 
     options: dict[str, Any] = dict(cfg.data.options)
-    if cfg.data.num_images is not None:
-        if cfg.data.dataset != "shapetex":
-            raise BlockMAEError("data.num_images applies to shapetex only; remove it for " + cfg.data.dataset)
-        options["num_images"] = cfg.data.num_images
-    return load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
+    shapetex, wanted = cfg.data.dataset == "shapetex", cfg.data.num_images
+    if shapetex and wanted is not None:
+        options["num_images"] = wanted
+    dataset = load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
+    if shapetex or wanted is None or wanted >= len(dataset):
+        return dataset
+    print(f"{cfg.data.dataset} {split}: a class-balanced subset of {wanted} of {len(dataset)} images "
+          f"(data.num_images; data.seed={cfg.data.seed}; null for all)", file=sys.stderr, flush=True)
+    return subset(dataset, wanted, cfg.data.seed)
 
 
 # Settings that do not make a different probe: a rerun that changes only these may replace the results.
@@ -124,6 +132,9 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
     root = Path(cfg.output_root)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else root / "probes" / f"{name}-{stamp}"
+    if not cfg.run_dir:  # two probes started in the same second get their own folders
+        run_dir = next(d for i in range(1, 10_000) if not (d := run_dir.with_name(
+            run_dir.name + (f"-{i}" if i > 1 else ""))).exists())
     config = to_dict(cfg)
     config["weights_hash"] = encoder.weights_hash
     check_run_dir(run_dir, config)
