@@ -140,3 +140,37 @@ def test_cli_prepare_missing_source_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err == (f"blockmae: error: --source {tmp_path / 'x.zip'} does not exist; "
                                        f"pass an archive, a URL or an extracted folder\n")
+
+
+@pytest.mark.parametrize("num_images", [50, 37, 7])
+def test_subset_is_class_balanced_and_seeded(loaded, num_images):
+    """`data.subset`: counts per class differ by at most one (10 classes of 20 train images), the same seed
+    gives the same images, another seed other ones; order and labels follow the dataset."""
+    from blockmae.data import subset
+
+    train = loaded["train"]
+    a, b, c = subset(train, num_images, seed=3), subset(train, num_images, seed=3), subset(train, num_images, seed=4)
+    assert len(a) == num_images and type(a) is type(train) and a.class_names == train.class_names
+    counts = torch.bincount(a.labels, minlength=10)
+    assert int(counts.max()) - int(counts.min()) <= 1 and int(counts.max()) == -(-num_images // 10)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    # Each kept image is the dataset's image with the same label, in dataset order.
+    rows = [int(torch.nonzero((train.images == img).flatten(1).all(1))[0]) for img in a.images]
+    assert rows == sorted(rows) and torch.equal(train.labels[rows], a.labels)
+    assert subset(train, None, seed=3) is train and subset(train, 10_000, seed=3) is train
+
+
+def test_subset_gives_a_small_class_all_it_has(loaded):
+    """A class with fewer images than its share gives all of them; the others share the rest equally."""
+    from blockmae.data import subset
+
+    train = loaded["train"]
+    keep = torch.cat([torch.nonzero(train.labels != 0).flatten(), torch.nonzero(train.labels == 0).flatten()[:2]])
+    uneven = subset(train, 190, seed=0)  # the full set minus 10: one fewer image in each class
+    assert torch.bincount(uneven.labels).tolist() == [19] * 10
+    from blockmae.data.base import ImageTensorDataset
+
+    skewed = ImageTensorDataset(train.images[keep], train.labels[keep], list(train.class_names), name="skewed")
+    counts = torch.bincount(subset(skewed, 29, seed=1).labels, minlength=10).tolist()
+    assert counts[0] == 2 and sorted(counts[1:]) == [3] * 9

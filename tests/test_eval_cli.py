@@ -179,3 +179,20 @@ def test_probe_config_defaults_and_yaml():
 
     with pytest.raises(BlockMAEError, match="unknown config key 'linear.epoch'"):
         load_config(ProbeConfig, None, ["linear.epoch=3"])
+
+
+def test_probe_num_images_is_a_class_balanced_subset_of_a_real_dataset(tmp_path, shared_data, capsys):
+    """data.num_images on Tiny-ImageNet (was: shapetex only): a class-balanced subset of each split, said."""
+    args = ["probe", "checkpoint=random", "kind=knn", "encoder.preset=vit_nano", "data.dataset=tiny-imagenet",
+            f"data.root={shared_data / 'tiny-imagenet-200-mini'}", "data.num_images=30", "data.seed=2", "knn.k=3",
+            f"output_root={tmp_path / 'out'}", "device=cpu", "data.cache_features=false"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "tiny-imagenet train: a class-balanced subset of 30 of 200 images (data.num_images; data.seed=2" in captured.err
+    (rec,) = Registry(tmp_path / "out").list_runs(kind="knn")
+    assert rec.metrics["num_train"] == 30 and rec.metrics["num_eval"] == 30 and rec.metrics["num_classes"] == 10
+    assert main([*args, "data.num_images=0"]) == 2
+    assert "data.num_images must be positive" in capsys.readouterr().err
+    # A second probe in the same second gets its own folder (the default run dir is stamped to the second).
+    assert main([*args, "data.num_images=20"]) == 0
+    assert len({r.run_dir for r in Registry(tmp_path / "out").list_runs(kind="knn")}) == 2

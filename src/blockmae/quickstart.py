@@ -92,7 +92,15 @@ class Stages:
     def __init__(self, out: Path, registry: Any) -> None:
         self.path = out / STATE_NAME
         self.registry = registry
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                self.data = None  # type: ignore[assignment]
+            if not isinstance(self.data, dict):
+                raise BlockMAEError(f"{self.path} is unreadable (truncated or damaged); delete it to redo the "
+                                    "stages from the registry, or use a new --out folder")
 
     def done(self, key: str) -> str | None:
         """The stage's run id if its registry run completed, else None."""
@@ -116,6 +124,8 @@ def prepare_output(out: Path, cfg: QuickstartConfig) -> bool:
     """Create or check the output folder; True when resuming an earlier quickstart with the same settings."""
     stored = out / CONFIG_NAME
     wanted = to_dict(cfg)
+    if out.exists() and not out.is_dir() or any(p.is_file() for p in out.parents):
+        raise BlockMAEError(f"--out {out}: a file is in the way (a folder is needed); use another --out")
     if stored.is_file():
         from omegaconf import OmegaConf
 

@@ -56,3 +56,40 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, i
             valid = sorted(set(accepted) - set(arguments))
             raise BlockMAEError(f"dataset {name!r} has no option {key!r}; valid options: {', '.join(valid)}")
     return loader(**arguments, **options)
+
+
+def subset(dataset: "ImageTensorDataset", num_images: int | None, seed: int = 0) -> "ImageTensorDataset":
+    """A seeded, class-balanced subset of `num_images` images (kept in dataset order), or `dataset` itself.
+
+    Every class gets the same count, as far as its images allow (a class with fewer gives all it has and
+    the others share the rest); the one-image remainders go to classes drawn with `seed`. The same seed
+    gives the same images.
+    """
+    import torch
+
+    from blockmae.data.base import ImageTensorDataset
+
+    if num_images is None or num_images >= len(dataset):
+        return dataset
+    if num_images < 1:
+        raise BlockMAEError(f"the number of images must be positive, got {num_images}")
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(dataset.labels, minlength=dataset.num_classes)
+    quota = torch.zeros_like(counts)
+    active, remaining = torch.nonzero(counts).flatten(), num_images
+    while len(active):
+        share = remaining // len(active)
+        small = counts[active] <= share
+        if not small.any():  # every class left can give `share`; the remainder goes to drawn classes
+            quota[active] = share
+            quota[active[torch.randperm(len(active), generator=generator)[: remaining - share * len(active)]]] += 1
+            break
+        quota[active[small]] = counts[active[small]]
+        remaining -= int(counts[active[small]].sum())
+        active = active[~small]
+    keep = torch.cat([members[torch.randperm(len(members), generator=generator)[: int(quota[c])]]
+                      for c in range(len(counts)) if len(members := torch.nonzero(dataset.labels == c).flatten())])
+    keep = keep.sort().values
+    return ImageTensorDataset(dataset.images[keep], dataset.labels[keep], list(dataset.class_names),
+                              name=f"{dataset.name}-subset{num_images}-seed{seed}",
+                              extra_labels={k: v[keep] for k, v in dataset.extra_labels.items()})

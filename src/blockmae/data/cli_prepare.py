@@ -44,12 +44,18 @@ def run(args: argparse.Namespace) -> int:
         members = members_under
     else:
         members = None  # a user's archive: take all of it
-    root, data_dir = obtain(name, root, args.source, find, layout, official=official, md5=args.md5,
-                            sha256=args.sha256, members_under=members)
-
     options = {} if name in ("cifar10", "cifar100") else {"workers": workers, "resize": args.resize}
     if name == "dtd":
         options["partition"] = args.partition
+
+    def verify(data_dir: Path, cache_dir: Path) -> None:
+        """Every split decodes (a truncated image is refused before the root's record changes)."""
+        cache = {} if name in ("cifar10", "cifar100") else {"cache_dir": cache_dir}
+        for split in splits:
+            load_dataset(name, split, root=data_dir, image_size=args.image_size, **options, **cache)
+
+    root, data_dir = obtain(name, root, args.source, find, layout, official=official, md5=args.md5,
+                            sha256=args.sha256, members_under=members, verify=verify)
     counts, classes = {}, 0
     for split in splits:
         dataset = load_dataset(name, split, root=root, image_size=args.image_size, **options)

@@ -21,6 +21,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from blockmae.errors import BlockMAEError
 
@@ -172,10 +173,12 @@ def _unpack(archive: Path, into: Path, members_under: str | None) -> None:
     raise BlockMAEError(f"{archive} is neither a zip nor a tar archive; download it again or pass the extracted folder")
 
 
-def extract(archive: Path, dest: Path, members_under: str | None = None) -> Path:
+def extract(archive: Path, dest: Path, members_under: str | None = None,
+            check: Callable[[Path], None] | None = None) -> Path:
     """Extract `archive` so that its contents appear in `dest` all at once (temp folder, then rename).
 
-    `members_under` keeps only the members whose path starts with that prefix. Members already present in
+    `members_under` keeps only the members whose path starts with that prefix. `check(temp folder)` may
+    refuse the extracted files (raising) before anything reaches `dest`. Members already present in
     `dest` are replaced (the archive is the reference).
     """
     archive, dest = Path(archive), Path(dest)
@@ -186,6 +189,8 @@ def extract(archive: Path, dest: Path, members_under: str | None = None) -> Path
             _unpack(archive, staging, members_under)
         except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
             raise BlockMAEError(f"{archive} is damaged ({err}); delete it and download it again") from None
+        if check is not None:
+            check(staging)
         for item in staging.iterdir():
             target = dest / item.name
             if target.is_dir() and not target.is_symlink():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -90,12 +91,15 @@ def split_cache_dir(cache_root: Path, split: str, image_size: int, resize: str, 
 def obtain(dataset: str, root: str | os.PathLike | None, source: str | os.PathLike | None,
            find_data: Callable[[Path], Path | None], expected_layout: str, official=None,
            md5: str | None = None, sha256: str | None = None, members_under: str | None = None,
-           progress: bool = True) -> tuple[Path, Path]:
+           progress: bool = True, verify: Callable[[Path, Path], None] | None = None) -> tuple[Path, Path]:
     """Make `dataset` available under `root` from `source`; return (root, dataset folder).
 
     `source`: None (download `official`, a RemoteFile), a URL (downloaded and checked against `md5` /
     `sha256`, or `official`'s facts when it is the official URL), an archive (zip/tar), or an already
     extracted folder (used in place, not copied). `members_under` extracts only that part of an archive.
+    `verify(dataset folder, cache folder)` may refuse the new data (raising): an archive's files are then
+    never moved into `root`, and `root`'s record is written only after it passes, so a refused source
+    leaves a root that worked as it was.
     """
     from blockmae.data.download import RemoteFile, download, extract, filename_from_url, is_url
 
@@ -118,6 +122,12 @@ def obtain(dataset: str, root: str | os.PathLike | None, source: str | os.PathLi
             if data_dir is None:
                 raise BlockMAEError(f"{source} does not look like {dataset} (expected {expected_layout}); "
                                     f"pass the dataset's folder, its archive or a URL as --source")
+            if verify is not None:
+                if read_prepared(root, dataset) is None:  # a new root: its caches are built by the check
+                    verify(data_dir.resolve(), root / "cache")
+                else:  # a root that works keeps its caches until the new source passes
+                    with tempfile.TemporaryDirectory(prefix=".verify-", dir=root) as cache:
+                        verify(data_dir.resolve(), Path(cache))
             write_prepared(root, dataset, data_dir, source=str(source.resolve()))
             return root, data_dir
         if not source.is_file():
@@ -127,12 +137,26 @@ def obtain(dataset: str, root: str | os.PathLike | None, source: str | os.PathLi
     record = read_prepared(root, dataset)
     data_dir = find_data(Path(record["data_dir"])) if record and record.get("archive") == str(archive) else None
     if data_dir is None:  # not extracted yet (or from another archive)
-        extract(archive, root, members_under=members_under)
-        data_dir = next((d for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())] if find_data(d)), None)
-        if data_dir is None:
-            raise BlockMAEError(f"{archive} does not contain {dataset} (expected {expected_layout}); "
-                                f"check that it is the right archive")
-        data_dir = find_data(data_dir)
+        def located(folder: Path) -> Path:
+            found = next((d for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())] if find_data(d)),
+                         None)
+            if found is None:
+                raise BlockMAEError(f"{archive} does not contain {dataset} (expected {expected_layout}); "
+                                    f"check that it is the right archive")
+            return find_data(found)
+
+        def check(staging: Path) -> None:
+            staged = located(staging)
+            if verify is not None:  # with a throwaway cache: the staged paths are not the final ones
+                with tempfile.TemporaryDirectory(prefix=".verify-", dir=root) as cache:
+                    try:
+                        verify(staged, Path(cache))
+                    except BlockMAEError as err:
+                        raise BlockMAEError(f"{archive} is refused and nothing of it was kept in {root}: "
+                                            f"{err}") from None
+
+        extract(archive, root, members_under=members_under, check=check)
+        data_dir = located(root)
     write_prepared(root, dataset, data_dir, source=str(source) if source is not None else official.url,
                    archive=str(archive))
     return root, data_dir

@@ -525,17 +525,12 @@ def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def take_subset(dataset: Any, num_images: int | None, seed: int) -> Any:
-    """A seeded random subset of `num_images` images (in dataset order), or the dataset itself."""
-    from blockmae.data.base import ImageTensorDataset
+    """A seeded class-balanced subset of `num_images` images (in dataset order), or the dataset itself."""
+    from blockmae.data import subset
 
-    if num_images is None or num_images >= len(dataset):
-        return dataset
-    if num_images < 1:
+    if num_images is not None and num_images < 1:
         raise BlockMAEError(f"--num-images must be positive, got {num_images}")
-    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images].sort().values
-    return ImageTensorDataset(dataset.images[keep], dataset.labels[keep], list(dataset.class_names),
-                              name=f"{dataset.name}-subset{num_images}-seed{seed}",
-                              extra_labels={k: v[keep] for k, v in dataset.extra_labels.items()})
+    return subset(dataset, num_images, seed)
 
 
 # -- running one diagnostic ------------------------------------------------------------------------

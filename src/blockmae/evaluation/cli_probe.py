@@ -59,14 +59,57 @@ def default_name(cfg: ProbeConfig) -> str:
 
 
 def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
-    from blockmae.data import load_dataset
+    """Split `split`; `data.num_images` images of it (ShapeTex generates them; a real dataset gives a
+    class-balanced subset drawn with `data.seed`)."""
+    import sys
+
+    from blockmae.data import load_dataset, subset
 
     options: dict[str, Any] = dict(cfg.data.options)
-    if cfg.data.num_images is not None:
-        if cfg.data.dataset != "shapetex":
-            raise BlockMAEError("data.num_images applies to shapetex only; remove it for " + cfg.data.dataset)
-        options["num_images"] = cfg.data.num_images
-    return load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
+    shapetex, wanted = cfg.data.dataset == "shapetex", cfg.data.num_images
+    if shapetex and wanted is not None:
+        options["num_images"] = wanted
+    dataset = load_dataset(cfg.data.dataset, split, root=cfg.data.root, image_size=image_size, **options)
+    if shapetex or wanted is None or wanted >= len(dataset):
+        return dataset
+    print(f"{cfg.data.dataset} {split}: a class-balanced subset of {wanted} of {len(dataset)} images "
+          f"(data.num_images; data.seed={cfg.data.seed}; null for all)", file=sys.stderr, flush=True)
+    return subset(dataset, wanted, cfg.data.seed)
+
+
+# Settings that do not make a different probe: a rerun that changes only these may replace the results.
+_RERUN_KEYS_FREE = ("name", "run_dir", "output_root", "device")
+
+
+def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse a run dir that already holds another probe's head or results (a rerun of the same probe,
+    e.g. a sweep retrying a failed one, may replace its own)."""
+    import json
+
+    from blockmae.registry import flatten
+
+    results, head = run_dir / "results.json", run_dir / "head.safetensors"
+    if results.is_file():
+        try:
+            saved = json.loads(results.read_text()).get("config", {})
+        except (ValueError, AttributeError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise BlockMAEError(f"run_dir {run_dir} holds an unreadable results.json; use another run_dir or delete it")
+        old, new = ({k: v for k, v in flatten(c).items() if k not in _RERUN_KEYS_FREE} for c in (saved, config))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        if changed:
+            listed = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise BlockMAEError(f"run_dir {run_dir} already holds another probe's results ({listed}{more}); "
+                                "use another run_dir (or none: a new folder is made) or delete it")
+    elif head.is_file():
+        from blockmae.evaluation.linear import load_head
+
+        _, meta = load_head(head)
+        if meta.get("weights_hash") != config["weights_hash"] or meta.get("dataset") != config["data"]["dataset"]:
+            raise BlockMAEError(f"run_dir {run_dir} already holds another probe's head (head.safetensors); "
+                                "use another run_dir (or none: a new folder is made) or delete it")
 
 
 def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = True) -> ProbeOutcome:
@@ -89,9 +132,13 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
     root = Path(cfg.output_root)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else root / "probes" / f"{name}-{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.run_dir:  # two probes started in the same second get their own folders
+        run_dir = next(d for i in range(1, 10_000) if not (d := run_dir.with_name(
+            run_dir.name + (f"-{i}" if i > 1 else ""))).exists())
     config = to_dict(cfg)
     config["weights_hash"] = encoder.weights_hash
+    check_run_dir(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
     kind = "knn" if cfg.kind == "knn" else "probe"
     registry = Registry(root)
     head_path = None

@@ -33,7 +33,8 @@ class DataConfig:
     root: Optional[str] = None  # dataset root (not needed for shapetex)
     train_split: str = "train"
     eval_split: Optional[str] = None  # None: test for cifar10/cifar100/dtd, val otherwise
-    num_images: Optional[int] = None  # shapetex only: images per split (None: its default)
+    num_images: Optional[int] = None  # images per split (None: all; shapetex: generated, else a class-balanced subset)
+    seed: int = 0  # seed of the class-balanced subset of a real dataset (num_images)
     options: Dict[str, Any] = field(default_factory=dict)  # more load_dataset options (texture_correlation, ...)
     batch_size: int = 256  # feature extraction batch
     cache_features: bool = True  # cache extracted features under output_root/feature_cache
@@ -98,5 +99,7 @@ class ProbeConfig:
         if self.knn.k < 1 or self.knn.temperature <= 0:
             raise BlockMAEError("knn.k must be >= 1 and knn.temperature > 0")
         self.linear.validate()
+        if self.data.num_images is not None and self.data.num_images < 1:
+            raise BlockMAEError(f"data.num_images must be positive (or null for all images), got {self.data.num_images}")
         if self.data.eval_split is None:
             self.data.eval_split = EVAL_SPLITS.get(self.data.dataset, "val")
