@@ -173,7 +173,7 @@ def test_probe_config_defaults_and_yaml():
     from blockmae.evaluation.config import ProbeConfig
 
     cfg = load_config(ProbeConfig, REPO / "configs" / "linear_probe.yaml", ["data.dataset=cifar10"])
-    assert cfg.data.eval_split == "test" and cfg.linear.optimizer == "lars" and cfg.checkpoint == "random"
+    assert cfg.data.eval_split == "test" and cfg.linear.optimizer == "sgd" and cfg.checkpoint == "random"
     assert load_config(ProbeConfig, REPO / "configs" / "linear_probe.yaml").data.eval_split == "val"
     from blockmae.errors import BlockMAEError
 
