@@ -138,3 +138,10 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += differences(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def add_config_arguments(parser: Any, config_help: str, overrides_help: str) -> None:
+    """The options every config-driven command shares: `--config`, `--print-config`, `key=value` overrides."""
+    parser.add_argument("--config", metavar="YAML", help=config_help)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)

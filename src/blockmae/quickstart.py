@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from blockmae.config import differences, load_config, resolve_config_path, shipped_configs_dir, to_dict, to_yaml
+from blockmae.config import add_config_arguments, differences, load_config, resolve_config_path, shipped_configs_dir, to_dict, to_yaml
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
@@ -173,16 +173,13 @@ class Progress:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/quickstart", help="output folder (default: outputs/quickstart)")
-    parser.add_argument("--config", default=None,
-                        help=f"quickstart config: a file or a shipped name (default: {GPU_CONFIG.stem} when CUDA "
-                             f"is available, else {CPU_CONFIG.stem})")
     parser.add_argument("--budget-seconds", type=float, default=None,
                         help="fit the pretraining (epochs and images, never above the config's) to this total budget "
                              "(default: the config's budget_seconds; budget_seconds=null disables it)")
     parser.add_argument("--seed", type=int, default=None, help="seed of pretraining and probes (default: the config's)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. pretrain.train.epochs=12 pretrain.data.num_images=8000")
+    add_config_arguments(parser, f"quickstart config: a file or a shipped name (default: {GPU_CONFIG.stem} when "
+                                 f"CUDA is available, else {CPU_CONFIG.stem})",
+                         "config overrides, e.g. pretrain.train.epochs=12 pretrain.data.num_images=8000")
 
 
 def default_config_path() -> Path:

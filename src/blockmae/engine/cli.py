@@ -12,10 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "is <output_root>/<name>-<hash of the settings>, so the same command resumes the same run; a run dir "
         "holding checkpoints resumes automatically, and settings that would change the training are refused "
         "unless listed in run.allow_changes=[key,...]. One process writes a run dir at a time. Multi-GPU: torchrun --nproc_per_node G -m blockmae pretrain ...")
-    parser.add_argument("--config", metavar="YAML", help="config: a file or a shipped name (e.g. smoke, pretrain_block)")
+    from blockmae.config import add_config_arguments
+
     parser.add_argument("--resume", metavar="PATH", help="resume from this run dir or checkpoint dir (= run.resume)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    add_config_arguments(parser, "config: a file or a shipped name (e.g. smoke, pretrain_block)",
+                         "dotted config overrides")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -60,7 +60,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _memory_mb(device: torch.device) -> float:
+def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     # ru_maxrss is in KiB on Linux, bytes on macOS
@@ -288,7 +288,7 @@ class Pretrainer:
             if main:
                 print(f"run {self.run_dir} is already complete ({self.epoch} epochs); nothing to do", flush=True)
             return self.run_dir
-        self.logger = _RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
+        self.logger = RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
         if main:
             self._write_run_files()
             if self.accepted_changes:
@@ -334,9 +334,9 @@ class Pretrainer:
         accum = cfg.train.accum_steps
         self.loader.set_epoch(epoch)
         batches = iter(self.loader.iter_from(self.epoch_step * accum))
-        window = _Window(self.device)
+        window = LogWindow(self.device)
         epoch_start, epoch_images = time.perf_counter(), 0
-        bar = _progress(self.info.is_main, self.steps_per_epoch, self.epoch_step,
+        bar = progress_bar(self.info.is_main, self.steps_per_epoch, self.epoch_step,
                         f"epoch {epoch + 1}/{cfg.train.epochs}")
         stopping = False
         try:
@@ -372,7 +372,7 @@ class Pretrainer:
         if self.logger is not None:
             self.logger.write({"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": epoch_loss,
                                "lr": self._lr(), "img_per_s": epoch_images / seconds,
-                               "epoch_time_s": seconds, "memory_mb": _memory_mb(self.device)}, self.step)
+                               "epoch_time_s": seconds, "memory_mb": memory_mb(self.device)}, self.step)
         self._save_last()
         if self.epoch in self.cfg.run.milestones:
             self._save(ckpt.checkpoints_dir(self.run_dir) / ckpt.milestone_name(self.epoch))
@@ -384,7 +384,7 @@ class Pretrainer:
     def _lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
-    def _sync(self, window: "_Window") -> dict[str, float]:
+    def _sync(self, window: "LogWindow") -> dict[str, float]:
         """Everything ranks must agree on, in one all-reduce: window sums, non-finite flag, checkpoint time."""
         minutes = self.cfg.run.ckpt_every_minutes
         due = self.info.is_main and minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
@@ -408,7 +408,7 @@ class Pretrainer:
         record = {"kind": "step", "epoch": self.epoch + self.epoch_step / self.steps_per_epoch,
                   "step": self.step, "loss": stats["loss"], "lr": self._lr(), "grad_norm": stats["grad_norm"],
                   "img_per_s": stats["img_per_s"], "data_time": stats["data_time"],
-                  "memory_mb": _memory_mb(self.device)}
+                  "memory_mb": memory_mb(self.device)}
         self.logger.write(record, self.step)
         bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}")
 
@@ -525,7 +525,7 @@ class _FolderBatches:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-class _Window:
+class LogWindow:
     """Sums over the optimiser steps since the last log line, kept on the device until a sync."""
 
     def __init__(self, device: torch.device) -> None:
@@ -553,7 +553,7 @@ class _Window:
         return {"img_per_s": self.images / seconds, "data_time": self.data_time / max(1, self.steps)}
 
 
-class _RunLogger:
+class RunLogger:
     """metrics.jsonl (cut back to `resume_bytes` on resume) and TensorBoard events under tb/."""
 
     def __init__(self, run_dir: Path, step: int, resume_bytes: int) -> None:
@@ -592,7 +592,7 @@ class _RunLogger:
         self.tb.close()
 
 
-def _progress(enabled: bool, total: int, initial: int, desc: str) -> Any:
+def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     # Quiet when stderr is not a terminal (CI, log files) and on every rank but 0.

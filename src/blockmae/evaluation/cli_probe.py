@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from blockmae.config import load_config, to_dict, to_yaml
+from blockmae.config import add_config_arguments, load_config, to_dict, to_yaml
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.config import ProbeConfig
@@ -198,10 +198,8 @@ def format_metrics(name: str, cfg: ProbeConfig, m: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="probe YAML: a file or a shipped name (e.g. linear_probe); defaults otherwise")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. checkpoint=outputs/run/checkpoints/last kind=both linear.epochs=50")
+    add_config_arguments(parser, "probe YAML: a file or a shipped name (e.g. linear_probe); defaults otherwise",
+                         "dotted overrides, e.g. checkpoint=outputs/run/checkpoints/last kind=both linear.epochs=50")
 
 
 def run(args: argparse.Namespace) -> int:

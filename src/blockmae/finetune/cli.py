@@ -12,10 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the same recipe (the baseline; model.arch_from=RUN copies a run's architecture). Top-1/top-5 on the eval "
         "split after every epoch; a run dir holding checkpoints/last resumes. Multi-GPU: torchrun --nproc_per_node G "
         "-m blockmae finetune ...")
-    parser.add_argument("--config", metavar="YAML", help="config: a file or a shipped name (e.g. finetune)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. checkpoint=outputs/run model.train_blocks=4 train.epochs=50")
+    from blockmae.config import add_config_arguments
+
+    add_config_arguments(parser, "config: a file or a shipped name (e.g. finetune)",
+                         "dotted overrides, e.g. checkpoint=outputs/run model.train_blocks=4 train.epochs=50")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.environment import run_dir_for, write_run_files
 from blockmae.engine.optim import build_scheduler, optimizer_step
-from blockmae.engine.pretrain import (AUTOCAST_DTYPES, _memory_mb, _progress, _RunLogger, _Window,
+from blockmae.engine.pretrain import (AUTOCAST_DTYPES, LogWindow, RunLogger, memory_mb, progress_bar,
                                       resolve_precision, seed_everything)
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path, write_json_atomic
@@ -375,7 +375,7 @@ class Finetuner:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg, main = self.cfg, self.info.is_main
-        self.logger = _RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
+        self.logger = RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
         if main:
             write_run_files(self.run_dir, cfg, self.device, self.info.world_size, self.precision, self.resume_from,
                             self.step)
@@ -409,9 +409,9 @@ class Finetuner:
         cfg, accum = self.cfg, self.cfg.train.accum_steps
         self.loader.set_epoch(self.epoch)
         batches = iter(self.loader.iter_from(self.batch))
-        window = _Window(self.device)
+        window = LogWindow(self.device)
         start, images = time.perf_counter(), 0
-        bar = _progress(self.info.is_main, self.steps_per_epoch, self.batch // accum,
+        bar = progress_bar(self.info.is_main, self.steps_per_epoch, self.batch // accum,
                         f"epoch {self.epoch + 1}/{cfg.train.epochs}")
         try:
             while self.batch < self.steps_per_epoch * accum:
@@ -447,7 +447,7 @@ class Finetuner:
         self.history.append(record)
         if self.logger is not None:
             self.logger.write({"kind": "epoch", **record, "lr": self._lr(), "img_per_s": images / seconds,
-                               "epoch_time_s": seconds, "memory_mb": _memory_mb(self.device)}, self.step)
+                               "epoch_time_s": seconds, "memory_mb": memory_mb(self.device)}, self.step)
             print(f"epoch {self.epoch}/{cfg.train.epochs}: train loss {train_loss:.4f}  {cfg.data.eval_split} "
                   f"top1 {scores['top1']:.4f} top5 {scores['top5']:.4f}  ({images / seconds:.0f} img/s)", flush=True)
         self._save_last()
@@ -455,7 +455,7 @@ class Finetuner:
     def _lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
-    def _log_window(self, window: _Window, bar: Any) -> None:
+    def _log_window(self, window: LogWindow, bar: Any) -> None:
         packed = dist.all_reduce_sum(torch.stack([window.loss_sum, window.grad_norm_sum.float(),
                                                   window.bad.float()])).tolist()
         world, steps = self.info.world_size, max(1, window.steps)
@@ -469,7 +469,7 @@ class Finetuner:
             epoch = self.epoch + self.batch / (self.steps_per_epoch * self.cfg.train.accum_steps)
             record = {"kind": "step", "epoch": epoch,
                       "step": self.step, "loss": packed[0] / world / steps, "lr": self._lr(),
-                      "grad_norm": packed[1] / world / steps, **rates, "memory_mb": _memory_mb(self.device)}
+                      "grad_norm": packed[1] / world / steps, **rates, "memory_mb": memory_mb(self.device)}
             self.logger.write(record, self.step)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{rates['img_per_s']:.0f}")
         window.reset()
