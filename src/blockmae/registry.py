@@ -94,7 +94,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
         return None
 
 
-def _proc_start(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The kernel's start time of `pid` (Linux), to tell a live run from a reused pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -104,7 +104,8 @@ def _proc_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _pid_alive(pid: int, proc_start: str | None) -> bool:
+def pid_alive(pid: int, proc_start: str | None) -> bool:
+    """Is `pid` a live process on this host, and the same one (not a reused pid) when its start time is known?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +113,7 @@ def _pid_alive(pid: int, proc_start: str | None) -> bool:
     except PermissionError:
         pass  # exists, owned by someone else
     if proc_start is not None:
-        current = _proc_start(pid)
+        current = process_start_time(pid)
         if current is not None and current != proc_start:
             return False
     return True
@@ -317,7 +318,7 @@ class Registry:
         row = (
             run_id, kind, name, None if run_dir is None else str(Path(run_dir).resolve()),
             None if parent is None else str(parent), config_json, config_hash(json.loads(config_json)),
-            git_commit(), socket.gethostname(), pid, _proc_start(pid), now, now, None, "running", None,
+            git_commit(), socket.gethostname(), pid, process_start_time(pid), now, now, None, "running", None,
         )
         self._write(lambda c: c.execute("INSERT INTO runs VALUES (%s)" % ",".join("?" * len(row)), row))
         self._write_record_file(run_id)
@@ -466,7 +467,7 @@ def process_alive(host: str | None, pid: int | None, proc_start: str | None, las
     """Is a process still running? Same host: its pid lives (and is not reused); other host: it was seen
     (heartbeat) within STALE_AFTER_S."""
     if host == socket.gethostname() and pid is not None:
-        return _pid_alive(int(pid), proc_start)
+        return pid_alive(int(pid), proc_start)
     return last_seen is not None and time.time() - last_seen < STALE_AFTER_S
 
 

@@ -42,11 +42,11 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 def _alive_here(holder: dict[str, Any]) -> bool:
     """Whether the holder is a live process on this host (unknown hosts count as alive)."""
-    from blockmae.registry import _pid_alive  # the registry's rule for "is this run's process still there"
+    from blockmae.registry import pid_alive  # the registry's rule for "is this run's process still there"
 
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return True
-    return _pid_alive(holder["pid"], holder.get("proc_start"))
+    return pid_alive(holder["pid"], holder.get("proc_start"))
 
 
 class RunLock:
@@ -59,7 +59,7 @@ class RunLock:
         self.created_dir = False
 
     def acquire(self) -> "RunLock":
-        from blockmae.registry import _proc_start
+        from blockmae.registry import process_start_time
 
         with writing(self.run_dir):
             self.created_dir = not self.run_dir.exists()
@@ -88,7 +88,7 @@ class RunLock:
             if previous:
                 print(f"taking over the lock of {self.run_dir} from {_holder_text(previous)}, which is no longer "
                       f"running", file=sys.stderr, flush=True)
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(os.getpid()),
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": process_start_time(os.getpid()),
                       "started_at": _dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv}
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)

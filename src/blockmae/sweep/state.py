@@ -21,7 +21,7 @@ from typing import Any
 from blockmae.config import differences, to_dict
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
-from blockmae.registry import _proc_start, process_alive
+from blockmae.registry import process_start_time, process_alive
 from blockmae.sweep.spec import Arm, SweepSpec
 
 SCHEMA = 1
@@ -111,7 +111,7 @@ def write_state(out: Path, run_dir: str, state: dict[str, Any]) -> None:
 def start_state(out: Path, run_dir: str) -> dict[str, Any]:
     state = read_state(out, run_dir)
     pid = os.getpid()
-    state.update(status="running", host=socket.gethostname(), pid=pid, proc_start=_proc_start(pid),
+    state.update(status="running", host=socket.gethostname(), pid=pid, proc_start=process_start_time(pid),
                  started_at=time.time(), heartbeat_at=time.time(), ended_at=None, error=None)
     state.setdefault("evaluations", {})
     write_state(out, run_dir, state)
