@@ -13,7 +13,7 @@ import importlib.resources
 import math
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -100,6 +100,18 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             raise BlockMAEError(f"override '{bad[0]}' is not of the form key=value (e.g. train.epochs=50)")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, source) from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj  # type: ignore[return-value]
+
+
+def from_dict(schema: type[T], data: Mapping[str, Any], source: str = "a stored config") -> T:
+    """A checked schema instance from a plain dict (e.g. a run's resolved config read back)."""
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), dict(data)))
     except OmegaConfBaseException as err:
         raise _explain(err, schema, source) from None
     validate = getattr(obj, "validate", None)

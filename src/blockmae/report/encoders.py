@@ -285,9 +285,9 @@ def _pct_cell(x: float | None) -> Cell:
     return Cell("-", None) if x is None else Cell(f"{100 * x:.1f}", 100 * x)
 
 
-def results_table(arms: Sequence[ArmResult]) -> Table:
+def results_table(arms: Sequence[ArmResult], table_id: str = "results", caption: str = "Results per encoder") -> Table:
     """The results table: one row per encoder (percentages; shape bias with its bootstrap interval)."""
-    table = Table("results", "Results per encoder", list(zip(_RESULT_KEYS, RESULT_HEADERS)))
+    table = Table(table_id, caption, list(zip(_RESULT_KEYS, RESULT_HEADERS)))
     for a in arms:
         table.add(
             encoder=a.name,
@@ -391,17 +391,26 @@ def accuracy_figure(arms: Sequence[ArmResult], chance: float | None = None) -> A
     return fig
 
 
-def loss_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Any:
+def loss_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                references: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Any:
     """Pretraining loss against images seen, one line per arm (name -> (images, losses)), in the arms'
-    colours of the other figures."""
+    colours of the other figures. `references`: longer runs of the same arms (same names), drawn dashed
+    in the arm's colour on a log axis, so that a short run shows where it stands on the long one."""
     fig, ax = new_figure(5.6, 3.4)
-    for k, (name, (images, losses)) in enumerate(curves.items()):
-        ax.plot([i / 1000 for i in images], losses, color=arm_colour(k), label=name, linewidth=1.4,
+    references = references or {}
+    colours = {name: arm_colour(k) for k, name in enumerate(dict.fromkeys([*curves, *references]))}
+    for name, (images, losses) in references.items():
+        ax.plot([i / 1000 for i in images], losses, color=colours[name], linestyle="--", linewidth=1.0,
+                alpha=0.8, label=f"{name}, reference")
+    for name, (images, losses) in curves.items():
+        ax.plot([i / 1000 for i in images], losses, color=colours[name], label=name, linewidth=1.6,
                 marker="o" if len(images) < 3 else None)
-    ax.set_xlabel("images seen (thousands)")
+    if references:
+        ax.set_xscale("log")
+    ax.set_xlabel("images seen (thousands)" + (", log scale" if references else ""))
     ax.set_ylabel("MAE loss (masked patches)")
-    ax.set_title("Pretraining loss per arm", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("Pretraining loss per arm" + (" against the reference runs" if references else ""), fontsize=10)
+    ax.legend(fontsize=7 if references else 8, frameon=False)
     return fig
 
 

@@ -12,11 +12,12 @@ probe evaluated before it at the same milestone when there is one.
 from __future__ import annotations
 
 import argparse
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from blockmae.diagnostics import by_name
+from blockmae.diagnostics.by_name import diagnostic_modules
 from blockmae.errors import BlockMAEError
 from blockmae.sweep.spec import EvaluationSpec, SweepSpec
 
@@ -183,46 +184,11 @@ def _run_shape_bias(ctx: EvalContext) -> EvalOutcome:
 
 # ---- diagnostics (blockmae eval NAME) ------------------------------------------------------------------
 
-def diagnostic_modules() -> dict[str, str]:
-    """Diagnostic name -> module, from the `blockmae eval` commands (one list of diagnostics: blockmae.cli)."""
-    from blockmae.cli import COMMANDS
-
-    return {words[1]: module for words, module, _ in COMMANDS
-            if len(words) == 2 and words[0] == "eval" and module.startswith("blockmae.diagnostics.")}
-
-
-class _RaisingParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit
-        raise BlockMAEError(message)
-
-
 def diagnostic_arguments(name: str, ev: EvaluationSpec, extra: list[str]) -> argparse.Namespace:
     """The diagnostic's parsed command line: `extra` (checkpoint, outputs, probe) plus the spec's options."""
-    module = importlib.import_module(diagnostic_modules()[name])
-    parser = _RaisingParser(prog=f"blockmae eval {name}")
-    module.add_arguments(parser)
-    argv = list(extra)
-    for key, value in ev.options.items():
-        flag = "--" + str(key).replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            argv.append("--no-" + str(key).replace("_", "-"))
-        else:
-            argv += [flag, *(str(v) for v in (value if isinstance(value, list) else [value]))]
-    if ev.dataset:
-        argv += ["--data", ev.dataset]
     if ev.overrides:
         raise BlockMAEError(f"a diagnostic takes options, not overrides (got {ev.overrides[0]!r})")
-    return parser.parse_args(argv)
-
-
-def _diagnostic_class(name: str) -> Any:
-    from blockmae.diagnostics.base import Diagnostic
-
-    module = importlib.import_module(diagnostic_modules()[name])
-    return next(v for v in vars(module).values()
-                if isinstance(v, type) and issubclass(v, Diagnostic) and getattr(v, "name", None) == name)
+    return by_name.diagnostic_arguments(name, ev.options, [*extra, *(["--data", ev.dataset] if ev.dataset else [])])
 
 
 def _diagnostic_check(spec: SweepSpec, ev: EvaluationSpec) -> None:
@@ -235,10 +201,10 @@ def _run_diagnostic(ctx: EvalContext) -> EvalOutcome:
     extra = ["--checkpoint", str(ctx.checkpoint), "--out", str(ctx.run_dir), "--output-root", str(ctx.out),
              "--name", ctx.run_name, "--seed", str(ctx.seed)]
     linear = [e.label for e in ctx.earlier if e.name == "linear" and e.label in ctx.done]
-    if linear and _diagnostic_class(ctx.evaluation.name).needs_probe:
+    if linear and by_name.diagnostic_class(ctx.evaluation.name).needs_probe:
         extra += ["--probe", str(ctx.done[linear[0]].run_dir)]
     args = diagnostic_arguments(ctx.evaluation.name, ctx.evaluation, extra)
-    run_id, run_dir, result = run_diagnostic(_diagnostic_class(ctx.evaluation.name)(), args)
+    run_id, run_dir, result = run_diagnostic(by_name.diagnostic_class(ctx.evaluation.name)(), args)
     return EvalOutcome(run_id, run_dir, scalar_metrics(result.summary))
 
 
