@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 from blockmae.config import load_config, resolve_config_path, shipped_config_names, shipped_configs_dir
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
+from wheel_install import install_wheel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,24 +70,8 @@ def test_a_spec_naming_configs_paths_plans_outside_the_checkout(tmp_path, monkey
 @pytest.mark.slow
 def test_an_installed_wheel_finds_its_configs(tmp_path):
     """Non-editable install: build a wheel, install it into a bare target, run from a folder without configs/."""
-    source = tmp_path / "source"  # built from a copy, so the build leaves nothing in the checkout
-    shutil.copytree(REPO_ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO_ROOT / name, source / name)
-    wheels, target, work = tmp_path / "wheels", tmp_path / "target", tmp_path / "work"
-    work.mkdir()
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
-                   check=True, capture_output=True, cwd=tmp_path)
-    (wheel,) = wheels.glob("blockmae-*.whl")
-    subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
-    # Only the installed copy: not this tree's src (conftest puts it on PYTHONPATH for other tests).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
-
-    def blockmae(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "blockmae", *args], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=120)
-
+    installed = install_wheel(tmp_path)
+    target, env, work, blockmae = installed.target, installed.env, installed.work, installed.blockmae
     where = subprocess.run([sys.executable, "-c", "import blockmae; print(blockmae.__file__)"], cwd=work, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert Path(where.strip()).is_relative_to(target)
