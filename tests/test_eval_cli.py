@@ -51,6 +51,16 @@ def test_probe_cli_records_results_head_and_registry(tin_probe):
     assert m["top5"] >= m["top1"] and m["knn_top5"] >= m["knn_top1"] and m["best_top1"] >= m["top1"]
     results = json.loads((Path(rec.run_dir) / "results.json").read_text())
     assert results["metrics"] == m and len(results["history"]) == 3
+    # Per-image top-1 classes, in eval order: they give back the metrics exactly.
+    from blockmae.evaluation.cli_probe import read_predictions
+
+    assert results["predictions"] == "predictions.json"
+    pred = read_predictions(rec.run_dir)
+    assert (pred["dataset"], pred["split"], pred["num_images"]) == ("tiny-imagenet", "val", 100)
+    labels = pred["labels"]
+    assert len(labels) == len(pred["linear"]) == len(pred["knn"]) == 100 and sorted(set(labels)) == list(range(10))
+    assert sum(p == y for p, y in zip(pred["linear"], labels)) / 100 == m["top1"]
+    assert sum(p == y for p, y in zip(pred["knn"], labels)) / 100 == m["knn_top1"]
     from blockmae.evaluation.linear import load_head
 
     head, meta = load_head(Path(rec.run_dir) / "head.safetensors")
@@ -83,6 +93,18 @@ def test_shape_bias_cli_on_cue_conflict_mini(tin_probe, shared_data, capsys):
     assert rec.metrics["n_images"] == expected > 0
     assert rec.metrics["n_shape"] + rec.metrics["n_texture"] + rec.metrics["n_neither"] == expected
     assert sorted(rec.metrics["covered_categories"]) == sorted(covered)
+    # Per-image decisions (16-category indices) give back the shape bias exactly.
+    from blockmae.evaluation.cli_shape_bias import read_decisions
+    from blockmae.report.stats import SHAPE, TEXTURE, cue_outcomes, shape_bias_of_outcomes
+
+    decisions = read_decisions(rec.run_dir)
+    cc = decisions["cue_conflict"]
+    assert len(cc["decisions"]) == len(cc["index"]) == expected and decisions["categories"][0] == "airplane"
+    assert all(decisions["categories"][c] in covered for c in cc["shape"] + cc["texture"])
+    outcomes = cue_outcomes(cc["decisions"], cc["shape"], cc["texture"])
+    assert ((outcomes == SHAPE).sum(), (outcomes == TEXTURE).sum()) == (rec.metrics["n_shape"], rec.metrics["n_texture"])
+    assert rec.metrics["n_shape"] + rec.metrics["n_texture"] > 0
+    assert shape_bias_of_outcomes(outcomes) == rec.metrics["shape_bias"]
 
 
 def test_category_aggregation_on_cue_conflict_mini_with_fake_model(shared_data):
@@ -147,6 +169,19 @@ def test_train_linear_script_then_shapetex_shape_bias(tmp_path, capsys):
     assert m["n_shape"] + m["n_texture"] + m["n_neither"] == 100
     assert m["frac_shape"] + m["frac_texture"] + m["frac_neither"] == pytest.approx(1.0)
     assert 0 <= m["shape_only_acc"] <= 1 and 0 <= m["texture_only_as_shape"] <= 1
+    # decisions.json: every split's decisions with their labels give back the metrics.
+    from blockmae.evaluation.cli_shape_bias import read_decisions
+    from blockmae.report.stats import cue_outcomes, shape_bias_of_outcomes
+
+    results = json.loads((Path(sb.run_dir) / "results.json").read_text())
+    assert results["decisions"] == "decisions.json" and results["metrics"]["shape_bias"] == m["shape_bias"]
+    d = read_decisions(sb.run_dir)
+    cc, so, to = d["cue_conflict"], d["shape_only"], d["texture_only"]
+    assert d["data"] == "shapetex" and len(cc["decisions"]) == len(so["labels"]) == len(to["texture"]) == 100
+    assert m["n_shape"] + m["n_texture"] > 0  # a defined shape bias, so the comparison below is of numbers
+    assert shape_bias_of_outcomes(cue_outcomes(cc["decisions"], cc["shape"], cc["texture"])) == m["shape_bias"]
+    assert sum(p == y for p, y in zip(so["decisions"], so["labels"])) / 100 == pytest.approx(m["shape_only_acc"])
+    assert sum(p == t for p, t in zip(to["decisions"], to["texture"])) / 100 == pytest.approx(m["texture_only_as_shape"])
     # The runs table lists both, the shape-bias run with its interval.
     assert main(["runs", "--root", str(out)]) == 0
     listed = capsys.readouterr().out
@@ -166,6 +201,27 @@ def test_probe_cli_rejects_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["eval", "shape-bias", "--probe", str(tmp_path), "--data", "shapetex"]) == 2
     assert "probe head not found" in capsys.readouterr().err
+
+
+def test_per_image_readers_refuse_runs_without_them(tmp_path):
+    from blockmae.errors import BlockMAEError
+    from blockmae.evaluation.cli_probe import read_predictions
+    from blockmae.evaluation.cli_shape_bias import read_decisions
+
+    with pytest.raises(BlockMAEError, match="the probe predates per-image outputs.*rerun it"):
+        read_predictions(tmp_path)
+    with pytest.raises(BlockMAEError, match="the shape-bias run predates per-image outputs"):
+        read_decisions(tmp_path)
+    (tmp_path / "predictions.json").write_text("{not json")
+    with pytest.raises(BlockMAEError, match="cannot read .*predictions.json.*rerun the probe"):
+        read_predictions(tmp_path / "predictions.json")
+    (tmp_path / "predictions.json").write_text(json.dumps({"labels": [0, 1], "linear": [0]}))
+    with pytest.raises(BlockMAEError, match="of one length"):
+        read_predictions(tmp_path)
+    (tmp_path / "decisions.json").write_text(json.dumps({"data": "shapetex", "cue_conflict": {
+        "decisions": [0], "shape": [0], "texture": [1]}}))
+    with pytest.raises(BlockMAEError, match="under 'shape_only'"):
+        read_decisions(tmp_path)
 
 
 def test_probe_config_defaults_and_yaml():
@@ -191,6 +247,11 @@ def test_probe_num_images_is_a_class_balanced_subset_of_a_real_dataset(tmp_path,
     assert "tiny-imagenet train: a class-balanced subset of 30 of 200 images (data.num_images; data.seed=2" in captured.err
     (rec,) = Registry(tmp_path / "out").list_runs(kind="knn")
     assert rec.metrics["num_train"] == 30 and rec.metrics["num_eval"] == 30 and rec.metrics["num_classes"] == 10
+    from blockmae.evaluation.cli_probe import read_predictions
+
+    pred = read_predictions(rec.run_dir)  # a k-NN probe: k-NN classes only, and the subset that was probed
+    assert "linear" not in pred and pred["subset_seed"] == 2 and pred["num_images"] == 30
+    assert sum(p == y for p, y in zip(pred["knn"], pred["labels"])) / 30 == rec.metrics["knn_top1"]
     assert main([*args, "data.num_images=0"]) == 2
     assert "data.num_images must be positive" in capsys.readouterr().err
     # A second probe in the same second gets its own folder (the default run dir is stamped to the second).

@@ -230,3 +230,18 @@ def test_a_sweep_in_progress_reports_what_is_done_and_warns_about_the_rest(sweep
     assert study.values("linear.top1")["b1"] == {2: pytest.approx(linear_top1(1, 2, 3))}  # the failed seed is left out
     written = write_document(doc, tmp_path / "r.html", tmp_path / "r.md", tmp_path / "t", tmp_path / "f")
     assert "| b8 | 8 | 1 | - | - | - | - |" in written.markdown.read_text()
+
+
+def test_per_image_correctness_from_a_probes_own_predictions(tmp_path):
+    """`blockmae probe` writes labels and per-probe classes; the report reads top1 (linear, else k-NN) and
+    knn_top1 from them for McNemar."""
+    from blockmae.report.model import EvalResult
+
+    both, knn_only = tmp_path / "both", tmp_path / "knn"
+    for folder, probes in ((both, {"linear": [0, 1, 1], "knn": [0, 2, 2]}), (knn_only, {"knn": [1, 1, 2]})):
+        folder.mkdir()
+        (folder / "predictions.json").write_text(json.dumps({"labels": [0, 1, 2], **probes}))
+    run = EvalResult("linear", 3, "completed", None, both, {})
+    assert run.per_image("top1") == {0: True, 1: True, 2: False}
+    assert run.per_image("knn_top1") == {0: True, 1: False, 2: True} and run.per_image("top5") is None
+    assert EvalResult("knn", 3, "completed", None, knn_only, {}).per_image("top1") == {0: False, 1: True, 2: True}

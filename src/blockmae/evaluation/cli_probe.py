@@ -1,7 +1,9 @@
 """`blockmae probe --config configs/linear_probe.yaml [checkpoint=PATH|random] [key=value ...]`.
 
-Linear and/or k-NN probe of a frozen encoder; writes `results.json` and `head.safetensors` to the run
-directory and records the run (parent = the checkpoint) in the registry of `output_root`.
+Linear and/or k-NN probe of a frozen encoder; writes `head.safetensors`, `predictions.json` (the top-1
+class of every eval image, for paired comparisons of encoders on the same images) and, last,
+`results.json` to the run directory, and records the run (parent = the checkpoint) in the registry of
+`output_root`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.config import ProbeConfig
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
+from blockmae.evaluation.metrics import NO_DECISION, read_run_output
 from blockmae.registry import Registry
+
+PREDICTIONS = "predictions.json"  # per-image top-1 classes of a probe run, written just before results.json
 
 
 @dataclass
@@ -114,7 +119,7 @@ def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
 
 def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = True) -> ProbeOutcome:
     """Run the probe(s) of `cfg` and record them; `encoder` skips loading when the caller has it."""
-    from blockmae.evaluation.knn import knn_evaluate
+    from blockmae.evaluation.knn import knn_classify
     from blockmae.evaluation.linear import save_head, train_linear_probe, train_linear_probe_forward
 
     cfg.validate()  # also when built in Python rather than by load_config
@@ -155,6 +160,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
         train_x = feats(train_ds) if (cfg.kind != "linear" or not cfg.linear.augment) else None
         metrics: dict[str, Any] = {"num_train": len(train_ds), "num_eval": len(eval_ds), "num_classes": train_ds.num_classes}
         history: list[dict[str, float]] = []
+        predicted: dict[str, list[int]] = {}
         if cfg.kind in ("linear", "both"):
             if cfg.linear.augment:
                 result = train_linear_probe_forward(encoder.model, train_ds, eval_x, eval_ds.labels, cfg.linear, pool,
@@ -164,6 +170,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
                 result = train_linear_probe(train_x, train_ds.labels, eval_x, eval_ds.labels, train_ds.num_classes,
                                             cfg.linear, device)
             metrics.update(result.metrics())
+            predicted["linear"] = result.predictions(eval_x).tolist()
             history = result.history
             head_meta = {
                 "pool": pool, "layer": layer, "class_names": list(train_ds.class_names),
@@ -174,16 +181,42 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
             head_path = save_head(result.head, run_dir / "head.safetensors", head_meta)
         if cfg.kind in ("knn", "both"):
             assert train_x is not None
-            knn = knn_evaluate(train_x, train_ds.labels, eval_x, eval_ds.labels, train_ds.num_classes,
-                               cfg.knn.k, cfg.knn.temperature)
+            knn, knn_predicted = knn_classify(train_x, train_ds.labels, eval_x, eval_ds.labels, train_ds.num_classes,
+                                              cfg.knn.k, cfg.knn.temperature)
+            predicted["knn"] = knn_predicted.tolist()
             metrics.update({"knn_top1": knn["top1"], "knn_top5": knn["top5"]})
         run.metrics.update(metrics)
-        write_json_atomic(run_dir / "results.json",
-                          {"run_id": run.id, "config": config, "metrics": metrics, "history": history}, default=str)
+        write_json_atomic(run_dir / PREDICTIONS, predictions_record(cfg, eval_ds, predicted), default=str)
+        write_json_atomic(run_dir / "results.json", {"run_id": run.id, "config": config, "metrics": metrics,
+                                                     "history": history, "predictions": PREDICTIONS}, default=str)
     if verbose:
         print(format_metrics(name, cfg, metrics))
         print(f"run: {run_dir} (registry id {run.id})")
     return ProbeOutcome(run.id, run_dir, metrics, head_path)
+
+
+def predictions_record(cfg: ProbeConfig, eval_ds: Any, predicted: dict[str, list[int]]) -> dict[str, Any]:
+    """predictions.json: the eval images' labels and each probe's top-1 class, in eval-dataset order, with
+    what identifies those images (two runs with equal `dataset`, `split`, `num_images`, `subset_seed` and
+    `options` saw the same images in the same order)."""
+    subset_seed = None if cfg.data.dataset == "shapetex" or cfg.data.num_images is None else cfg.data.seed
+    return {"dataset": cfg.data.dataset, "split": cfg.data.eval_split, "num_images": len(eval_ds),
+            "subset_seed": subset_seed, "options": dict(cfg.data.options), "no_decision": NO_DECISION,
+            "labels": eval_ds.labels.tolist(), **predicted}
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, Any]:
+    """A probe run's predictions.json (see :func:`predictions_record`): "labels" and "linear" and/or "knn",
+    lists of one int per eval image (NO_DECISION, -1, where k-NN had no vote). One-line BlockMAEError when
+    it is missing (a probe from before per-image outputs), unreadable or inconsistent."""
+    data = read_run_output(run_dir, PREDICTIONS, "probe")
+    labels = data.get("labels")
+    probes = [p for p in ("linear", "knn") if p in data]
+    if not isinstance(labels, list) or not probes or any(
+            not isinstance(data[p], list) or len(data[p]) != len(labels) for p in probes):
+        raise BlockMAEError(f"{run_dir}: predictions.json needs lists 'labels' and 'linear' and/or 'knn' of one "
+                            "length; rerun the probe")
+    return data
 
 
 def format_metrics(name: str, cfg: ProbeConfig, m: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 The probe head (from `blockmae probe`) names the encoder it was trained on (checkpoint and weights
 hash); `--checkpoint` may be left out, and a checkpoint with other weights is refused. Results go to
-`<output root>/shape-bias/<name>/results.json` and the registry (kind `shape-bias`, parent = checkpoint).
+`<output root>/shape-bias/<name>/results.json` and the registry (kind `shape-bias`, parent = checkpoint);
+the decision on every image, with its labels, to `decisions.json` beside it (for paired comparisons of
+encoders on the same images; `read_decisions`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
 from blockmae.evaluation.linear import LinearProbeHead, head_scores, load_head
+from blockmae.evaluation.metrics import read_run_output
 from blockmae.evaluation.shape_bias import (
     HUMAN_SHAPE_BIAS_TIN_SUBSET,
+    category_decisions,
     cue_conflict_shape_bias,
     shapetex_shape_bias,
 )
 from blockmae.registry import Registry
 
 FULL_TIN_SUBSET = 550  # conflicting cue-conflict images whose two categories have Tiny-ImageNet classes
+DECISIONS = "decisions.json"  # per-image decisions of a shape-bias run, written just before results.json
 
 
 @dataclass
@@ -58,8 +63,10 @@ def _decisions(head: LinearProbeHead, encoder: Encoder, ds: Any, meta: dict[str,
 
 
 def evaluate_shapetex(head: LinearProbeHead, encoder: Encoder, meta: dict[str, Any], device: torch.device,
-                      num_images: int | None = None, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
-    """ShapeTex: shape bias on cue_conflict, shape_only accuracy, texture_only read as shape k <-> texture k."""
+                      num_images: int | None = None, batch_size: int = 256,
+                      seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ShapeTex: shape bias on cue_conflict, shape_only accuracy, texture_only read as shape k <-> texture k.
+    Returns (metrics, decisions.json record: per split the decided class and the labels it is scored by)."""
     from blockmae.data import load_dataset
 
     if meta.get("dataset") != "shapetex":
@@ -70,17 +77,28 @@ def evaluate_shapetex(head: LinearProbeHead, encoder: Encoder, meta: dict[str, A
               for s in ("cue_conflict", "shape_only", "texture_only")}
     decided = {s: _decisions(head, encoder, ds, meta, device, batch_size).argmax(1) for s, ds in splits.items()}
     cc, so, to = splits["cue_conflict"], splits["shape_only"], splits["texture_only"]
+    to_texture = to.extra_labels.get("texture", to.labels)
     report = shapetex_shape_bias(
         decided["cue_conflict"], cc.labels, cc.extra_labels["texture"],
         decided["shape_only"], so.labels,
-        decided["texture_only"], to.extra_labels.get("texture", to.labels), seed=seed,
+        decided["texture_only"], to_texture, seed=seed,
     )
-    return report.metrics()
+    decisions = {
+        "data": "shapetex", "num_images": len(cc),
+        "cue_conflict": {"decisions": decided["cue_conflict"].tolist(), "shape": cc.labels.tolist(),
+                         "texture": cc.extra_labels["texture"].tolist()},
+        "shape_only": {"decisions": decided["shape_only"].tolist(), "labels": so.labels.tolist()},
+        "texture_only": {"decisions": decided["texture_only"].tolist(), "texture": to_texture.tolist()},
+    }
+    return report.metrics(), decisions
 
 
 def evaluate_cue_conflict(head: LinearProbeHead, encoder: Encoder, meta: dict[str, Any], device: torch.device,
-                          root: str | None, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
-    """Geirhos cue-conflict with a Tiny-ImageNet probe: 16-category mean-probability decisions."""
+                          root: str | None, batch_size: int = 256,
+                          seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Geirhos cue-conflict with a Tiny-ImageNet probe: 16-category mean-probability decisions. Returns
+    (metrics, decisions.json record: the used images' positions among the conflicting stimuli, their
+    decided category and shape and texture categories, all as indices into `categories`)."""
     from blockmae.data import load_dataset
     from blockmae.data.cue_conflict import load_category_mapping
 
@@ -91,10 +109,17 @@ def evaluate_cue_conflict(head: LinearProbeHead, encoder: Encoder, meta: dict[st
                             f"this head's classes ({meta.get('dataset')}) map to none of the 16 categories")
     ds = load_dataset("cue-conflict", "test", root=root, image_size=encoder.image_size, keep_agreeing=False)
     probs = _decisions(head, encoder, ds, meta, device, batch_size).softmax(dim=1)
-    result, used, covered = cue_conflict_shape_bias(probs, ids, mapping, ds.class_names, ds.labels,
-                                                    ds.extra_labels["texture"], seed=seed)
-    return {**result.metrics(), "covered_categories": covered, "aggregation": "mean",
-            "human_shape_bias": HUMAN_SHAPE_BIAS_TIN_SUBSET, "full_subset_size": FULL_TIN_SUBSET}
+    texture = ds.extra_labels["texture"]
+    result, used, covered = cue_conflict_shape_bias(probs, ids, mapping, ds.class_names, ds.labels, texture, seed=seed)
+    decided, _ = category_decisions(probs, ids, mapping, ds.class_names)
+    metrics = {**result.metrics(), "covered_categories": covered, "aggregation": "mean",
+               "human_shape_bias": HUMAN_SHAPE_BIAS_TIN_SUBSET, "full_subset_size": FULL_TIN_SUBSET}
+    decisions = {
+        "data": "cue-conflict", "categories": list(ds.class_names), "covered_categories": covered,
+        "cue_conflict": {"index": torch.nonzero(used).flatten().tolist(), "decisions": decided[used].tolist(),
+                         "shape": ds.labels[used].tolist(), "texture": texture[used].tolist()},
+    }
+    return metrics, decisions
 
 
 def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, root: str | None = None,
@@ -123,15 +148,37 @@ def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, 
               "num_images": num_images, "seed": seed, "weights_hash": encoder.weights_hash}
     with Registry(out_root).track("shape-bias", run_dir, config, parent=parent, name=name) as run:
         if data == "shapetex":
-            metrics = evaluate_shapetex(head, encoder, meta, dev, num_images, batch_size, seed)
+            metrics, decisions = evaluate_shapetex(head, encoder, meta, dev, num_images, batch_size, seed)
         else:
-            metrics = evaluate_cue_conflict(head, encoder, meta, dev, root, batch_size, seed)
+            metrics, decisions = evaluate_cue_conflict(head, encoder, meta, dev, root, batch_size, seed)
         run.metrics.update(metrics)
-        write_json_atomic(run_dir / "results.json", {"run_id": run.id, "config": config, "metrics": metrics})
+        write_json_atomic(run_dir / DECISIONS, decisions)
+        write_json_atomic(run_dir / "results.json", {"run_id": run.id, "config": config, "metrics": metrics,
+                                                     "decisions": DECISIONS})
     if verbose:
         print(format_shape_bias(data, metrics))
         print(f"run: {run_dir} (registry id {run.id})")
     return ShapeBiasOutcome(run.id, run_dir, metrics)
+
+
+def read_decisions(run_dir: str | Path) -> dict[str, Any]:
+    """A shape-bias run's decisions.json: "data" (shapetex or cue-conflict) and "cue_conflict" with lists
+    "decisions", "shape", "texture" (one int per image; cue-conflict also "index", the image's position
+    among the conflicting stimuli, and top-level "categories"); shapetex also "shape_only" ("decisions",
+    "labels") and "texture_only" ("decisions", "texture"). `report.stats.cue_outcomes` codes the
+    cue-conflict decisions for a paired bootstrap. One-line BlockMAEError when it is missing (a run from
+    before per-image outputs), unreadable or inconsistent."""
+    data = read_run_output(run_dir, DECISIONS, "shape-bias run")
+    wanted = {"cue_conflict": ("decisions", "shape", "texture")}
+    if data.get("data") == "shapetex":
+        wanted.update(shape_only=("decisions", "labels"), texture_only=("decisions", "texture"))
+    for split, keys in wanted.items():
+        part = data.get(split)
+        lists = [part.get(k) for k in keys] if isinstance(part, dict) else [None]
+        if not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) != 1:
+            raise BlockMAEError(f"{run_dir}: decisions.json needs lists {', '.join(keys)} of one length under "
+                                f"'{split}'; rerun the shape-bias run")
+    return data
 
 
 def format_shape_bias(data: str, m: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
 from blockmae.evaluation.config import LinearConfig
-from blockmae.evaluation.metrics import topk_accuracy
+from blockmae.evaluation.metrics import top1_predictions, topk_accuracy
 
 
 class LinearProbeHead(nn.Module):
@@ -92,6 +92,11 @@ class ProbeResult:
         out[f"{prefix}best_epoch"] = self.best["epoch"]
         out[f"{prefix}train_seconds"] = round(self.train_seconds, 3)
         return out
+
+    def predictions(self, features: torch.Tensor) -> torch.Tensor:
+        """Top-1 class per row of `features` by the final head, ranked as its accuracy is: on the eval
+        features mean(predictions == labels) is `final["top1"]`."""
+        return top1_predictions(head_scores(self.head, features))
 
 
 @torch.no_grad()

@@ -155,6 +155,20 @@ def category_probabilities(
     return torch.stack(columns, dim=1), covered
 
 
+def category_decisions(
+    probs: torch.Tensor, class_ids: Sequence[str], category_classes: Mapping[str, Sequence[str]],
+    image_categories: Sequence[str],
+) -> tuple[torch.Tensor, list[str]]:
+    """The decided category of every image, as an index into `image_categories` (the dataset's 16): the
+    covered category with the highest mean probability (:func:`category_probabilities`). Returns
+    (decisions (N,), covered category names)."""
+    cat_probs, covered = category_probabilities(probs, class_ids, category_classes)
+    names = list(image_categories)
+    # A covered category the dataset does not name (never with the shipped mapping) is no image's label.
+    to_image = torch.tensor([names.index(c) if c in names else -1 for c in covered])
+    return to_image[cat_probs.argmax(dim=1).cpu()], covered
+
+
 def cue_conflict_shape_bias(
     probs: torch.Tensor, class_ids: Sequence[str], category_classes: Mapping[str, Sequence[str]],
     image_categories: Sequence[str], shape_labels: torch.Tensor, texture_labels: torch.Tensor,
@@ -166,11 +180,9 @@ def cue_conflict_shape_bias(
     `shape_labels`/`texture_labels` (the dataset's 16 categories). Uses only images whose shape and
     texture categories are both covered and differ. Returns (result, mask of used images, covered).
     """
-    cat_probs, covered = category_probabilities(probs, class_ids, category_classes)
-    pos = {c: i for i, c in enumerate(covered)}
-    to_covered = torch.tensor([pos.get(c, -1) for c in image_categories])
-    shape_c, texture_c = to_covered[shape_labels.cpu().long()], to_covered[texture_labels.cpu().long()]
-    used = (shape_c >= 0) & (texture_c >= 0) & (shape_c != texture_c)
-    decisions = cat_probs.argmax(dim=1).cpu()
-    result = shape_bias_from_decisions(decisions[used], shape_c[used], texture_c[used], num_samples, seed)
+    decisions, covered = category_decisions(probs, class_ids, category_classes, image_categories)
+    shape, texture = shape_labels.cpu().long(), texture_labels.cpu().long()
+    is_covered = torch.tensor([c in covered for c in image_categories])
+    used = is_covered[shape] & is_covered[texture] & (shape != texture)
+    result = shape_bias_from_decisions(decisions[used], shape[used], texture[used], num_samples, seed)
     return result, used, covered

@@ -148,31 +148,43 @@ class EvalResult:
 
     def per_image(self, metric: str) -> dict[int, bool] | None:
         """Image index -> correct for `metric`, from predictions.json / predictions.csv in the run dir, if
-        saved. The file's correctness is that of its `metric` entry (JSON), default `top1`."""
-        predictions = self._predictions
-        if predictions is None or predictions[0] != metric:
-            return None
-        return predictions[1]
+        saved. The file's correctness is that of its `metric` entry (JSON), default `top1`; a probe's own
+        predictions.json (labels and per-probe classes) gives `top1` (linear, else k-NN) and `knn_top1`."""
+        return (self._predictions or {}).get(metric)
 
     @cached_property
-    def _predictions(self) -> tuple[str, dict[int, bool]] | None:
+    def _predictions(self) -> dict[str, dict[int, bool]] | None:
         if self.run_dir is None:
             return None
         path_json, path_csv = self.run_dir / "predictions.json", self.run_dir / "predictions.csv"
         if path_json.is_file():
             data = json.loads(path_json.read_text())
+            if isinstance(data, Mapping) and "labels" in data:
+                return _probe_correctness(data)
             if isinstance(data, Mapping):
                 metric = str(data.get("metric", "top1"))
                 correct = list(data["correct"])
                 index = list(data.get("index", range(len(correct))))
-                return metric, {int(i): bool(c) for i, c in zip(index, correct)}
-            return "top1", {int(r.get("index", k)): bool(r["correct"]) for k, r in enumerate(data)}
+                return {metric: {int(i): bool(c) for i, c in zip(index, correct)}}
+            return {"top1": {int(r.get("index", k)): bool(r["correct"]) for k, r in enumerate(data)}}
         if path_csv.is_file():
             with open(path_csv, newline="") as fh:
                 rows = list(csv.DictReader(fh))
-            return "top1", {int(r.get("index", k)): r["correct"].strip().lower() in ("1", "true", "yes")
-                            for k, r in enumerate(rows)}
+            return {"top1": {int(r.get("index", k)): r["correct"].strip().lower() in ("1", "true", "yes")
+                             for k, r in enumerate(rows)}}
         return None
+
+
+def _probe_correctness(data: Mapping[str, Any]) -> dict[str, dict[int, bool]]:
+    """Per-image correctness from `blockmae probe`'s predictions.json: `linear` scores its `top1`, `knn` its
+    `knn_top1`, and `top1` too when there is no linear probe (a sweep's knn evaluation calls it top1)."""
+    labels = list(data["labels"])
+    correct = {probe: {i: p == y for i, (p, y) in enumerate(zip(data[probe], labels))}
+               for probe in ("linear", "knn") if probe in data}
+    out = {"knn_top1": correct["knn"]} if "knn" in correct else {}
+    if "linear" in correct or "knn" in correct:
+        out["top1"] = correct.get("linear", correct.get("knn"))
+    return out
 
 
 @dataclass
