@@ -138,26 +138,57 @@ TINY = [
     "pretrain.train.batch_size=64", "probe.data.num_images=200", "probe.linear.epochs=5",
     "probe.linear.warmup_epochs=1", "shape_bias_images=100", "reconstruction_images=2",
 ]
+TINY_DIAGNOSTICS = {"lowpass": {"curves": ["colour"], "sigmas": [0, 5, 40], "num_images": 60},
+                    "stylized": {"alphas": [0, 1], "num_images": 60},
+                    "attention": {"blocks": [2], "drop_fractions": [0.5], "sliding_images": 2, "samples": 2,
+                                  "num_images": 20}}
 
 
-def _quickstart(out, *extra: str):
+def _quickstart(out, *extra: str, env: dict | None = None):
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "blockmae", "quickstart", "--out", str(out), *extra, *TINY]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def _blockmae(*args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "blockmae", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout=600)
+
+
+def _count_kinds(root) -> dict[str, int]:
+    runs = _blockmae("runs", "--root", str(root))
+    assert runs.returncode == 0, runs.stderr
+    counts: dict[str, int] = {}
+    for line in runs.stdout.splitlines():
+        for kind in ("pretrain", "probe", "knn", "shape-bias", "lowpass", "stylized", "attention"):
+            if f" {kind} " in line:
+                counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 @pytest.mark.slow
 def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
+    """Your run alone (no references), then the same arms packaged as references answer a second quickstart."""
+    import json
+
+    import yaml
+
+    from blockmae.quickstart import CPU_CONFIG
     from blockmae.registry import Registry
 
     monkeypatch.setenv("BLOCKMAE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "qs"
-    done = _quickstart(out, "--seed", "3")
+    done = _quickstart(out, "--seed", "3", "references=false", "diagnostics=null")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "no reference encoders in this quickstart: references: false" in done.stderr
     report = out / "report.md"
     assert done.stdout.strip().endswith(f"report: {report}")
     text = report.read_text()
@@ -166,7 +197,7 @@ def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
 
     # Every number of the table is the registry's, rounded as printed.
     registry = Registry(out)
-    state = __import__("json").loads((out / "quickstart_state.json").read_text())["runs"]
+    state = json.loads((out / "quickstart_state.json").read_text())["runs"]
     keys = {"1x1 (MAE)": "block1", "2x2 blocks": "block2", "4x4 blocks": "block4", "random-init": "random_init"}
     for name, key in keys.items():
         linear = registry.get(state[f"linear/{key}"]).metrics
@@ -174,57 +205,76 @@ def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
         bias = registry.get(state[f"shape_bias/{key}"]).metrics
         row = table[name]
         assert float(row["Linear top-1 (%)"]) == pytest.approx(100 * linear["top1"], abs=0.051)
-        assert float(row["Linear top-5 (%)"]) == pytest.approx(100 * linear["top5"], abs=0.051)
         assert float(row["k-NN top-1 (%)"]) == pytest.approx(100 * knn["knn_top1"], abs=0.051)
-        value, low, high = map(float, re.findall(r"[0-9.]+", row["Shape bias [95% CI]"]))
+        value, low, high = map(float, re.findall(r"[\d.]+", row["Shape bias [95% CI]"]))
         assert (value, low, high) == pytest.approx((bias["shape_bias"], bias["shape_bias_low"], bias["shape_bias_high"]), abs=5.1e-4)
-        assert float(row["Shape-only acc (%)"]) == pytest.approx(100 * bias["shape_only_acc"], abs=0.051)
-        assert float(row["Neither (%)"]) == pytest.approx(100 * bias["frac_neither"], abs=0.051)
-        assert float(row["Texture-only acc (%)"]) == pytest.approx(100 * bias["texture_only_as_shape"], abs=0.051)
         assert state[f"linear/{key}"] in text  # the runs table names the registry ids
-    # The seed reached the pretraining runs.
     assert registry.get(state["pretrain/block2"]).config["run"]["seed"] == 3
-
-    # The loss figure's curves are the runs' logged steps: 1 epoch of 256 images, in one logged window.
-    from blockmae.config import load_config
-    from blockmae.quickstart import QuickstartConfig, _loss_curves
-
-    curves = _loss_curves(load_config(QuickstartConfig, out / "quickstart.yaml"), out)
-    assert list(curves) == ["1x1 (MAE)", "2x2 blocks", "4x4 blocks"]
-    for name, key in keys.items():
-        if key != "random_init":
-            images, losses = curves[name]
-            assert images == [256]
-            assert losses[-1] == pytest.approx(registry.get(state[f"pretrain/{key}"]).metrics["loss"], rel=1e-9)
-    for fig in ["shape_bias", "accuracy", "pretraining_loss", "reconstructions_block1", "reconstructions_block2",
-                "reconstructions_block4"]:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["references"] == [] and set(summary["encoders"]) == set(keys.values())
+    assert summary["encoders"]["block4"]["linear_top1"]["value"] == pytest.approx(
+        registry.get(state["linear/block4"]).metrics["top1"])
+    # Without references the arms are compared with random init, pairwise on the same images.
+    own = summary["comparisons"]["own"]
+    assert {(c["first"], c["second"], c["metric"]) for c in own} >= {("4x4 blocks", "random-init", "shape bias"),
+                                                                      ("1x1 (MAE)", "random-init", "linear top-1")}
+    assert all(c["low"] <= c["difference"] <= c["high"] and 0 < c["p"] <= 1 for c in own)
+    for fig in ["shape_bias", "own_accuracy", "pretraining_loss", "reconstructions_block1", "reconstructions_block4"]:
         path = out / "figures" / f"{fig}.png"
         assert path.read_bytes()[:4] == b"\x89PNG" and f"(figures/{fig}.png)" in text
-    # The same report as one offline HTML page: the three charts inline, the reconstructions embedded.
-    html = (out / "report.html").read_text()
-    assert html.count("<svg") == 3 and html.count("data:image/png;base64,") == 3
-    assert "Neither (%)" in html and ("do not beat" in html or "beat the random-init baseline" in html)
-    assert (out / "report_tables" / "results.csv").is_file()
-
-    import subprocess
-    import sys
-
-    runs = subprocess.run([sys.executable, "-m", "blockmae", "runs", "--root", str(out)], capture_output=True, text=True)
-    assert runs.returncode == 0, runs.stderr
-    for kind, count in [("pretrain", 3), ("probe", 4), ("knn", 4), ("shape-bias", 4)]:
-        assert sum(1 for line in runs.stdout.splitlines() if f" {kind} " in line) == count, runs.stdout
+    assert (out / "report.html").is_file() and (out / "report_tables" / "own_results.csv").is_file()
+    assert _count_kinds(out) == {"pretrain": 3, "probe": 4, "knn": 4, "shape-bias": 4}
 
     # Re-running resumes: nothing is recomputed, the report is rewritten from the same registry runs.
-    again = _quickstart(out, "--seed", "3")
+    again = _quickstart(out, "--seed", "3", "references=false", "diagnostics=null")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming the quickstart" in again.stderr
-    assert len(Registry(out).list_runs()) == 15
+    assert "resuming the quickstart" in again.stderr and len(Registry(out).list_runs()) == 15
     assert parse_results_table(report.read_text()) == table
-
-    # Other settings into the same folder are refused, naming the difference; the report is untouched.
-    clash = _quickstart(out, "--seed", "4")
+    clash = _quickstart(out, "--seed", "4", "references=false", "diagnostics=null")
     assert clash.returncode == 2 and "other settings" in clash.stderr and "seed" in clash.stderr
-    assert parse_results_table(report.read_text()) == table
+
+    # The three arms, packaged as references, answer a second quickstart with the same settings.
+    refs = tmp_path / "refs"
+    for block in (1, 2, 4):
+        packaged = _blockmae("weights", "package", "--run-dir", str(out / "pretrain" / f"block{block}"),
+                             "--block", str(block), "--seed", "3", "--command", "test quickstart",
+                             "--out-root", str(refs), "--no-evaluate")
+        assert packaged.returncode == 0, packaged.stderr[-2000:]
+    config = yaml.safe_load(CPU_CONFIG.read_text())
+    config["diagnostics"] = TINY_DIAGNOSTICS
+    (tmp_path / "qs.yaml").write_text(yaml.safe_dump(config))
+    out2 = tmp_path / "qs2"
+    answered = _quickstart(out2, "--seed", "3", "--config", str(tmp_path / "qs.yaml"), "budget_seconds=null",
+                           env={"BLOCKMAE_REFERENCES": str(refs)})
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    text2 = (out2 / "report.md").read_text()
+    answer = parse_results_table(text2)  # the first results table is the answer's
+    assert list(answer) == ["1x1 (MAE) reference (seed 3)", "2x2 blocks reference (seed 3)",
+                            "4x4 blocks reference (seed 3)", "random-init"]
+    assert text2.index("The answer") < text2.index("Your run")
+    # The references are the first run's arms in half precision, scored by the same probe on the same images.
+    for name, key in keys.items():
+        if key != "random_init":
+            mine = float(table[name]["Linear top-1 (%)"])
+            assert float(answer[f"{name} reference (seed 3)"]["Linear top-1 (%)"]) == pytest.approx(mine, abs=1.0)
+    assert float(answer["random-init"]["Linear top-1 (%)"]) == float(table["random-init"]["Linear top-1 (%)"])
+    summary2 = json.loads((out2 / "summary.json").read_text())
+    assert [r["id"] for r in summary2["references"]] == ["quickstart-block1-s3", "quickstart-block2-s3",
+                                                          "quickstart-block4-s3"]
+    assert set(summary2["encoders"]) == {"ref-block1-s3", "ref-block2-s3", "ref-block4-s3", "random_init",
+                                         "block1", "block2", "block4"}
+    diag = summary2["encoders"]["ref-block2-s3"]["diagnostics"]
+    assert set(diag) == set(TINY_DIAGNOSTICS) and 0 <= diag["stylized"]["phase_bias"] <= 1
+    pairs = {(c["first"], c["second"], c["metric"]) for c in summary2["comparisons"]["answer"]}
+    assert ("4x4 blocks reference (seed 3)", "1x1 (MAE) reference (seed 3)", "shape bias") in pairs
+    assert ("2x2 blocks reference (seed 3)", "random-init", "linear top-1") in pairs
+    own2 = {(c["first"], c["second"]) for c in summary2["comparisons"]["own"]}
+    assert ("2x2 blocks", "2x2 blocks reference (seed 3)") in own2 and ("2x2 blocks", "random-init") in own2
+    assert "Paired comparisons on the same test images" in text2 and "Diagnostics per encoder" in text2
+    assert "test quickstart" in text2  # the references' provenance names the command that made them
+    assert "(figures/reconstructions_ref-block4-s3.png)" in text2
+    assert _count_kinds(out2) == {"pretrain": 3, "probe": 7, "knn": 7, "shape-bias": 7, "lowpass": 4,
+                                  "stylized": 4, "attention": 4}
 
 
 def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
@@ -244,18 +294,14 @@ def test_random_init_baseline_has_the_pretrained_arms_architecture(tmp_path):
     """Model overrides (depth, pos_embed, ...) reach the random-init baseline, not only the preset."""
     from blockmae.config import load_config
     from blockmae.models import build_mae
-    from blockmae.quickstart import (
-        CPU_CONFIG,
-        QuickstartConfig,
-        arm_pretrain_config,
-        quickstart_encoder,
-    )
+    from blockmae.quickstart import CPU_CONFIG, QuickstartConfig, arm_pretrain_config, load_quickstart_encoder
+    from blockmae.quickstart.evaluate import baseline_spec
 
     cfg = load_config(QuickstartConfig, CPU_CONFIG, ["pretrain.model.depth=2", "pretrain.model.pos_embed=rope",
                                                       "pretrain.model.embed_dim=64", "pretrain.model.num_heads=2"])
     arm = arm_pretrain_config(cfg.pretrain, 2, tmp_path, tmp_path / "arm")
     arm_arch = build_mae(arm.model.preset, **arm.model_kwargs()).arch
-    baseline = quickstart_encoder(cfg, tmp_path, "random", "random_init").model
+    baseline = load_quickstart_encoder(cfg, tmp_path, baseline_spec()).model
     encoder_keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed")
     assert {k: baseline.arch[k] for k in encoder_keys} == {k: arm_arch[k] for k in encoder_keys}
     assert (baseline.arch["depth"], baseline.arch["pos_embed"], baseline.arch["embed_dim"]) == (2, "rope", 64)
@@ -289,7 +335,7 @@ def test_default_settings_follow_the_device(monkeypatch, capsys):
 
     # Same question: arms, model, mask, data distribution and evaluation are identical; only sizes differ.
     a, b = to_dict(cpu), to_dict(gpu)
-    for key in ("blocks", "probe", "shape_bias_images", "reconstruction_images"):
+    for key in ("blocks", "probe", "shape_bias_images", "reconstruction_images", "diagnostics", "references"):
         assert a[key] == b[key], key
     for key in ("model", "mask"):
         assert a["pretrain"][key] == b["pretrain"][key], key
@@ -313,3 +359,64 @@ def test_budget_sizes_fill_the_budget_within_the_config(images, expected):
     epochs, num_images = fit_sizes(images, max_epochs=6, max_images=4000, batch_size=128)
     assert (epochs, num_images) == expected
     assert epochs * num_images <= max(images, 4 * 128)
+
+
+def _per_image(name, correct, outcomes, labels=None):
+    import numpy as np
+
+    from blockmae.quickstart.comparisons import PerImage
+
+    correct = np.asarray(correct, dtype=bool)
+    labels = np.zeros(len(correct), dtype=int) if labels is None else np.asarray(labels)
+    return PerImage(name, labels, correct, correct, np.asarray(outcomes))
+
+
+def test_paired_comparisons_call_a_clear_gain_significant_and_a_tie_noise():
+    import numpy as np
+
+    from blockmae.quickstart.comparisons import compare
+
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.22
+    better = base | (rng.random(2000) < 0.15)  # right wherever the baseline is, and on ~15% more
+    cue = rng.integers(0, 3, 500)
+    a, b = _per_image("arm", better, cue), _per_image("random-init", base, cue)
+    linear, knn, bias = compare(a, b)
+    assert (linear.metric, bias.metric) == ("linear top-1", "shape bias")
+    assert linear.significant and linear.low > 0 and linear.difference == pytest.approx(better.mean() - base.mean())
+    assert linear.test == "exact McNemar" and linear.n == 2000
+    # Same cue-conflict outcomes: no shape-bias difference, p = 1, and an interval holding 0.
+    assert bias.difference == 0 and bias.p == 1 and bias.interval_holds_zero and not bias.significant
+    # Different images cannot be paired.
+    other = _per_image("other", base, cue, labels=np.ones(2000, dtype=int))
+    with pytest.raises(Exception, match="different images"):
+        compare(a, other)
+
+
+def test_answer_text_leads_with_the_paired_verdict_and_says_what_it_does_not_show():
+    from blockmae.quickstart.comparisons import Comparison
+    from blockmae.report.quickstart import answer_text
+
+    arms = [arm("1x1 ref", 0.33, 0.30, (0.40, 0.36, 0.44)), arm("4x4 ref", 0.31, 0.29, (0.52, 0.48, 0.56)),
+            arm("random-init", 0.22, 0.20, (0.45, 0.41, 0.49), pretrained=False)]
+    comps = [Comparison("1x1 ref", "random-init", "linear top-1", 0.11, 0.08, 0.14, 1e-12, "exact McNemar", 2000),
+             Comparison("4x4 ref", "random-init", "linear top-1", 0.09, 0.06, 0.12, 1e-9, "exact McNemar", 2000),
+             Comparison("4x4 ref", "1x1 ref", "shape bias", 0.12, 0.06, 0.18, 2e-4, "paired bootstrap", 1000)]
+    text = answer_text(arms, comps, "random-init")
+    assert text[0].startswith("Every reference encoder beats the random-init encoder on the linear probe")
+    assert "+11.0 points [+8.0, +14.0]" in text[0]
+    assert "4x4 ref has a higher shape bias than 1x1 ref (+0.120 [+0.060, +0.180]" in text[1]
+    assert "one pretraining seed" in text[-1]
+    comps[1] = Comparison("4x4 ref", "random-init", "linear top-1", 0.01, -0.01, 0.03, 0.2, "exact McNemar", 2000)
+    comps[2] = Comparison("4x4 ref", "1x1 ref", "shape bias", 0.01, -0.05, 0.07, 0.6, "paired bootstrap", 1000)
+    text = answer_text(arms, comps, "random-init")
+    assert text[0].startswith("Only 1x1 ref beats random init on the linear probe significantly")
+    assert "are inside the noise" in text[1] and "higher shape bias" not in text[1]
+
+
+def test_pretraining_gets_what_the_answer_and_the_evaluations_leave():
+    from blockmae.quickstart.budget import REPORT_SECONDS, SPEED_MARGIN, pretraining_seconds
+
+    assert pretraining_seconds(200.0, 30.0) == pytest.approx(SPEED_MARGIN * (200 - 30 - REPORT_SECONDS))
+    assert pretraining_seconds(20.0, 30.0) == 0.0  # the answer took the whole budget: the minimal run
+    assert pretraining_seconds(100.0, None) == pytest.approx(60.0)

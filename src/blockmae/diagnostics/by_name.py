@@ -50,7 +50,12 @@ def diagnostic_arguments(name: str, options: Mapping[str, Any], extra: Sequence[
     module = importlib.import_module(modules[name])
     parser = _RaisingParser(prog=f"blockmae eval {name}")
     module.add_arguments(parser)
-    return parser.parse_args([*extra, *option_argv(options)])
+    args = parser.parse_args([*extra, *option_argv(options)])
+    if isinstance(args.checkpoint, list):  # diagnostics that compare checkpoints take several; here: one run
+        if len(args.checkpoint) != 1:
+            raise BlockMAEError(f"{name}: one --checkpoint per run here, got {len(args.checkpoint)}")
+        args.checkpoint = args.checkpoint[0]
+    return args
 
 
 def diagnostic_class(name: str) -> Any:

@@ -35,8 +35,9 @@ class QuickstartConfig:
     # Train the arms with the references' own recipe (their manifests' config), no budget, and compare.
     from_scratch: bool = False
     # `blockmae eval NAME` diagnostics run on the answer's encoders: name -> its command-line options
-    # (`num_images: 300` -> --num-images 300). A diagnostic added later joins by adding its name here.
-    diagnostics: Dict[str, Any] = field(default_factory=dict)
+    # (`num_images: 300` -> --num-images 300). A diagnostic added later joins by adding its name here;
+    # null (diagnostics=null on the command line) runs none.
+    diagnostics: Optional[Dict[str, Any]] = None
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # evaluation's schema; checkpoint/kind set per arm
 
@@ -47,10 +48,10 @@ class QuickstartConfig:
             raise BlockMAEError(f"budget_seconds must be positive or null, got {self.budget_seconds}")
         from blockmae.diagnostics.by_name import diagnostic_modules
 
-        unknown = sorted(set(self.diagnostics) - set(diagnostic_modules()))
+        unknown = sorted(set(self.diagnostics or {}) - set(diagnostic_modules()))
         if unknown:
             raise BlockMAEError(f"unknown diagnostics {unknown}; choose among {sorted(diagnostic_modules())}")
-        for name, options in self.diagnostics.items():
+        for name, options in (self.diagnostics or {}).items():
             if not isinstance(options, dict):
                 raise BlockMAEError(f"diagnostics.{name} must map option names to values, got {options!r}")
         for block in self.blocks:

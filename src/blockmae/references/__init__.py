@@ -25,6 +25,12 @@ from blockmae.errors import BlockMAEError
 from blockmae.fileio import replace_dir, sha256_file, write_text_atomic, writing
 
 REFERENCES_DIR: Path = Path(__file__).resolve().parent.parent / "resources" / "references"
+ROOT_ENV = "BLOCKMAE_REFERENCES"  # another folder of references (your own, or a test's) instead of the shipped ones
+
+
+def references_root() -> Path:
+    """Where the references are read from: $BLOCKMAE_REFERENCES when set, else the package's own folder."""
+    return Path(os.environ[ROOT_ENV]) if os.environ.get(ROOT_ENV) else REFERENCES_DIR
 SCHEMA = 1
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -134,28 +140,30 @@ def load_reference(folder: str | Path) -> Reference:
     return Reference(folder.name, folder, manifest)
 
 
-def reference_folders(root: str | Path = REFERENCES_DIR) -> list[Path]:
-    """The reference folders under `root` (hidden ones, such as a packaging in progress, are not)."""
-    root = Path(root)
+def reference_folders(root: str | Path | None = None) -> list[Path]:
+    """The reference folders under `root` (default: references_root(); hidden ones, such as a packaging in
+    progress, are not)."""
+    root = Path(root) if root is not None else references_root()
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def list_references(root: str | Path = REFERENCES_DIR) -> list[Reference]:
+def list_references(root: str | Path | None = None) -> list[Reference]:
     """Every reference under `root`, sorted by (block, seed); none when `root` does not exist."""
     refs = [load_reference(folder) for folder in reference_folders(root)]
     return sorted(refs, key=lambda r: (r.block, r.seed, r.id))
 
 
-def find_reference(block: int, seed: int = 0, root: str | Path = REFERENCES_DIR) -> Reference:
+def find_reference(block: int, seed: int = 0, root: str | Path | None = None) -> Reference:
     """The reference pretrained with `block` x `block` masking (1: random masking) and `seed`."""
     refs = list_references(root)
     for ref in refs:
         if ref.block == block and ref.seed == seed:
             return ref
     have = ", ".join(f"{r.id} (block {r.block}, seed {r.seed})" for r in refs) or "none"
-    raise BlockMAEError(f"no reference encoder with block {block} and seed {seed} in {root}; available: {have}")
+    raise BlockMAEError(f"no reference encoder with block {block} and seed {seed} in "
+                        f"{root if root is not None else references_root()}; available: {have}")
 
 
 def loss_curve(ref: Reference) -> tuple[list[int], list[float]]:

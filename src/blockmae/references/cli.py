@@ -11,7 +11,7 @@ from typing import Any
 
 from blockmae.errors import BlockMAEError
 from blockmae.references import (
-    REFERENCES_DIR, Reference, list_references, load_reference, package_reference, reference_folders, reference_id,
+    REFERENCES_DIR, ROOT_ENV, Reference, list_references, load_reference, package_reference, reference_folders, reference_id, references_root,
     verify_reference,
 )
 
@@ -19,8 +19,9 @@ EVALUATION_DIR = "reference_evaluation"  # under the run dir, unless --work-dir 
 
 
 def add_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", metavar="DIR", default=str(REFERENCES_DIR),
-                        help=f"folder of reference folders (default: the package's, {REFERENCES_DIR})")
+    parser.add_argument("--root", metavar="DIR", default=None,
+                        help=f"folder of reference folders (default: ${ROOT_ENV} when set, else the package's, "
+                             f"{REFERENCES_DIR})")
 
 
 def linear_top1(evaluation: dict[str, Any] | None) -> float | None:
@@ -61,6 +62,7 @@ def list_arguments(parser: argparse.ArgumentParser) -> None:
 def list_command(args: argparse.Namespace) -> int:
     from blockmae.sweep.plan import table
 
+    args.root = args.root or str(references_root())
     refs = list_references(Path(args.root))
     if refs:
         header = ["id", "mask", "seed", "images seen", "final loss", "linear top-1", "trained on", "sha256"]
@@ -81,7 +83,7 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    root = Path(args.root)
+    root = Path(args.root) if args.root else references_root()
     folders = reference_folders(root)
     if not folders:
         print(f"no reference encoders in {root}: nothing to verify")

@@ -1,0 +1,337 @@
+"""The quickstart's stages in order: the answer, your run, the summary and the report.
+
+1. The answer: the shipped reference encoders (one per arm; blockmae.references) and a random-init
+   encoder of the same architecture through the probes, the shape-bias test and the diagnostics named in
+   the settings; paired comparisons over the same test images.
+2. Your run: the same arms pretrained here, for what the remaining budget allows (or in full, with the
+   references' recipe, under --from-scratch and on a GPU), evaluated like the references and compared
+   with them; their loss curves are drawn on the references' curves.
+3. DIR/summary.json (every encoder's metrics and intervals, every comparison) and the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from blockmae.errors import BlockMAEError
+from blockmae.quickstart.config import BASELINE, QuickstartConfig, arm_key, arm_name, arm_pretrain_config, mask_phrase
+from blockmae.quickstart.evaluate import EncoderSpec, baseline_spec, evaluate_encoder, random_init_arch
+from blockmae.quickstart.folder import Progress, Stages, prepare_output
+
+SUMMARY_NAME = "summary.json"
+SUMMARY_SCHEMA = 1
+ARCH_KEYS_COMPARED = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed")
+
+
+# -- the references ------------------------------------------------------------------------------------
+
+def answer_references(cfg: QuickstartConfig) -> tuple[list[Any], str | None]:
+    """The shipped references of the quickstart's arms, and why there are none when there are none.
+
+    They answer this quickstart's question only when they have its encoder architecture and mask ratio;
+    otherwise the answer section says so and the run is the user's alone."""
+    if not cfg.references:
+        return [], "references: false in the settings"
+    from blockmae.references import expected_arch, list_references
+
+    refs = [r for r in list_references() if r.block in cfg.blocks]
+    if not refs:
+        return [], "no reference encoders are shipped with this installation (blockmae weights list)"
+    wanted = {k: random_init_arch(cfg)[k] for k in ARCH_KEYS_COMPARED}
+    for ref in refs:
+        have = {k: expected_arch(ref.manifest["config"]).get(k) for k in ARCH_KEYS_COMPARED}
+        if have != wanted:
+            diff = ", ".join(f"{k} {have[k]} vs {wanted[k]}" for k in ARCH_KEYS_COMPARED if have[k] != wanted[k])
+            return [], f"the settings change the architecture the references have ({diff})"
+        ratio = ref.manifest["config"]["mask"]["ratio"]
+        if ratio != cfg.pretrain.mask.ratio:
+            return [], f"the references were trained at mask ratio {ratio}, the settings ask for {cfg.pretrain.mask.ratio}"
+    return sorted(refs, key=lambda r: (cfg.blocks.index(r.block), r.seed)), None
+
+
+def reference_spec(ref: Any) -> EncoderSpec:
+    seeds = "" if ref.seed == 0 else f" (seed {ref.seed})"
+    return EncoderSpec(f"ref-{arm_key(ref.block)}-s{ref.seed}", f"{arm_name(ref.block)} reference{seeds}",
+                       "reference", str(ref.weights_path), ref.block, ref.seed)
+
+
+def own_spec(out: Path, block: int) -> EncoderSpec:
+    return EncoderSpec(arm_key(block), arm_name(block), "own", str(out / "pretrain" / arm_key(block)), block)
+
+
+# -- your run: pretraining --------------------------------------------------------------------------------
+
+def _pretrain_run_id(registry: Any, run_dir: Path) -> str:
+    """The registry id of the completed pretraining run in `run_dir` (the engine records it)."""
+    wanted = str(run_dir.resolve())
+    runs = [r for r in registry.list_runs(kind="pretrain", status="completed") if r.run_dir == wanted]
+    if not runs:
+        raise BlockMAEError(f"the pretraining in {run_dir} is not recorded as completed in {registry.path}")
+    return runs[-1].id
+
+
+def pretrain_arms(cfg: QuickstartConfig, out: Path, stages: Stages, progress: Progress, registry: Any) -> None:
+    """Pretrain every arm (a completed arm is skipped; an interrupted one resumes from its checkpoint)."""
+    from blockmae.engine.pretrain import pretrain
+
+    for block in cfg.blocks:
+        stage = f"pretrain/{arm_key(block)}"
+        if stages.done(stage):
+            progress.skip()
+            continue
+        run_dir = out / "pretrain" / arm_key(block)
+
+        def do_pretrain(block: int = block, stage: str = stage, run_dir: Path = run_dir) -> str:
+            done_dir = pretrain(arm_pretrain_config(cfg.pretrain, block, out, run_dir))
+            run_id = _pretrain_run_id(registry, done_dir)
+            stages.record(stage, run_id)
+            loss = registry.get(run_id).metrics.get("loss")
+            return f"loss {loss:.3f} (run {run_id})" if loss is not None else f"run {run_id}"
+
+        progress.run(f"pretrain {arm_name(block)}", do_pretrain)
+
+
+def training_config(cfg: QuickstartConfig, refs: list[Any]) -> QuickstartConfig:
+    """The settings the arms are trained with: the quickstart's, or with --from-scratch the references'
+    own recipe (the same sizes, optimiser and data as their manifests record)."""
+    if not cfg.from_scratch or not refs:
+        return cfg
+    from blockmae.quickstart.config import reference_recipe
+
+    return reference_recipe(cfg, refs[0].manifest["config"])
+
+
+# -- summary ------------------------------------------------------------------------------------------
+
+def _interval(value: float, low: float, high: float) -> dict[str, float]:
+    return {"value": value, "low": low, "high": high}
+
+
+def encoder_summary(spec: EncoderSpec, arm: Any, diagnostics: dict[str, Any], stages: Stages) -> dict[str, Any]:
+    return {
+        "name": spec.name, "role": spec.role, "block": spec.block, "seed": spec.seed, "checkpoint": spec.checkpoint,
+        "linear_top1": _interval(arm.linear.value, arm.linear.low, arm.linear.high),
+        "linear_top5": arm.linear_top5,
+        "knn_top1": _interval(arm.knn.value, arm.knn.low, arm.knn.high),
+        "probe_images": arm.probe_images,
+        "shape_bias": _interval(arm.shape_bias.value, arm.shape_bias.low, arm.shape_bias.high),
+        "shape_only_accuracy": arm.shape_only_accuracy, "texture_only_accuracy": arm.texture_only_accuracy,
+        "neither_fraction": arm.neither_fraction,
+        "diagnostics": diagnostics,
+        "runs": dict(arm.run_ids),
+    }
+
+
+# -- the whole quickstart -----------------------------------------------------------------------------
+
+def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
+    """Run (or resume) every stage into `out`; returns the path of report.md (report.html, the same report as
+    one offline page, report_tables/ and summary.json are written beside it)."""
+    from blockmae.fileio import write_json_atomic
+    from blockmae.quickstart.budget import resolve_sizes
+    from blockmae.quickstart.comparisons import compare, per_image
+    from blockmae.quickstart.figures import own_loss_curves, reconstructions
+    from blockmae.registry import Registry
+    from blockmae.report.document import Figure
+    from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure
+    from blockmae.report.quickstart import Provenance, QuickstartResults, quickstart_document
+    from blockmae.report.write import write_markdown_report
+
+    resuming = prepare_output(out, cfg)
+    registry = Registry(out)
+    stages = Stages(out, registry)
+    if resuming:
+        print(f"resuming the quickstart in {out} (completed stages are skipped)", file=sys.stderr, flush=True)
+    refs, no_refs_reason = answer_references(cfg)
+    if no_refs_reason:
+        print(f"no reference encoders in this quickstart: {no_refs_reason}", file=sys.stderr, flush=True)
+    train_cfg = training_config(cfg, refs)
+    base = baseline_spec()
+    answer_specs = [reference_spec(r) for r in refs] + ([base] if refs else [])
+    own_specs = [own_spec(out, b) for b in cfg.blocks] + ([] if refs else [base])
+    # Diagnostics run on the encoders that answer the question: the references (and random init) when
+    # there are references, else the arms trained here; under --from-scratch on both.
+    diag = dict(cfg.diagnostics or {})
+    own_diag = diag if (not refs or cfg.from_scratch) else {}
+    per_encoder = 3
+    progress = Progress(len(answer_specs) * (per_encoder + len(diag)) + (cfg.budget_seconds is not None)
+                        + len(cfg.blocks) + len(own_specs) * (per_encoder + len(own_diag)) + 2, stages)
+    arch_from = str(refs[0].weights_path) if refs else None
+
+    # 1. The answer.
+    for spec in answer_specs:
+        evaluate_encoder(cfg, out, spec, stages, progress, diag, arch_from)
+
+    # 2. Your run: fit the budget to what is left, pretrain, evaluate.
+    evaluation_seconds = None
+    if refs:
+        seconds = stages.data.get("seconds", {})
+        evaluation_seconds = seconds.get(f"evaluate {BASELINE}", 0.0) * len(cfg.blocks)
+    seconds_left = float(cfg.budget_seconds or 0) - progress.elapsed
+    train_cfg = resolve_sizes(train_cfg, out, stages, progress, seconds_left, evaluation_seconds)
+    pretrain_arms(train_cfg, out, stages, progress, registry)
+    first_own = own_specs[0]
+    own_arch_from = arch_from or str(Path(first_own.checkpoint))
+    for spec in own_specs:
+        evaluate_encoder(train_cfg, out, spec, stages, progress, own_diag, own_arch_from)
+
+    # 3. Comparisons, figures, summary and report.
+    def arm_of(spec: EncoderSpec) -> Any:
+        ids = {s: stages.done(f"{s}/{spec.key}") for s in ("linear", "knn", "shape_bias")}
+        if spec.role == "own":
+            ids["pretrain"] = stages.done(f"pretrain/{spec.key}")
+        return arm_from_registry(registry, spec.name, spec.pretrained, {k: v for k, v in ids.items() if v})
+
+    def images_of(spec: EncoderSpec) -> Any:
+        return per_image(spec.name, stages.run_dir(f"linear/{spec.key}"), stages.run_dir(f"knn/{spec.key}"),
+                         stages.run_dir(f"shape_bias/{spec.key}"))
+
+    seed = cfg.pretrain.run.seed
+    outcomes = {spec.key: images_of(spec) for spec in [*answer_specs, *own_specs]}
+    answer_comparisons = []
+    ref_specs = [s for s in answer_specs if s.role == "reference"]
+    for spec in ref_specs:
+        answer_comparisons += compare(outcomes[spec.key], outcomes[base.key], seed)
+    for i, first in enumerate(ref_specs):
+        for second in ref_specs[i + 1:]:
+            answer_comparisons += compare(outcomes[second.key], outcomes[first.key], seed)
+    own_comparisons = []
+    for spec in own_specs:
+        if spec.role != "own":
+            continue
+        match = next((r for r in ref_specs if r.block == spec.block), None)
+        if match is not None:
+            own_comparisons += compare(outcomes[spec.key], outcomes[match.key], seed)
+        own_comparisons += compare(outcomes[spec.key], outcomes[base.key], seed)
+
+    diagnostics: dict[str, dict[str, Any]] = {}
+    for spec in [*answer_specs, *own_specs]:
+        for name in (diag if spec in answer_specs else own_diag):
+            done = stages.done(f"{name}/{spec.key}")
+            if done:
+                diagnostics.setdefault(spec.name, {})[name] = dict(registry.get(done).metrics)
+
+    answer_arms = [arm_of(s) for s in answer_specs]
+    own_arms = [arm_of(s) for s in own_specs]
+    pretrained_models = [*ref_specs, *[s for s in own_specs if s.role == "own"]]
+    figures: list[Any] = []
+
+    def draw() -> str:
+        figures.extend(reconstructions(cfg, out, pretrained_models))
+        return f"{len(figures)} figures"
+
+    progress.run("reconstructions", draw)
+    recon = {s.key: f for s, f in zip(pretrained_models, figures)}
+    from blockmae.references import loss_curve
+
+    reference_curves = {arm_name(r.block): loss_curve(r) for r in refs if r.seed == min(x.seed for x in refs)}
+    answer_figures = ([Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)",
+                              shape_bias_figure(answer_arms)),
+                       Figure("accuracy", "Probe accuracy per encoder", accuracy_figure(answer_arms, chance=0.1))]
+                      if answer_arms else []) + [recon[s.key] for s in ref_specs]
+    own_figures = [Figure("pretraining_loss", "Pretraining loss of your arms" +
+                          (" (solid) on the reference runs' curves (dashed)" if refs else ""),
+                          loss_figure(own_loss_curves(train_cfg, out), reference_curves)),
+                   Figure("own_accuracy", "Probe accuracy of your arms", accuracy_figure(own_arms, chance=0.1))]
+    if not refs:
+        own_figures.insert(0, Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)",
+                                     shape_bias_figure(own_arms)))
+    own_figures += [recon[s.key] for s in own_specs if s.role == "own"]
+
+    provenance = [Provenance(
+        name=reference_spec(r).name, id=r.id, command=r.manifest.get("command", "?"),
+        trained_on=r.manifest.get("trained_on", "?"), device=_device_phrase(r.manifest),
+        git_commit=r.manifest.get("git_commit") or "?", trained_at=str(r.manifest.get("trained_at", "?")),
+        images_seen=int(r.images_seen or 0), wall_time_s=float(r.manifest.get("wall_time_s") or 0),
+        final_loss=float(r.final_loss or float("nan")),
+        recorded_linear_top1=(r.manifest.get("evaluation") or {}).get("linear_top1")) for r in refs]
+    pc = train_cfg.pretrain
+    images = pc.train.epochs * int(pc.data.num_images or 0)
+    sizes = stages.data.get("sizes")
+    own_sizes = (f"Each arm was pretrained here for {pc.train.epochs} epochs x {pc.data.num_images} ShapeTex images "
+                 f"= {images:,} images seen (batch {pc.train.batch_size}, lr {pc.optim.resolved_lr(pc.train.batch_size):g}, "
+                 f"precision {pc.train.precision}, seed {pc.run.seed})"
+                 + (f", fitted to the budget at a measured {sizes['img_per_s']:.0f} img/s" if sizes else "")
+                 + (f"; the references saw {refs[0].images_seen:,}" if refs else "") + ".")
+    results = QuickstartResults(
+        answer=answer_arms, answer_comparisons=answer_comparisons, provenance=provenance, diagnostics=diagnostics,
+        own=own_arms, own_comparisons=own_comparisons, own_sizes=own_sizes, from_scratch=bool(cfg.from_scratch and refs),
+        answer_figures=answer_figures, own_figures=own_figures, settings=settings_lines(cfg, train_cfg, stages),
+        run_dirs=[(f"{a.name}: {stage} ({run_id})", Path(registry.get(run_id).run_dir))
+                  for a in [*answer_arms, *own_arms] for stage, run_id in a.run_ids.items()
+                  if registry.get(run_id).run_dir],
+    )
+    summary = {
+        "schema": SUMMARY_SCHEMA,
+        "question": "does block masking shift a ViT from texture to shape (ShapeTex)?",
+        "references": [{"id": r.id, "block": r.block, "seed": r.seed, "command": r.manifest.get("command"),
+                        "trained_on": r.manifest.get("trained_on"), "images_seen": r.images_seen,
+                        "git_commit": r.manifest.get("git_commit"), "sha256": r.manifest["weights"]["sha256"]}
+                       for r in refs],
+        "no_references_reason": no_refs_reason,
+        "encoders": {s.key: encoder_summary(s, a, diagnostics.get(s.name, {}), stages)
+                     for s, a in zip([*answer_specs, *own_specs], [*answer_arms, *own_arms])},
+        "comparisons": {"answer": [c.to_dict() for c in answer_comparisons],
+                        "own": [c.to_dict() for c in own_comparisons]},
+        "own_training": {"epochs": pc.train.epochs, "num_images": pc.data.num_images, "images_seen": images,
+                         "from_scratch": bool(cfg.from_scratch), "budget": sizes},
+        "seconds": stages.data.get("seconds", {}),
+    }
+    report_path = out / "report.md"
+
+    def write() -> str:
+        write_json_atomic(out / SUMMARY_NAME, summary, default=str)
+        written = write_markdown_report(report_path, quickstart_document(TITLE, INTRO, results, BASELINE))
+        return f"{report_path}, {written.html} and {out / SUMMARY_NAME}"
+
+    progress.run("report", write)
+    return report_path
+
+
+def _device_phrase(manifest: dict[str, Any]) -> str:
+    device = manifest.get("device") or {}
+    if isinstance(device, str):
+        return device
+    kind = device.get("type", manifest.get("trained_on", "?"))
+    model = device.get("cpu_model") or device.get("name") or ""
+    threads = device.get("torch_threads")
+    parts = [kind] + ([model] if model else []) + ([f"{threads} thread{'s' if threads != 1 else ''}"] if threads else [])
+    precision = device.get("precision")
+    return ", ".join(parts) + (f", {precision}" if precision else "")
+
+
+def settings_lines(cfg: QuickstartConfig, train_cfg: QuickstartConfig, stages: Stages) -> list[str]:
+    pc = train_cfg.pretrain
+    seconds = stages.data.get("seconds", {})
+    lines = [
+        f"Data: ShapeTex at {pc.data.image_size} px (texture correlation "
+        f"{pc.data.options.get('texture_correlation', 0.8)}); probes on {cfg.probe.data.num_images or 'the default number of'} "
+        f"images per split; shape bias on {cfg.shape_bias_images} images per test split.",
+        f"Model: {pc.model.preset}, patch {pc.model.patch_size} ({pc.img_size // int(pc.model.patch_size or 4)}^2 "
+        f"patches), mask ratio {pc.mask.ratio}, block placement {pc.mask.align}; arms: "
+        + ", ".join(mask_phrase(b) for b in cfg.blocks) + ".",
+        f"Probes: linear ({cfg.probe.linear.optimizer}, {cfg.probe.linear.epochs} epochs, pool {cfg.probe.encoder.pool}) "
+        f"and k-NN (k={cfg.probe.knn.k}, T={cfg.probe.knn.temperature}) on frozen features, seed {cfg.pretrain.run.seed}.",
+        "Diagnostics on the answer's encoders: " + (", ".join(f"`blockmae eval {n}` ({', '.join(f'{k}={v}' for k, v in o.items())})"
+                                                         for n, o in (cfg.diagnostics or {}).items()) or "none") + ".",
+        "Paired tests: exact McNemar on the images one encoder gets right and the other wrong (accuracy difference "
+        "with an Agresti-Min 95% interval), paired bootstrap over the cue-conflict images for shape bias; "
+        "significant means p < 0.01.",
+    ]
+    if seconds:
+        lines.append("Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".")
+    lines.append("Settings file: quickstart.yaml in this folder (rerun with `blockmae quickstart --config` on it).")
+    return lines
+
+
+TITLE = "blockmae quickstart: does block masking shift a ViT from texture to shape?"
+INTRO = """\
+The question: pretrained as masked autoencoders with random patches hidden (1x1, standard MAE) or with
+2x2 or 4x4 blocks of patches hidden, do small ViTs decide by shape rather than texture? The answer comes
+first, from reference encoders shipped with the package (one per mask, trained far longer than a laptop
+allows), evaluated here against an untrained (random-init) encoder of the same architecture: a linear
+and a k-NN probe for the shape label on ShapeTex, the linear probe's decisions on cue-conflict images
+(shape i drawn with texture j) for the shape bias, and the texture-vs-shape diagnostics. Then your own
+run: the same three arms pretrained on this machine for what the time allows, beside the references."""
