@@ -6,11 +6,12 @@ patches in every sample (MAE drops the masked tokens, so the kept sequences must
 
 Block family, in short (docs/masking.md has the details and pictures):
 
-* ``align="free"`` (default): b x b squares at uniform integer offsets (top, left) in
+* ``align="free"`` (default): b x b squares at integer offsets (top, left) in
   [-(b-1), H-1] x [-(b-1), W-1], clipped by the border, overlaps allowed, drawn one after another
   until ``num_masked`` patches are covered; the newly covered patches of the last square are taken
-  in raster order until the count is exact. Every patch is covered by exactly b*b of the
-  (H+b-1)(W+b-1) offsets, so border patches are masked as often as inner ones.
+  in raster order until the count is exact. The offsets are drawn from calibrated weights
+  (:func:`calibrated_offset_weights`; uniform offsets would mask the border less often than the centre,
+  because the stopping rule counts patches inside the grid), so every patch is masked equally often.
 * ``align="grid"``: the patch grid is tiled by b x b blocks, visited in a random order per sample and
   masked whole while the running count stays <= ``num_masked``; the first block that would overshoot is
   masked partially (its first patches in raster order). Few distinct masks for large b (4 for 4x4 on 8x8
@@ -21,7 +22,8 @@ Block family, in short (docs/masking.md has the details and pictures):
 * With b = 1 every alignment is the random family, draw for draw (:func:`is_random_masking`).
 
 The ``rect`` family paints rectangles of random area and aspect the same way as free squares (offsets
-that let them hang over the border, clipped), so it is translation-invariant too.
+that let them hang over the border, clipped, drawn from calibrated weights per rectangle size), so it
+masks every patch equally often too.
 """
 
 from __future__ import annotations
