@@ -420,3 +420,22 @@ def test_pretraining_gets_what_the_answer_and_the_evaluations_leave():
     assert pretraining_seconds(200.0, 30.0) == pytest.approx(SPEED_MARGIN * (200 - 30 - REPORT_SECONDS))
     assert pretraining_seconds(20.0, 30.0) == 0.0  # the answer took the whole budget: the minimal run
     assert pretraining_seconds(100.0, None) == pytest.approx(60.0)
+
+
+def test_from_scratch_trains_with_the_references_recipe_and_no_budget():
+    import argparse
+
+    from blockmae.config import load_config, to_dict
+    from blockmae.quickstart import CPU_CONFIG, GPU_CONFIG, QuickstartConfig, add_arguments, load_quickstart_config
+    from blockmae.quickstart.config import reference_recipe
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = load_quickstart_config(parser.parse_args(["--config", str(CPU_CONFIG), "--from-scratch", "--seed", "5"]))
+    assert cfg.from_scratch and cfg.budget_seconds is None
+    manifest_config = to_dict(load_config(QuickstartConfig, GPU_CONFIG).pretrain)
+    manifest_config["run"]["seed"] = 0
+    recipe = reference_recipe(cfg, manifest_config)
+    assert (recipe.pretrain.train.epochs, recipe.pretrain.data.num_images, recipe.pretrain.train.batch_size) == (45, 20000, 512)
+    assert recipe.pretrain.run.seed == 5 and recipe.budget_seconds is None
+    assert cfg.pretrain.train.epochs == 6  # the settings themselves are untouched

@@ -243,9 +243,28 @@ def test_an_installed_wheel_ships_and_verifies_its_references(packaged, tmp_path
     assert "quickstart-block2-s0" in installed.blockmae("weights", "list").stdout
 
 
-def test_shipped_references_verify():
-    if not reference_folders(REFERENCES_DIR):
-        pytest.skip(f"no reference encoders shipped yet in {REFERENCES_DIR} (the lead trains and packages them "
-                    f"with `blockmae weights package`); nothing to verify")
-    for ref in list_references(REFERENCES_DIR):
+def test_shipped_references_verify_against_their_manifests():
+    shipped = list_references(REFERENCES_DIR)
+    assert {r.block for r in shipped} == {1, 2, 4}, "the quickstart's three arms ship as references"
+    for ref in shipped:
         assert verify_reference(ref) == [], ref.id
+        m = ref.manifest
+        assert m["weights"]["dtype"] == "float16" and m["mask"]["align"] == "free"
+        assert m["images_seen"] == m["steps"] * m["config"]["train"]["batch_size"] >= 890_000  # quickstart_gpu.yaml
+        assert m["evaluation"]["linear_top1_low"] <= m["evaluation"]["linear_top1"] <= m["evaluation"]["linear_top1_high"]
+    total = sum(p.stat().st_size for ref in shipped for p in ref.path.iterdir())
+    assert total <= 15 * 2**20, f"references take {total / 2**20:.1f} MB; the package allows 15"
+
+
+@pytest.mark.slow
+def test_a_shipped_reference_reproduces_its_manifest_probe(tmp_path, monkeypatch):
+    """The CPU quickstart's linear probe on the shipped weights gives the accuracy the manifest records."""
+    from blockmae.quickstart import reference_evaluation
+
+    monkeypatch.setenv("BLOCKMAE_CACHE_DIR", str(tmp_path / "cache"))
+    ref = find_reference(4, 0, REFERENCES_DIR)
+    measured = reference_evaluation(ref.weights_path, tmp_path / "eval")
+    recorded = ref.manifest["evaluation"]
+    assert measured["num_eval"] == recorded["num_eval"]
+    assert abs(measured["linear_top1"] - recorded["linear_top1"]) <= 0.01
+    assert abs(measured["knn_top1"] - recorded["knn_top1"]) <= 0.01

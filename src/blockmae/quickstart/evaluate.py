@@ -121,9 +121,13 @@ def evaluate_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, stages
             continue
 
         def diagnostic(name: str = name, options: Mapping[str, Any] = options, stage: str = stage) -> str:
+            from blockmae.report.quickstart import headline_keys
+
             run_id, _, result = run_diagnostic_quietly(cfg, out, spec, name, options, stages, arch_from)
             stages.record(stage, run_id)
-            return (result.lines[0] if result.lines else "done") + f" (run {run_id})"
+            numbers = [f"{k} {result.summary[k]:.3f}" for k in headline_keys(name, result.summary)
+                       if isinstance(result.summary.get(k), (int, float))]
+            return f"{', '.join(numbers) or 'done'} (run {run_id})"
 
         progress.run(f"{name} {spec.name}", diagnostic, f"diagnostics {spec.name}")
 

@@ -34,14 +34,14 @@ def answer_references(cfg: QuickstartConfig) -> tuple[list[Any], str | None]:
     otherwise the answer section says so and the run is the user's alone."""
     if not cfg.references:
         return [], "references: false in the settings"
-    from blockmae.references import expected_arch, list_references
+    from blockmae.references import list_references, weights_arch
 
     refs = [r for r in list_references() if r.block in cfg.blocks]
     if not refs:
         return [], "no reference encoders are shipped with this installation (blockmae weights list)"
     wanted = {k: random_init_arch(cfg)[k] for k in ARCH_KEYS_COMPARED}
     for ref in refs:
-        have = {k: expected_arch(ref.manifest["config"]).get(k) for k in ARCH_KEYS_COMPARED}
+        have = {k: weights_arch(ref).get(k) for k in ARCH_KEYS_COMPARED}
         if have != wanted:
             diff = ", ".join(f"{k} {have[k]} vs {wanted[k]}" for k in ARCH_KEYS_COMPARED if have[k] != wanted[k])
             return [], f"the settings change the architecture the references have ({diff})"

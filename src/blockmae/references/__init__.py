@@ -215,7 +215,16 @@ def expected_arch(config: dict[str, Any]) -> dict[str, Any]:
     cfg = _pretrain_config(config)
     if cfg.model.preset not in PRESETS:
         raise BlockMAEError(f"unknown model.preset {cfg.model.preset!r}")
-    return {**PRESETS[cfg.model.preset], **cfg.model_kwargs()}
+    overrides = {k: v for k, v in cfg.model_kwargs().items() if v is not None}  # None: the preset's value
+    return {**PRESETS[cfg.model.preset], **overrides}
+
+
+def weights_arch(ref: Reference) -> dict[str, Any]:
+    """The architecture recorded in the reference's weights file (what load_mae builds)."""
+    header, _ = _weights_header(ref.weights_path)
+    if "arch" not in header:
+        raise BlockMAEError(f"{ref.weights_path} has no blockmae architecture in its header")
+    return dict(json.loads(header["arch"]))
 
 
 def _weights_header(path: Path) -> tuple[dict[str, str], set[str]]:

@@ -11,8 +11,8 @@ from typing import Any
 
 from blockmae.errors import BlockMAEError
 from blockmae.references import (
-    REFERENCES_DIR, ROOT_ENV, Reference, list_references, load_reference, package_reference, reference_folders, reference_id, references_root,
-    verify_reference,
+    REFERENCES_DIR, ROOT_ENV, Reference, list_references, load_reference, package_reference, reference_folders,
+    reference_id, references_root, verify_reference,
 )
 
 EVALUATION_DIR = "reference_evaluation"  # under the run dir, unless --work-dir says otherwise

@@ -28,6 +28,14 @@ DIAGNOSTIC_HEADLINES: dict[str, list[tuple[str, str]]] = {
                   ("stability_score", "attention stability under occlusion")],
 }
 
+# Interval keys of headline numbers whose names do not follow key_low / key_high.
+INTERVAL_KEYS = {"stability_score": ("stability_low", "stability_high")}
+
+
+def interval_of(summary: Mapping[str, Any], key: str) -> tuple[Any, Any]:
+    low, high = INTERVAL_KEYS.get(key, (f"{key}_low", f"{key}_high"))
+    return summary.get(low), summary.get(high)
+
 
 @dataclass
 class Provenance:
@@ -155,16 +163,22 @@ def provenance_text(provenance: Sequence[Provenance]) -> list[str]:
             "resolved config, versions, device, loss curve and the sha256 of its weights.", *lines]
 
 
+def headline_keys(name: str, summary: Mapping[str, Any]) -> list[str]:
+    """The summary keys a diagnostic is reported by: its DIAGNOSTIC_HEADLINES, else those with an interval."""
+    listed = DIAGNOSTIC_HEADLINES.get(name)
+    if listed is not None:
+        return [k for k, _ in listed]
+    return [k for k in summary if f"{k}_low" in summary and f"{k}_high" in summary]
+
+
 def diagnostics_table(diagnostics: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Table | None:
     """One row per encoder, one column per headline number of each diagnostic (with its interval)."""
     columns: list[tuple[str, str, str]] = []  # (diagnostic, key, label)
     names = list(dict.fromkeys(d for per in diagnostics.values() for d in per))
     for name in names:
-        keys = DIAGNOSTIC_HEADLINES.get(name)
-        if keys is None:
-            sample = next(per[name] for per in diagnostics.values() if name in per)
-            keys = [(k, f"{name}: {k}") for k in sample if f"{k}_low" in sample and f"{k}_high" in sample]
-        columns += [(name, k, label) for k, label in keys]
+        sample = next(per[name] for per in diagnostics.values() if name in per)
+        labels = dict(DIAGNOSTIC_HEADLINES.get(name, []))
+        columns += [(name, k, labels.get(k, f"{name}: {k}")) for k in headline_keys(name, sample)]
     if not columns:
         return None
     table = Table("diagnostics", "Diagnostics per encoder (95% intervals where the diagnostic gives them)",
@@ -177,7 +191,7 @@ def diagnostics_table(diagnostics: Mapping[str, Mapping[str, Mapping[str, Any]]]
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 cells[f"{d}.{k}"] = Cell("-", None)
                 continue
-            low, high = s.get(f"{k}_low"), s.get(f"{k}_high")
+            low, high = interval_of(s, k)
             text = f"{v:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
             cells[f"{d}.{k}"] = Cell(text, float(v))
         table.add(**cells)
