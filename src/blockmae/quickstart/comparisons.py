@@ -93,5 +93,5 @@ def compare(first: PerImage, second: PerImage, seed: int = 0) -> list[Comparison
                               interval.high, test.p, "exact McNemar", len(a)))
     boot = paired_bootstrap(shape_bias_of_outcomes, first.cue_outcomes, second.cue_outcomes, seed=seed)
     out.append(Comparison(first.name, second.name, "shape bias", boot.difference, boot.interval.low,
-                          boot.interval.high, boot.p, "paired bootstrap", boot.n))
+                          boot.interval.high, boot.p, f"paired bootstrap ({boot.num_samples:,} resamples)", boot.n))
     return out

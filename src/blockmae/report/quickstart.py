@@ -151,16 +151,16 @@ def answer_text(answer: Sequence[ArmResult], comparisons: Sequence[Any], baselin
 def provenance_text(provenance: Sequence[Provenance]) -> list[str]:
     if not provenance:
         return []
-    first = provenance[0]
-    where = ("on a CPU, in the background, with the GPU recipe unchanged" if first.trained_on == "cpu"
-             else f"on {first.device}")
-    lines = [f"{p.name}: `{p.id}`, {p.images_seen:,} images seen, final loss {p.final_loss:.3f}, "
-             f"{p.wall_time_s / 60:.0f} min on {p.device}, commit {p.git_commit[:10]}, trained {p.trained_at}"
-             + (f"; its manifest records linear top-1 {_pct(p.recorded_linear_top1)}" if p.recorded_linear_top1 is not None else "")
+    where = ("on a CPU, in the background (configs/quickstart_gpu.yaml's recipe, unchanged)"
+             if provenance[0].trained_on == "cpu" else f"on {provenance[0].device}")
+    lines = [f"{p.name}: `{p.id}`, trained with `{p.command}`; {p.images_seen:,} images seen, final loss "
+             f"{p.final_loss:.3f}, {p.wall_time_s / 60:.0f} min on {p.device}, commit {p.git_commit[:10]}, trained "
+             f"{p.trained_at}" + (f"; its manifest records linear top-1 {_pct(p.recorded_linear_top1)}"
+                                  if p.recorded_linear_top1 is not None else "")
              for p in provenance]
     return [f"The reference encoders ship with the package (`blockmae weights list`, checked by `blockmae weights "
-            f"verify`). They were trained {where} with `{first.command}`; each reference's manifest holds its "
-            "resolved config, versions, device, loss curve and the sha256 of its weights.", *lines]
+            f"verify`) and were trained {where}. Each manifest holds the resolved config, the exact command, "
+            "versions, device, loss curve and the sha256 of the weights.", *lines]
 
 
 def headline_keys(name: str, summary: Mapping[str, Any]) -> list[str]:
