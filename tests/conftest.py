@@ -24,3 +24,12 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test may write to the user's ~/.cache: caches go to a session temp folder."""
     os.environ["BLOCKMAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("blockmae-cache"))
+
+
+def transformers_or_skip():
+    """transformers when installed and able to use this torch (releases >= 5.14 need torch >= 2.5), else skip."""
+    transformers = pytest.importorskip("transformers")
+    if not transformers.is_torch_available():
+        pytest.skip(f"transformers {transformers.__version__} cannot use the torch installed here (it needs a newer one)",
+                    allow_module_level=True)
+    return transformers

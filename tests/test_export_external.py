@@ -7,6 +7,7 @@ No network: every foreign model is built randomly initialised here, saved in its
 from __future__ import annotations
 
 import pytest
+from conftest import transformers_or_skip
 import torch
 
 from blockmae.cli import main
@@ -55,7 +56,7 @@ def test_rope_goes_to_timm_eva_and_is_refused_for_hf(tmp_path):
 
 @pytest.mark.parametrize("pos_embed", ["sincos", "learned"])
 def test_hf_export_equals_blockmae(tmp_path, pos_embed):
-    pytest.importorskip("transformers")
+    transformers_or_skip()
     model = _mae(pos_embed)
     out = export_hf(model, tmp_path / "hf")
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
@@ -63,7 +64,7 @@ def test_hf_export_equals_blockmae(tmp_path, pos_embed):
 
 
 def test_hf_vitmae_export_gives_the_same_reconstructions(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     model = _mae("sincos")
     hf = transformers.ViTMAEForPreTraining.from_pretrained(str(export_hf(model, tmp_path / "hf"))).eval()
     noise = torch.rand(3, model.num_patches, generator=torch.Generator().manual_seed(2))
@@ -145,7 +146,7 @@ def test_official_mae_checkpoint_pretrained_and_finetuned(tmp_path):
 
 @pytest.mark.parametrize("kind", ["vit", "vit_mae"])
 def test_hf_directories_load_with_the_same_features(tmp_path, kind):
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     torch.manual_seed(3)
     common = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=128)

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import transformers_or_skip
 import torch
 from scipy.stats import chisquare
 
@@ -176,7 +177,7 @@ def test_mask_from_noise_hand_example():
 
 @pytest.mark.slow  # importing transformers takes seconds
 def test_mask_from_noise_matches_hf_vitmae_random_masking():
-    transformers = pytest.importorskip("transformers")
+    transformers = transformers_or_skip()
     config = transformers.ViTMAEConfig(hidden_size=8, image_size=32, patch_size=4, mask_ratio=0.75)
     embeddings = transformers.models.vit_mae.modeling_vit_mae.ViTMAEEmbeddings(config)
     sequence = torch.randn(5, 64, 8, generator=seeded(11))

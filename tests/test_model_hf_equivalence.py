@@ -8,7 +8,9 @@ import torch
 from blockmae.models import build_mae, from_hf_vitmae_state_dict
 from blockmae.models.io import build_hf_vitmae
 
-transformers = pytest.importorskip("transformers")
+from conftest import transformers_or_skip  # noqa: E402
+
+transformers = transformers_or_skip()
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
 
 

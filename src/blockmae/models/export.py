@@ -161,6 +161,9 @@ def to_hf(model: MaskedAutoencoderViT) -> nn.Module:
     if arch["pos_embed"] == "sincos":
         hf, prefix = build_hf_vitmae(arch), ""
     else:
+        from blockmae.models.external import require_transformers
+
+        require_transformers()
         from transformers import ViTConfig, ViTModel
 
         hf = ViTModel(ViTConfig(
@@ -221,9 +224,10 @@ def largest_difference(model: MaskedAutoencoderViT, out_dir: Path, fmt: str, poo
         theirs = vit.forward_features(imgs)
         pooled = (vit.forward_head(theirs, pre_logits=True) - model.forward_features(imgs, pool=pool)).abs().max()
         return max(float((theirs - tokens).abs().max()), float(pooled))
-    from transformers import AutoModel
+    from blockmae.models.external import quiet_transformers, require_transformers
 
-    from blockmae.models.external import quiet_transformers
+    require_transformers()
+    from transformers import AutoModel
 
     with quiet_transformers():  # a ViTMAEModel read from a ViTMAEForPreTraining dir reports the decoder unused
         hf = AutoModel.from_pretrained(str(out_dir)).eval()

@@ -274,6 +274,23 @@ def load_official_mae(file: Path) -> ForeignViT:
     return ForeignViT(vit, IMAGENET_MEAN, IMAGENET_STD, f"mae:{file}", "mae")
 
 
+def require_transformers() -> Any:
+    """The transformers module, when it is installed and can use this torch; else a one-line BlockMAEError.
+
+    transformers is optional (HF export and the equivalence checks); recent releases switch their PyTorch
+    support off below their own torch floor (5.20: torch 2.6) while blockmae runs on torch 2.4."""
+    try:
+        import transformers
+    except ImportError:
+        raise BlockMAEError("this needs Hugging Face transformers: `pip install transformers`") from None
+    if not transformers.is_torch_available():
+        import torch
+
+        raise BlockMAEError(f"transformers {transformers.__version__} cannot use torch {torch.__version__} (it "
+                            "needs a newer one); upgrade torch, or on torch 2.4 install 'transformers<5.14'")
+    return transformers
+
+
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """transformers' warnings, load reports and progress bars off for the block (errors still raise)."""

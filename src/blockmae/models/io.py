@@ -139,11 +139,10 @@ def build_hf_vitmae(arch: Mapping[str, Any]) -> torch.nn.Module:
 
     Used by the equivalence test and the benchmark; transformers is an optional dependency.
     """
-    try:
-        from transformers import ViTMAEConfig, ViTMAEForPreTraining
-    except ImportError:
-        raise BlockMAEError("this needs Hugging Face transformers as a reference; "
-                            "install it with `pip install transformers`") from None
+    from blockmae.models.external import require_transformers
+
+    require_transformers()
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
     if arch["pos_embed"] != "sincos":
         raise BlockMAEError(f"ViTMAE only has sin-cos positions; cannot mirror pos_embed={arch['pos_embed']!r}")
     config = ViTMAEConfig(
