@@ -46,7 +46,7 @@ class QuickstartConfig:
             raise BlockMAEError(f"blocks must be distinct block sizes >= 1 (e.g. [1, 2, 4]), got {self.blocks}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise BlockMAEError(f"budget_seconds must be positive or null, got {self.budget_seconds}")
-        from blockmae.diagnostics.by_name import diagnostic_modules
+        from blockmae.diagnostics.by_name import diagnostic_arguments, diagnostic_modules
 
         unknown = sorted(set(self.diagnostics or {}) - set(diagnostic_modules()))
         if unknown:
@@ -54,6 +54,10 @@ class QuickstartConfig:
         for name, options in (self.diagnostics or {}).items():
             if not isinstance(options, dict):
                 raise BlockMAEError(f"diagnostics.{name} must map option names to values, got {options!r}")
+            try:  # bad options fail here, before anything runs, not when the diagnostic's turn comes
+                diagnostic_arguments(name, options, ["--checkpoint", "random"])
+            except BlockMAEError as err:
+                raise BlockMAEError(f"diagnostics.{name}: {err}") from None
         for block in self.blocks:
             arm_pretrain_config(self.pretrain, block, Path("."), Path(".")).validate()
 
