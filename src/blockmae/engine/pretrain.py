@@ -669,6 +669,13 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str,
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
+def loss_curve(records: list[dict[str, Any]], batch_size: int) -> tuple[list[int], list[float]]:
+    """(images seen, loss) at every logged optimiser step of metrics.jsonl records. `batch_size` is the
+    run's train.batch_size, the global batch of one optimiser step (not multiplied by ranks again)."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    return [int(r["step"]) * int(batch_size) for r in steps], [float(r["loss"]) for r in steps]
+
+
 def _final_metrics(run_dir: Path) -> dict[str, Any]:
     """The last epoch line of metrics.jsonl (loss, lr, img/s ...)."""
     epochs = read_metrics(run_dir, "epoch")

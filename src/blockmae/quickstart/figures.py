@@ -45,11 +45,7 @@ def reconstructions(cfg: QuickstartConfig, out: Path, specs: Sequence[EncoderSpe
 
 def own_loss_curves(cfg: QuickstartConfig, out: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Arm name -> (images seen, loss) at every logged step of the arm's pretraining run here."""
-    from blockmae.engine.pretrain import read_metrics
+    from blockmae.engine.pretrain import loss_curve, read_metrics
 
-    images_per_step = cfg.pretrain.train.batch_size  # the global batch of one optimiser step
-    curves = {}
-    for block in cfg.blocks:
-        steps = read_metrics(out / "pretrain" / arm_key(block), "step")
-        curves[arm_name(block)] = ([r["step"] * images_per_step for r in steps], [r["loss"] for r in steps])
-    return curves
+    return {arm_name(block): loss_curve(read_metrics(out / "pretrain" / arm_key(block)), cfg.pretrain.train.batch_size)
+            for block in cfg.blocks}

@@ -109,7 +109,7 @@ def _interval(value: float, low: float, high: float) -> dict[str, float]:
     return {"value": value, "low": low, "high": high}
 
 
-def encoder_summary(spec: EncoderSpec, arm: Any, diagnostics: dict[str, Any], stages: Stages) -> dict[str, Any]:
+def encoder_summary(spec: EncoderSpec, arm: Any, diagnostics: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": spec.name, "role": spec.role, "block": spec.block, "seed": spec.seed, "checkpoint": spec.checkpoint,
         "linear_top1": _interval(arm.linear.value, arm.linear.low, arm.linear.high),
@@ -271,7 +271,7 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
                         "git_commit": r.manifest.get("git_commit"), "sha256": r.manifest["weights"]["sha256"]}
                        for r in refs],
         "no_references_reason": no_refs_reason,
-        "encoders": {s.key: encoder_summary(s, a, diagnostics.get(s.name, {}), stages)
+        "encoders": {s.key: encoder_summary(s, a, diagnostics.get(s.name, {}))
                      for s, a in zip([*answer_specs, *own_specs], [*answer_arms, *own_arms])},
         "comparisons": {"answer": [c.to_dict() for c in answer_comparisons],
                         "own": [c.to_dict() for c in own_comparisons]},

@@ -171,13 +171,9 @@ def loss_curve(ref: Reference) -> tuple[list[int], list[float]]:
 
     Images seen = step x train.batch_size: the engine's batch_size is the global batch of one optimiser
     step (per-rank batch x ranks x accum_steps), so it is not multiplied by the world size again."""
-    batch = int(ref.manifest["config"]["train"]["batch_size"])
-    images, losses = [], []
-    for row in _metrics_rows(ref.metrics_path):
-        if row.get("kind") == "step":
-            images.append(int(row["step"]) * batch)
-            losses.append(float(row["loss"]))
-    return images, losses
+    from blockmae.engine.pretrain import loss_curve as curve_of
+
+    return curve_of(_metrics_rows(ref.metrics_path), int(ref.manifest["config"]["train"]["batch_size"]))
 
 
 def _metrics_rows(path: Path) -> list[dict[str, Any]]:
