@@ -20,7 +20,8 @@ from blockmae.engine import checkpoint as ckpt
 from blockmae.engine.config import PretrainConfig
 from blockmae.engine.distributed import DistInfo
 from blockmae.engine.lock import LOCK_NAME, RunLock
-from blockmae.engine.pretrain import Pretrainer, claim_run_dir
+from blockmae.engine.loop import claim_run_dir
+from blockmae.engine.pretrain import Pretrainer
 
 pretrain_module = importlib.import_module("blockmae.engine.pretrain")  # the package exports the function too
 ROOT = Path(__file__).resolve().parents[1]

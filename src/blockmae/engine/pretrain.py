@@ -16,10 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import json
 import os
-import random
-import resource
 import signal
 import sys
 import threading
@@ -34,38 +31,18 @@ from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.config import PretrainConfig
-from blockmae.engine.environment import run_dir_for, write_run_files
-from blockmae.engine.lock import RunLock
+from blockmae.engine.environment import write_run_files
+from blockmae.engine.logs import LogWindow, RunLogger, memory_mb, progress_bar, read_metrics
+from blockmae.engine.loop import AUTOCAST_DTYPES, claim_run_dir, resolve_precision, seed_everything
 from blockmae.engine.optim import build_optimizer, build_scheduler, optimizer_step
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import output_error, write_json_atomic, write_text_atomic, writing
+from blockmae.fileio import writing
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
 
 
 class NonFiniteLossError(BlockMAEError):
     """The loss became NaN or infinite; the last checkpoint on disk is still the last good one."""
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _map_mask(mask: Any, fn) -> Any:
@@ -525,81 +502,6 @@ class _FolderBatches:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-class LogWindow:
-    """Sums over the optimiser steps since the last log line, kept on the device until a sync."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum = torch.zeros((), device=self.device)
-        self.grad_norm_sum = torch.zeros((), device=self.device)
-        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.steps, self.images, self.data_time = 0, 0, 0.0
-        self.start = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, data_time: float, images: int) -> None:
-        """One optimiser step; `images` counts the global batch (all ranks)."""
-        self.loss_sum += loss
-        self.grad_norm_sum += grad_norm.float()
-        self.bad |= ~torch.isfinite(loss)
-        self.steps += 1
-        self.images += images
-        self.data_time += data_time
-
-    def rates(self) -> dict[str, float]:
-        seconds = max(1e-9, time.perf_counter() - self.start)  # measured after the sync: device work included
-        return {"img_per_s": self.images / seconds, "data_time": self.data_time / max(1, self.steps)}
-
-
-class RunLogger:
-    """metrics.jsonl (cut back to `resume_bytes` on resume) and TensorBoard events under tb/."""
-
-    def __init__(self, run_dir: Path, step: int, resume_bytes: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = run_dir / "metrics.jsonl"
-        with writing(self.path):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.truncate(resume_bytes if step else 0)
-            self.file = open(self.path, "a")
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step)
-
-    def write(self, record: dict, step: int) -> None:
-        line = json.dumps(record) + "\n"
-        start = self.file.tell()
-        try:
-            self.file.write(line)
-            self.file.flush()
-        except OSError as err:
-            with contextlib.suppress(OSError):  # no half line left for the reader (and the resume) to trip on
-                self.file.truncate(start)
-            raise output_error(err, self.path) from None
-        prefix = "epoch" if record["kind"] == "epoch" else "train"
-        for key, value in record.items():
-            if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
-                self.tb.add_scalar(f"{prefix}/{key}", value, step)
-        self.tb.flush()
-
-    def tell(self) -> int:
-        return self.file.tell()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # a full disk was reported already
-            self.file.close()
-        self.tb.close()
-
-
-def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    # Quiet when stderr is not a terminal (CI, log files) and on every rank but 0.
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
-                disable=not (enabled and sys.stderr.isatty()))
-
-
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) one pretraining run; returns its run directory."""
     info = dist.torchrun_env()
@@ -627,53 +529,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if trainer is not None:
             trainer.release()
         dist.cleanup()
-
-
-def claim_run_dir(cfg: PretrainConfig, info: dist.DistInfo) -> tuple[Path, RunLock | None, Path | None]:
-    """(run dir, its lock, checkpoint to resume from) on every rank.
-
-    Rank 0 alone locks the run dir, repairs an interrupted checkpoint swap and checks the checkpoints
-    (passing over damaged ones, saying so); the other ranks wait for its answer, so no rank renames or
-    deletes what another is reading. An error on rank 0 is raised on every rank.
-    """
-    lock, answer = None, None
-    if info.is_main:
-        try:
-            run_dir = run_dir_for(cfg)
-            lock = RunLock(run_dir).acquire()
-            where = Path(cfg.run.resume) if cfg.run.resume else run_dir
-            found, notes = ckpt.intact_checkpoint(where)
-            if cfg.run.resume and found is None:
-                raise BlockMAEError(f"run.resume={cfg.run.resume}: no checkpoint there (expected a checkpoint dir "
-                                    f"with {ckpt.META}, or a run dir with checkpoints/last)")
-            for note in notes:
-                print(f"warning: {note}; resuming from {found} instead", file=sys.stderr, flush=True)
-            answer = {"run_dir": str(run_dir), "resume": str(found) if found else None}
-        except BaseException as err:
-            if lock is not None:
-                lock.release()
-            dist.broadcast_object({"error": str(err)} if isinstance(err, BlockMAEError) else {"error": "rank 0 failed"})
-            raise
-    answer = dist.broadcast_object(answer)
-    if "error" in answer:
-        raise BlockMAEError(answer["error"])
-    return Path(answer["run_dir"]), lock, Path(answer["resume"]) if answer["resume"] else None
-
-
-def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl, in order; only those of `kind` ("step" or "epoch") if given."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
-
-
-def loss_curve(records: list[dict[str, Any]], batch_size: int) -> tuple[list[int], list[float]]:
-    """(images seen, loss) at every logged optimiser step of metrics.jsonl records. `batch_size` is the
-    run's train.batch_size, the global batch of one optimiser step (not multiplied by ranks again)."""
-    steps = [r for r in records if r.get("kind") == "step"]
-    return [int(r["step"]) * int(batch_size) for r in steps], [float(r["loss"]) for r in steps]
 
 
 def _final_metrics(run_dir: Path) -> dict[str, Any]:

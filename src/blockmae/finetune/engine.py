@@ -32,8 +32,8 @@ from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.environment import run_dir_for, write_run_files
 from blockmae.engine.optim import build_scheduler, optimizer_step
-from blockmae.engine.pretrain import (AUTOCAST_DTYPES, LogWindow, RunLogger, memory_mb, progress_bar,
-                                      resolve_precision, seed_everything)
+from blockmae.engine.logs import LogWindow, RunLogger, memory_mb, progress_bar
+from blockmae.engine.loop import AUTOCAST_DTYPES, resolve_precision, seed_everything
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path, write_json_atomic
 from blockmae.finetune.config import FinetuneConfig

@@ -27,7 +27,8 @@ REPORT_SECONDS = 10.0
 def measure_speed(cfg: QuickstartConfig, out: Path) -> float:
     """Pretraining images/s on this machine: a two-epoch engine run on a few batches, read in its second
     epoch (the first pays for start-up: CUDA context, kernel selection, allocator growth)."""
-    from blockmae.engine.pretrain import pretrain, read_metrics
+    from blockmae.engine.logs import read_metrics
+    from blockmae.engine.pretrain import pretrain
 
     base = cfg.pretrain
     probe = arm_pretrain_config(base, max(cfg.blocks), out, out / "calibration")

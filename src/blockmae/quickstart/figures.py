@@ -45,7 +45,7 @@ def reconstructions(cfg: QuickstartConfig, out: Path, specs: Sequence[EncoderSpe
 
 def own_loss_curves(cfg: QuickstartConfig, out: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Arm name -> (images seen, loss) at every logged step of the arm's pretraining run here."""
-    from blockmae.engine.pretrain import loss_curve, read_metrics
+    from blockmae.engine.logs import loss_curve, read_metrics
 
     return {arm_name(block): loss_curve(read_metrics(out / "pretrain" / arm_key(block)), cfg.pretrain.train.batch_size)
             for block in cfg.blocks}

@@ -171,7 +171,7 @@ def loss_curve(ref: Reference) -> tuple[list[int], list[float]]:
 
     Images seen = step x train.batch_size: the engine's batch_size is the global batch of one optimiser
     step (per-rank batch x ranks x accum_steps), so it is not multiplied by the world size again."""
-    from blockmae.engine.pretrain import loss_curve as curve_of
+    from blockmae.engine.logs import loss_curve as curve_of
 
     return curve_of(_metrics_rows(ref.metrics_path), int(ref.manifest["config"]["train"]["batch_size"]))
 

@@ -212,7 +212,7 @@ class SeedRun:
         """The pretraining's metrics.jsonl records (none when it has no run dir or log)."""
         if self.run_dir is None:
             return []
-        from blockmae.engine.pretrain import read_metrics
+        from blockmae.engine.logs import read_metrics
 
         return read_metrics(self.run_dir)
 
