@@ -1,5 +1,6 @@
 """End-to-end pretraining: run dir contents, determinism, SIGKILL + resume, non-finite loss, bad resume."""
 
+import importlib
 import json
 import math
 import os
@@ -140,9 +141,8 @@ def test_incompatible_checkpoint_is_a_clear_error(reference_run, tmp_path, capsy
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """The loss turns NaN in epoch 2: exit 2 with a message, `last` still the (finite) end of epoch 1."""
-    import blockmae.models as models
-
-    build = models.build_mae
+    pretrain_module = importlib.import_module("blockmae.engine.pretrain")  # the package exports the function too
+    build = pretrain_module.build_mae
 
     def poisoned_build(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         model.forward = forward_with_nan
         return model
 
-    monkeypatch.setattr(models, "build_mae", poisoned_build)
+    monkeypatch.setattr(pretrain_module, "build_mae", poisoned_build)
     run_dir = tmp_path / "nan"
     code = main(["pretrain", "--config", str(SMOKE), *SMALL, f"run.dir={run_dir}", "run.log_every=4"])
     assert code == 2

@@ -7,7 +7,9 @@ import json
 import os
 import random
 import signal
+import re
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +271,20 @@ def test_full_disk_is_one_line_leaves_no_temp_files_and_marks_the_run_failed(tmp
 
     [record] = Registry(tmp_path).list_runs(kind="pretrain")
     assert record.status == "failed" and "no space left" in record.metrics["error"]
+
+
+def test_without_a_terminal_each_log_interval_prints_a_line(tmp_path, monkeypatch, capsys):
+    """stderr is a file (SLURM's .out, nohup, CI): no bar, a plain line per log interval instead; a terminal
+    keeps the bar alone."""
+    assert _pretrain(f"run.dir={tmp_path / 'file'}", "run.log_every=2") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    pattern = (r"epoch [12]/2  step [24]/4  loss \d+\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+ img/s  "
+               r"ETA \d+:\d\d:\d\d  mem \d+ MB")
+    assert len(lines) == 4 and all(re.fullmatch(pattern, line) for line in lines), lines
+    assert [line[:20] for line in lines] == ["epoch 1/2  step 2/4 ", "epoch 1/2  step 4/4 ",
+                                             "epoch 2/2  step 2/4 ", "epoch 2/2  step 4/4 "]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert _pretrain(f"run.dir={tmp_path / 'terminal'}", "run.log_every=2") == 0
+    captured = capsys.readouterr()
+    assert not [line for line in captured.out.splitlines() if line.startswith("epoch ")]
+    assert "epoch 2/2" in captured.err  # the bar

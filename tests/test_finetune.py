@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -138,6 +139,65 @@ def test_two_ranks_under_torchrun(tmp_path, pretrained):
     results = json.loads((tmp_path / "ddp/results.json").read_text())
     assert results["metrics"]["epochs"] == 1 and results["metrics"]["num_eval"] == 64
     assert json.loads((tmp_path / "ddp/checkpoints/last/meta.json").read_text())["world_size"] == 2
+
+
+def _torchrun_finetune(*args):
+    """`blockmae finetune` on 2 ranks (gloo on the CPU)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "blockmae", "finetune", *SMALL, *args], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_ranks_repair_on_rank_0_and_resume_from_the_intact_checkpoint(tmp_path, pretrained):
+    """An interrupted swap of `last` (last.old whole, last.tmp damaged): rank 0 alone puts last.old back, the
+    damaged last.tmp is passed over (checksums), and both ranks resume from epoch 1's end."""
+    from blockmae.engine import checkpoint as ckpt
+
+    run_dir = tmp_path / "ft"
+    args = [f"checkpoint={pretrained}", f"run.dir={run_dir}", "run.registry=false", "data.rand_augment=null"]
+    finetune(_cfg(tmp_path, *args, "train.epochs=1"))
+    ckpts = run_dir / "checkpoints"
+    (ckpts / "last").rename(ckpts / "last.old")
+    shutil.copytree(ckpts / "last.old", ckpts / "last.tmp")
+    state = ckpts / "last.tmp" / ckpt.STATE
+    state.write_bytes(state.read_bytes()[:1000])  # complete, but not what its checksum says
+    out = _torchrun_finetune(*args, "train.epochs=2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count(f"resuming {run_dir} from epoch 2, step 4 (the start of the epoch)") == 1
+    meta = ckpt.read_meta(ckpts / "last")
+    assert (meta["epoch"], meta["step"], meta["world_size"]) == (2, 8, 2)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last"]
+    assert [r["step"] for r in json.loads((run_dir / "env.json").read_text())["resumes"]] == [4]
+
+
+@pytest.mark.slow
+def test_two_ranks_refuse_a_locked_run_dir_and_a_damaged_checkpoint(tmp_path, pretrained):
+    """The run dir's lock holds against a fine-tuning run on 2 ranks; a checkpoint whose checksum fails is
+    never resumed from: one line naming it, on both ranks."""
+    import os
+
+    from blockmae.engine import checkpoint as ckpt
+    from blockmae.engine.lock import LOCK_NAME, RunLock
+
+    run_dir = tmp_path / "ft"
+    args = [f"checkpoint={pretrained}", f"run.dir={run_dir}", "run.registry=false", "train.epochs=1"]
+    with RunLock(run_dir):
+        out = _torchrun_finetune(*args)
+        assert out.returncode != 0 and f"run dir {run_dir} is in use by pid {os.getpid()}" in out.stderr
+        assert [p.name for p in run_dir.iterdir()] == [LOCK_NAME]  # the refused run wrote nothing
+    finetune(_cfg(tmp_path, *args))
+    weights = run_dir / "checkpoints" / "last" / ckpt.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-10])
+    out = _torchrun_finetune(*args, "train.epochs=2")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("blockmae: error:")]
+    assert out.returncode != 0 and len(errors) == 2  # rank 1 says rank 0's error (torchrun adds its report)
+    assert "last is damaged (model.safetensors does not match its checksum" in out.stderr
+    assert f"delete {run_dir / 'checkpoints'} to start this run again from scratch" in out.stderr
 
 
 def test_bench_finetune_data_prints_ratios_against_the_batched_path(capsys):

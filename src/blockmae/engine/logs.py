@@ -4,6 +4,7 @@ progress bar, and the readers of metrics.jsonl used by the registry, the referen
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import resource
 import sys
@@ -97,6 +98,15 @@ def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
     # Quiet when stderr is not a terminal (CI, log files) and on every rank but 0.
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                 disable=not (enabled and sys.stderr.isatty()))
+
+
+def plain_progress_line(record: dict[str, Any], epoch: int, epochs: int, epoch_step: int, steps_per_epoch: int,
+                        eta_seconds: float) -> str:
+    """One log interval as a line for a file (SLURM's .out, nohup, CI), where the bar is off: where the run is,
+    its loss, lr, speed, the time left and the peak memory (as MAE's MetricLogger prints)."""
+    eta = _dt.timedelta(seconds=round(max(0.0, eta_seconds)))
+    return (f"epoch {epoch + 1}/{epochs}  step {epoch_step}/{steps_per_epoch}  loss {record['loss']:.4f}  "
+            f"lr {record['lr']:.2e}  {record['img_per_s']:.0f} img/s  ETA {eta}  mem {record['memory_mb']:.0f} MB")
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

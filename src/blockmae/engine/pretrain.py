@@ -13,36 +13,27 @@ settings, so the same command finds its run again and resumes it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as _dt
 import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.config import PretrainConfig
-from blockmae.engine.environment import write_run_files
-from blockmae.engine.logs import LogWindow, RunLogger, memory_mb, progress_bar, read_metrics
-from blockmae.engine.loop import AUTOCAST_DTYPES, claim_run_dir, resolve_precision, seed_everything
-from blockmae.engine.optim import build_optimizer, build_scheduler, optimizer_step
+from blockmae.engine.logs import read_metrics
+from blockmae.engine.loop import TrainingLoop, seed_everything, started
+from blockmae.engine.optim import build_optimizer
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import writing
+from blockmae.models import build_mae
+from blockmae.registry import Registry
 
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
-
-
-class NonFiniteLossError(BlockMAEError):
-    """The loss became NaN or infinite; the last checkpoint on disk is still the last good one."""
 
 
 def _map_mask(mask: Any, fn) -> Any:
@@ -52,19 +43,13 @@ def _map_mask(mask: Any, fn) -> Any:
     return dataclasses.replace(mask, **changes)
 
 
-class Pretrainer:
-    """One pretraining run (one process of it under torchrun)."""
+class Pretrainer(TrainingLoop):
+    """One pretraining run (one process of it under torchrun): MAE's masked reconstruction as the step,
+    milestone checkpoints and reconstruction figures at the end of an epoch."""
+
+    kind = "pretrain"
 
     def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> None:
-        self.cfg, self.info, self.device = cfg, info, device
-        self.precision = resolve_precision(cfg.train.precision, device)
-        if cfg.train.cpu_threads:
-            torch.set_num_threads(cfg.train.cpu_threads)
-        world_batch = cfg.train.accum_steps * info.world_size
-        if cfg.train.batch_size % world_batch:
-            raise BlockMAEError(f"train.batch_size {cfg.train.batch_size} is not divisible by accum_steps x ranks "
-                                f"= {cfg.train.accum_steps} x {info.world_size}; the global batch must split evenly")
-        self.micro_batch = cfg.train.batch_size // world_batch  # per rank, per forward
         if cfg.run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -72,54 +57,25 @@ class Pretrainer:
         elif device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-
-        self.run_dir, self.lock, self.resume_from = claim_run_dir(cfg, info)
-        try:
-            self._setup()
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """Give up the run dir's lock (rank 0); idempotent."""
-        if self.lock is not None:
-            self.lock.release()
+        super().__init__(cfg, info, device)
 
     def _setup(self) -> None:
         cfg, info, device = self.cfg, self.info, self.device
         self._build_data()
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
-        from blockmae.models import build_mae
-
         self.model = build_mae(cfg.model.preset, **cfg.model_kwargs()).to(device)
+        self.arch = self.model.arch
         self.grid = cfg.img_size // self.model.arch["patch_size"]
         self.mask_generator = cfg.mask_generator()
         self.mask_rng = torch.Generator(device=device)
         self.lr = cfg.optim.resolved_lr(cfg.train.batch_size)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr, fused=device.type == "cuda")
-        self.steps_per_epoch = len(self.loader) // cfg.train.accum_steps
-        if self.steps_per_epoch < 1:
-            raise BlockMAEError(f"the {cfg.data.dataset} {cfg.data.split} split has fewer than accum_steps = "
-                                f"{cfg.train.accum_steps} batches of {self.micro_batch}; lower train.batch_size")
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
-        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
-
-        # The position in global terms: epochs done, optimiser steps into this epoch, steps and images so far.
-        self.epoch, self.epoch_step, self.step, self.images_seen = 0, 0, 0, 0
-        self.epoch_stats = {"loss_sum": 0.0, "count": 0}
-        self.metrics_bytes = 0
-        self.accepted_changes: dict[str, tuple[Any, Any]] = {}
-        rng = self._load(self.resume_from) if self.resume_from is not None else None
+        self.steps_per_epoch = self._count_steps(f"the {cfg.data.dataset} {cfg.data.split} split")
+        state = self._start_position()
         seed_everything(cfg.run.seed + info.rank + 1_000_003 * self.step)  # per-rank streams
-        if rng is not None and info.is_main:
-            ckpt.set_rng_state(rng)  # after seeding: rank 0 continues the saved stream exactly
-
-        self.train_model: torch.nn.Module = dist.wrap_ddp(self.model, device, info)
-        if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
-
-    # ---- setup ------------------------------------------------------------------------------
+        if state is not None and info.is_main:
+            ckpt.set_rng_state(state["rng"])  # after seeding: rank 0 continues the saved stream exactly
+        self._wrap_model()
 
     def _build_data(self) -> None:
         cfg = self.cfg.data
@@ -153,35 +109,13 @@ class Pretrainer:
                                         drop_last=True, seed=self.cfg.run.seed, rank=self.info.rank,
                                         world_size=self.info.world_size, image_size=self.cfg.img_size)
 
-    def _load(self, where: Path) -> dict:
-        """Restore weights, optimiser and position from checkpoint `where`; returns its RNG state."""
-        meta = ckpt.read_meta(where)
+    def _check_resume(self, meta: dict, where: Path) -> None:
         ckpt.check_architecture(meta, self.model.arch, where)
-        saved = meta.get("config", {})
-        self.accepted_changes = self._accept_changes(ckpt.config_changes(saved, to_dict(self.cfg),
-                                                                         meta.get("epoch", 0)), where)
-        ckpt.load_weights(where, self.model)
-        state = ckpt.load_state(where)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        saved_batch = saved.get("train", {}).get("batch_size", self.cfg.train.batch_size)
-        if "epoch_step" in state:
-            epoch_step, images = state["epoch_step"], state["images_seen"]
-        else:  # checkpoints before 2026-12 counted micro-batches
-            epoch_step = state["batch"] // saved.get("train", {}).get("accum_steps", 1)
-            images = state["step"] * saved_batch
-        # Global terms: the images into this epoch stay the same if an accepted change resized the batch.
-        epoch_step = min(epoch_step * saved_batch // self.cfg.train.batch_size, self.steps_per_epoch)
-        self.epoch, self.epoch_step, self.images_seen = state["epoch"], epoch_step, images
-        self.step = self.epoch * self.steps_per_epoch + self.epoch_step  # == the saved step when unchanged
-        self.epoch_stats = dict(state["epoch_stats"])
-        # Metrics logged after this checkpoint will be logged again: cut them off.
-        same_run = Path(where).resolve().parent.parent == self.run_dir.resolve()
-        self.metrics_bytes = meta.get("metrics_bytes", 0) if same_run else 0
-        if self.info.is_main and self.epoch < self.cfg.train.epochs:
-            print(f"resuming {self.run_dir} from {self._position()}; checkpoint {where}", flush=True)
-        return state["rng"]
+        self.accepted_changes = self._accept_changes(
+            ckpt.config_changes(meta.get("config", {}), to_dict(self.cfg), meta.get("epoch", 0)), where)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"rng": ckpt.rng_state()}
 
     def _accept_changes(self, changes: dict[str, tuple[Any, Any]], where: Path) -> dict[str, tuple[Any, Any]]:
         """The changes that run.allow_changes names; BlockMAEError listing the others."""
@@ -202,14 +136,6 @@ class Pretrainer:
             print(f"accepting changed settings (run.allow_changes): {listed}", flush=True)
         return changes
 
-    def _position(self) -> str:
-        """'epoch 2, step 13 (5 of 8 steps into the epoch)', with the epoch counted from 1 as the bar does."""
-        where = ("the start of the epoch" if self.epoch_step == 0 else
-                 f"{self.epoch_step} of {self.steps_per_epoch} steps into the epoch")
-        return f"epoch {self.epoch + 1}, step {self.step} ({where})"
-
-    # ---- one optimiser step -----------------------------------------------------------------
-
     def _masks(self, micro: int, rows: int) -> Any:
         """The masks of micro-batch `micro` of the current step on this rank: the step's masks are drawn for
         its whole global batch from (seed, step), so they depend neither on accum_steps nor on the ranks."""
@@ -224,204 +150,21 @@ class Pretrainer:
         keep = dist.rows_of_rank(global_rows, self.info)
         return _map_mask(mask, lambda t: t[keep])
 
-    def _train_step(self, batches: Iterator) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Forward/backward over accum_steps micro-batches, then one AdamW step; returns (loss, grad_norm,
-        data_time) with the loss and grad norm left on the device (no sync)."""
-        accum = self.cfg.train.accum_steps
-        autocast = torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES.get(self.precision, torch.float32),
-                                  enabled=self.precision in AUTOCAST_DTYPES)
-        loss_sum = torch.zeros((), device=self.device)
-        data_time = 0.0
-        self.scheduler.step_update(self.step)
-        for m in range(accum):
-            t0 = time.perf_counter()
-            images, _ = next(batches)
-            data_time += time.perf_counter() - t0
-            mask = self._masks(m, images.shape[0])
-            sync = contextlib.nullcontext()
-            if self.info.enabled and m < accum - 1:
-                sync = self._ddp().no_sync()  # all-reduce gradients once, on the last micro-batch
-            with sync:
-                with autocast:
-                    loss = self.train_model(images, mask=mask).loss
-                scaled = loss.float() / accum
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            loss_sum += loss.detach().float()
-        grad_norm = optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.optim.clip_grad)
-        self.step += 1
-        self.epoch_step += 1
-        self.images_seen += self.cfg.train.batch_size
-        return loss_sum / accum, grad_norm, data_time
+    def _forward(self, images: torch.Tensor, labels: torch.Tensor, micro: int) -> torch.Tensor:
+        mask = self._masks(micro, images.shape[0])
+        with self.autocast:
+            return self.train_model(images, mask=mask).loss
 
-    def _ddp(self) -> Any:
-        model = self.train_model
-        return getattr(model, "_orig_mod", model)  # under torch.compile the DDP wrapper is inside
+    # ---- end of an epoch ----------------------------------------------------------------------
 
-    # ---- the loop ---------------------------------------------------------------------------
+    def before_epochs(self) -> None:
+        self.figure_batch = self._figure_images() if self.info.is_main and self.cfg.run.recon_images else None
 
-    def run(self) -> Path:
-        cfg, main = self.cfg, self.info.is_main
-        if self.epoch >= cfg.train.epochs:
-            if main:
-                print(f"run {self.run_dir} is already complete ({self.epoch} epochs); nothing to do", flush=True)
-            return self.run_dir
-        self.logger = RunLogger(self.run_dir, self.step, self.metrics_bytes) if main else None
-        if main:
-            self._write_run_files()
-            if self.accepted_changes:
-                self.logger.write({"kind": "resume", "epoch": self.epoch, "step": self.step,
-                                   "changes": {k: list(v) for k, v in self.accepted_changes.items()}}, self.step)
-            print(f"run dir: {self.run_dir}  ({self.device}, {self.precision}, {self.info.world_size} rank(s), "
-                  f"{self.steps_per_epoch} steps/epoch, lr {self.lr:.3g})", flush=True)
-        self.last_ckpt_time = time.monotonic()
-        self.figure_batch = self._figure_images() if main and cfg.run.recon_images else None
-        self.stop_signal: int | None = None
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while self.epoch < cfg.train.epochs:
-                self._run_epoch()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            if self.logger is not None:
-                self.logger.close()
-        return self.run_dir
-
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        """SIGTERM (e.g. SLURM preemption) or Ctrl-C: checkpoint at the next step boundary, then stop."""
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: quit now
-        self.stop_signal = signum
-        if self.info.is_main:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                  f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-
-    def _stop(self, save: bool = True) -> None:
-        if save:
-            self._save_last()
-        if self.info.is_main:
-            print(f"stopped at {self._position()}; checkpoint {ckpt.checkpoints_dir(self.run_dir) / 'last'}; "
-                  f"the same command resumes", file=sys.stderr, flush=True)
-        raise KeyboardInterrupt
-
-    def _run_epoch(self) -> None:
-        cfg, epoch = self.cfg, self.epoch
-        accum = cfg.train.accum_steps
-        self.loader.set_epoch(epoch)
-        batches = iter(self.loader.iter_from(self.epoch_step * accum))
-        window = LogWindow(self.device)
-        epoch_start, epoch_images = time.perf_counter(), 0
-        bar = progress_bar(self.info.is_main, self.steps_per_epoch, self.epoch_step,
-                        f"epoch {epoch + 1}/{cfg.train.epochs}")
-        stopping = False
-        try:
-            while self.epoch_step < self.steps_per_epoch:
-                loss, grad_norm, data_time = self._train_step(batches)
-                window.add(loss, grad_norm, data_time, cfg.train.batch_size)
-                epoch_images += cfg.train.batch_size
-                bar.update(1)
-                by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
-                # A single process stops at once; ranks agree on stopping at the next sync.
-                stop_here = self.stop_signal is not None and not self.info.enabled
-                if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
-                    stats = self._sync(window)
-                    self._log_window(stats, bar)
-                    if stats["stop"]:
-                        if self.epoch_step < self.steps_per_epoch:
-                            self._stop()
-                        stopping = True  # the epoch's last step: finish the epoch first, then stop
-                        break
-                    if (by_steps or stats["time_for_ckpt"]) and self.epoch_step < self.steps_per_epoch:
-                        self._save_last()
-            tail_steps = window.steps  # steps since the last log line (_sync resets the window)
-            stats = self._sync(window)
-            stopping = stopping or stats["stop"]
-            if tail_steps:
-                self._log_window(stats, bar)
-        finally:
-            bar.close()
-        self.epoch, self.epoch_step = epoch + 1, 0
-        seconds = time.perf_counter() - epoch_start
-        epoch_loss = self.epoch_stats["loss_sum"] / max(1, self.epoch_stats["count"])
-        self.epoch_stats = {"loss_sum": 0.0, "count": 0}
-        if self.logger is not None:
-            self.logger.write({"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": epoch_loss,
-                               "lr": self._lr(), "img_per_s": epoch_images / seconds,
-                               "epoch_time_s": seconds, "memory_mb": memory_mb(self.device)}, self.step)
-        self._save_last()
+    def after_epoch_saved(self) -> None:
         if self.epoch in self.cfg.run.milestones:
             self._save(ckpt.checkpoints_dir(self.run_dir) / ckpt.milestone_name(self.epoch))
         if self.epoch in self.cfg.run.milestones or self.epoch == self.cfg.train.epochs:
             self._draw_reconstructions()
-        if stopping and self.epoch < cfg.train.epochs:
-            self._stop(save=False)  # `last` holds the end of this epoch
-
-    def _lr(self) -> float:
-        return max(group["lr"] for group in self.optimizer.param_groups)
-
-    def _sync(self, window: "LogWindow") -> dict[str, float]:
-        """Everything ranks must agree on, in one all-reduce: window sums, non-finite flag, checkpoint time."""
-        minutes = self.cfg.run.ckpt_every_minutes
-        due = self.info.is_main and minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
-        flags = torch.tensor([float(due), float(self.stop_signal is not None)], device=self.device)
-        packed = torch.cat([torch.stack([window.loss_sum, window.grad_norm_sum, window.bad.float()]), flags])
-        packed = dist.all_reduce_sum(packed).tolist()
-        world = self.info.world_size
-        loss = packed[0] / world / max(1, window.steps)
-        if packed[2] > 0 or not np.isfinite(loss):
-            self._fail_non_finite()
-        self.epoch_stats["loss_sum"] += packed[0] / world
-        self.epoch_stats["count"] += window.steps
-        stats = {"loss": loss, "grad_norm": packed[1] / world / max(1, window.steps), "time_for_ckpt": packed[3] > 0,
-                 "stop": packed[4] > 0, **window.rates()}
-        window.reset()
-        return stats
-
-    def _log_window(self, stats: dict[str, float], bar: Any) -> None:
-        if self.logger is None:
-            return
-        record = {"kind": "step", "epoch": self.epoch + self.epoch_step / self.steps_per_epoch,
-                  "step": self.step, "loss": stats["loss"], "lr": self._lr(), "grad_norm": stats["grad_norm"],
-                  "img_per_s": stats["img_per_s"], "data_time": stats["data_time"],
-                  "memory_mb": memory_mb(self.device)}
-        self.logger.write(record, self.step)
-        bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}")
-
-    def _fail_non_finite(self) -> None:
-        last = ckpt.find_checkpoint(self.run_dir, repair=self.info.is_main)  # rank 0 alone renames
-        kept = (f"the last good checkpoint is {last} (epoch {ckpt.read_meta(last)['epoch']}, step "
-                f"{ckpt.read_meta(last)['step']})" if last else "no checkpoint was written before it")
-        raise NonFiniteLossError(f"the loss became non-finite near step {self.step} (epoch {self.epoch + 1}); {kept}; "
-                                 f"lower optim.base_lr, set optim.clip_grad, or use train.precision=bf16/fp32")
-
-    # ---- checkpoints and files ------------------------------------------------------------
-
-    def _state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
-                "images_seen": self.images_seen, "epoch_stats": dict(self.epoch_stats), "rng": ckpt.rng_state()}
-
-    def _save(self, directory: Path) -> None:
-        if not self.info.is_main:
-            return
-        meta = {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
-                "images_seen": self.images_seen, "total_steps": self.total_steps,
-                "complete": self.epoch >= self.cfg.train.epochs, "arch": self.model.arch,
-                "config": to_dict(self.cfg), "world_size": self.info.world_size,
-                "metrics_bytes": self.logger.tell() if self.logger else 0,
-                "saved_at": _dt.datetime.now().isoformat(timespec="seconds")}
-        ckpt.save_checkpoint(directory, self.model, self._state(), meta)
-
-    def _save_last(self) -> None:
-        self._save(ckpt.checkpoints_dir(self.run_dir) / "last")
-        self.last_ckpt_time = time.monotonic()
-
-    def _write_run_files(self) -> None:
-        write_run_files(self.run_dir, self.cfg, self.device, self.info.world_size, self.precision, self.resume_from,
-                        self.step, self.accepted_changes)
 
     def _figure_images(self) -> torch.Tensor | None:
         from blockmae.data import load_dataset
@@ -504,17 +247,10 @@ class _FolderBatches:
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) one pretraining run; returns its run directory."""
-    info = dist.torchrun_env()
-    device = dist.resolve_device(cfg.train.device, info)
-    dist.init_distributed(info, device)
-    trainer = None
-    try:
-        trainer = Pretrainer(cfg, info, device)
+    with started(Pretrainer, cfg) as trainer:
         finished = trainer.epoch >= cfg.train.epochs
-        if finished or not (info.is_main and cfg.run.registry):
+        if finished or not (trainer.info.is_main and cfg.run.registry):
             return trainer.run()
-        from blockmae.registry import Registry
-
         parent = str(trainer.resume_from) if trainer.resume_from else None
         with writing(cfg.run.output_root):
             registry = Registry(cfg.run.output_root)
@@ -525,10 +261,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 if line.get("epoch") in cfg.run.milestones:
                     registry.log_metrics(record.id, {k: v for k, v in line.items() if k != "kind"}, line["epoch"])
         return run_dir
-    finally:
-        if trainer is not None:
-            trainer.release()
-        dist.cleanup()
 
 
 def _final_metrics(run_dir: Path) -> dict[str, Any]:

@@ -81,6 +81,7 @@ class FinetuneRunConfig:
     log_every: int = 20
     ckpt_every_minutes: float = 10.0
     ckpt_every_steps: int = 0
+    resume: Optional[str] = None  # a run dir or checkpoint dir; None: resume from run.dir if it holds one
     registry: bool = True
 
 
