@@ -270,3 +270,18 @@ def test_a_shipped_reference_reproduces_its_manifest_probe(tmp_path, monkeypatch
     assert measured["num_eval"] == recorded["num_eval"]
     assert abs(measured["linear_top1"] - recorded["linear_top1"]) <= 0.01
     assert abs(measured["knn_top1"] - recorded["knn_top1"]) <= 0.01
+
+
+def test_weights_list_loads_neither_the_quickstart_nor_the_sweep():
+    """The store sits below the apps: listing three folders imports no app (and no engine or model)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from blockmae.cli import main; main(['weights', 'list']); "
+            "print(sorted(m for m in sys.modules if m.startswith('blockmae')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = eval(out.stdout.splitlines()[-1])
+    assert "blockmae.references" in loaded and "quickstart-block2-s0" in out.stdout
+    apps = [m for m in loaded if m.split(".")[1:2] in (["quickstart"], ["sweep"], ["engine"], ["models"], ["report"])]
+    assert not apps, apps

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
+from blockmae.text import table as text_table
 
 DB_NAME = "registry.sqlite"
 DEFAULT_ROOT = Path("outputs")
@@ -656,9 +657,7 @@ def format_table(records: Sequence[RunRecord], all_records: Sequence[RunRecord] 
         )
         for r in records
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (header, *rows)]
-    return "\n".join(lines)
+    return text_table(header, rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from blockmae.errors import BlockMAEError
+from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (data.augment's users read them here too)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 BACKENDS = ("matmul", "grid_sample")

@@ -30,6 +30,7 @@ from blockmae.engine.loop import TrainingLoop, seed_everything, started
 from blockmae.engine.optim import build_optimizer
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import writing
+from blockmae.masking import MaskSpec, standard_masks
 from blockmae.models import build_mae
 from blockmae.registry import Registry
 
@@ -186,19 +187,11 @@ class Pretrainer(TrainingLoop):
 
     def _figure_masks(self) -> dict[str, Any]:
         """The run's own mask, then random / 2x2 / 4x4 blocks (those that fit and differ), fixed seeds."""
-        from blockmae.masking import DEFAULT_ALIGN, is_random_masking, mask_label
-        from blockmae.visualisation.cli import standard_masks
-
-        m, count = self.cfg.mask, self.figure_batch.shape[0]
+        spec, count = MaskSpec.of(self.cfg.mask), self.figure_batch.shape[0]
         own = self.mask_generator(count, generator=torch.Generator().manual_seed(FIGURE_SEED))
-        masks = {f"{mask_label(m.family, m.block, m.ratio, m.align)} (run)": own}
-        same_as_run = None  # the standard mask that is the run's own one
-        if is_random_masking(m.family, m.block):
-            same_as_run = "random"
-        elif m.family == "block" and m.align == DEFAULT_ALIGN:
-            same_as_run = f"{m.block}x{m.block} blocks"
-        for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=m.ratio).items():
-            if name != same_as_run:
+        masks = {f"{spec.label} (run)": own}
+        for name, mask in standard_masks(self.model.arch, count, seed=FIGURE_SEED, ratio=spec.ratio).items():
+            if name != spec.name:  # the standard mask that is the run's own one
                 masks[name] = mask
         return {name: _map_mask(mask, lambda t: t.to(self.device)) for name, mask in masks.items()}
 

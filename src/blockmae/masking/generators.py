@@ -62,20 +62,6 @@ def canonical_mask(family: str, block: int) -> tuple[str, int]:
     return ("random", 1) if is_random_masking(family, block) else (family, block)
 
 
-def mask_label(family: str, block: int, ratio: float, align: str | None = None) -> str:
-    """A short human name: 'random 75%', '4x4 blocks 75%', '2x2 grid blocks 75%', 'rects 60%'.
-
-    The alignment is named only when it is not the default (free placement)."""
-    family, block = canonical_mask(family, block)
-    if family == "random":
-        shape = "random"
-    elif family == "block":
-        shape = f"{block}x{block} {'' if align in (None, DEFAULT_ALIGN) else align + ' '}blocks"
-    else:
-        shape = f"{family}s"
-    return f"{shape} {ratio:.0%}"
-
-
 def largest_block(grid: tuple[int, int]) -> int:
     """The largest block side a grid accepts: it must fit, and must not be the whole grid."""
     height, width = grid

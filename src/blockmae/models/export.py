@@ -23,6 +23,7 @@ from torch import nn
 
 from blockmae.errors import BlockMAEError
 from blockmae.models.mae import MaskedAutoencoderViT
+from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 # timm names with the standard widths; other sizes use the first name with every size argument given.
 _TIMM_NAMES = {(192, 12, 3): "vit_tiny_patch16_224", (384, 12, 6): "vit_small_patch16_224",
@@ -102,8 +103,6 @@ def export_timm(model: MaskedAutoencoderViT, out_dir: str | Path, pool: str = "c
     so both ``timm.create_model('local-dir:DIR', pretrained=True)`` and the model name + ``model_args`` +
     ``pretrained_cfg_overlay=dict(file=DIR/model.safetensors)`` load it."""
     from timm.models import save_for_hf
-
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
     vit = to_timm_vit(model, pool)
     out_dir = Path(out_dir)

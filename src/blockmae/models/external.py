@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
+from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 PREFIXES = ("timm:", "hf:", "mae:")
 MAE_WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official MAE/DeiT sizes; else 64-wide heads
@@ -39,8 +40,6 @@ class ForeignViT(nn.Module):
 
     def __init__(self, vit: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], source: str, kind: str) -> None:
         super().__init__()
-        from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
-
         self.vit = vit
         size = tuple(vit.patch_embed.img_size)
         patch = tuple(vit.patch_embed.patch_size)
@@ -258,8 +257,6 @@ def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: 
 
 def load_official_mae(file: Path) -> ForeignViT:
     """facebookresearch/mae ``.pth``: timm ViT names already (+ decoder / mask token, or fc_norm + head)."""
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
-
     state = _read_weights(file)
     if "cls_token" not in state or "blocks.0.attn.qkv.weight" not in state:
         raise BlockMAEError(f"{file} is not an MAE ViT checkpoint (no cls_token / blocks.0.attn.qkv in its 'model')")
@@ -346,8 +343,6 @@ def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
 
 def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """preprocessor_config.json's image_mean/std; without one, ImageNet's (MAE's and the Hub ViTMAE's)."""
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
-
     file = path / "preprocessor_config.json"
     if file.is_file():
         pre = json.loads(file.read_text())

@@ -13,6 +13,7 @@ from blockmae.config import load_config, resolve_config_path, shipped_configs_di
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
+from blockmae.masking import block_spec
 
 # Shipped in the package (`--config quickstart` names the same file), so an installed wheel finds them.
 CPU_CONFIG = shipped_configs_dir() / "quickstart.yaml"
@@ -63,11 +64,11 @@ class QuickstartConfig:
 
 
 def arm_name(block: int) -> str:
-    return "1x1 (MAE)" if block == 1 else f"{block}x{block} blocks"
+    return block_spec(block).arm_name
 
 
 def mask_phrase(block: int) -> str:
-    return "random (1x1) masking" if block == 1 else f"{block}x{block} block masking"
+    return block_spec(block).phrase
 
 
 def arm_key(block: int) -> str:

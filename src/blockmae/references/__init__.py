@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import replace_dir, sha256_file, write_text_atomic, writing
+from blockmae.masking import block_spec
 
 REFERENCES_DIR: Path = Path(__file__).resolve().parent.parent / "resources" / "references"
 ROOT_ENV = "BLOCKMAE_REFERENCES"  # another folder of references (your own, or a test's) instead of the shipped ones
@@ -45,9 +46,7 @@ def reference_id(block: int, seed: int) -> str:
 
 def block_label(block: int) -> str:
     """'1x1 (MAE)', '2x2 blocks' ...: the quickstart's arm names, so tables and figures agree."""
-    from blockmae.quickstart import arm_name  # lazily: the quickstart may use this module
-
-    return arm_name(block)
+    return block_spec(block).arm_name
 
 
 @dataclass

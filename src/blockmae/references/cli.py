@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from blockmae.errors import BlockMAEError
+from blockmae.masking import mask_label
 from blockmae.references import (
     REFERENCES_DIR, ROOT_ENV, Reference, list_references, load_reference, package_reference, reference_folders,
     reference_id, references_root, verify_reference,
 )
+from blockmae.text import table
 
 EVALUATION_DIR = "reference_evaluation"  # under the run dir, unless --work-dir says otherwise
 
@@ -37,8 +39,6 @@ def linear_top1(evaluation: dict[str, Any] | None) -> float | None:
 
 
 def _row(ref: Reference) -> list[str]:
-    from blockmae.masking import mask_label
-
     mask = ref.manifest.get("mask", {})
     try:
         mask_text = mask_label(mask["family"], int(mask["block"]), float(mask["ratio"]), mask.get("align"))
@@ -60,8 +60,6 @@ def list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from blockmae.sweep.plan import table
-
     args.root = args.root or str(references_root())
     refs = list_references(Path(args.root))
     if refs:

@@ -12,6 +12,7 @@ from typing import Any
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
+from blockmae.text import table
 from blockmae.sweep.spec import SweepSpec, load_spec
 from blockmae.sweep.state import (
     PLAN_NAME, TASK_NAME, arm_task, check_identity, effective_status, plan_record, read_json, read_state,
@@ -179,8 +180,6 @@ def status_arguments(parser: argparse.ArgumentParser) -> None:
 
 def status(args: argparse.Namespace) -> int:
     import json
-
-    from blockmae.sweep.plan import table
 
     spec = load_spec(args.spec)
     out = out_dir(args, spec)

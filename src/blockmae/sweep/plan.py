@@ -14,6 +14,7 @@ from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.registry import DB_NAME, Registry
 from blockmae.sweep.spec import Arm, SweepSpec, pretrain_config
+from blockmae.text import table
 
 # Train-split sizes of the datasets that are read, not generated (docs/data.md).
 TRAIN_IMAGES = {"tiny-imagenet": 100_000, "cifar10": 50_000, "cifar100": 50_000}
@@ -101,11 +102,6 @@ def format_images(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g}{unit}"
     return str(n)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (header, *rows))
 
 
 def format_plan(spec: SweepSpec, rates: dict[tuple[Any, ...], Rate], statuses: dict[str, str] | None = None) -> str:

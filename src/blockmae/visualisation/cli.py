@@ -16,27 +16,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from blockmae.errors import BlockMAEError
-from blockmae.masking import Mask, MaskGenerator
+from blockmae.masking import Mask, standard_masks
 from blockmae.visualisation import save_figure
-
-MASK_SPECS = (("random", "random", 1), ("2x2 blocks", "block", 2), ("4x4 blocks", "block", 4))
-
-
-def standard_masks(arch: Mapping[str, Any], count: int, seed: int = 0, ratio: float | None = None) -> dict[str, Mask]:
-    """Random, 2x2-block and 4x4-block masks for `count` images at the model's mask ratio (fixed seed).
-
-    Block sizes the patch grid cannot hold (e.g. 4x4 blocks on a 4x4 grid) are left out."""
-    grid = arch["img_size"] // arch["patch_size"]
-    ratio = arch.get("mask_ratio", 0.75) if ratio is None else ratio
-    masks = {}
-    for name, family, block in MASK_SPECS:
-        try:
-            generator = MaskGenerator(grid, ratio, family=family, block=block)
-        except BlockMAEError:
-            continue
-        masks[name] = generator(count, generator=torch.Generator().manual_seed(seed))
-    return masks
-
 
 def checkpoint_label(path: str, metadata: Mapping[str, Any]) -> str:
     epoch = metadata.get("epoch")
