@@ -245,3 +245,24 @@ def test_per_image_correctness_from_a_probes_own_predictions(tmp_path):
     assert run.per_image("top1") == {0: True, 1: True, 2: False}
     assert run.per_image("knn_top1") == {0: True, 1: False, 2: True} and run.per_image("top5") is None
     assert EvalResult("knn", 3, "completed", None, knn_only, {}).per_image("top1") == {0: False, 1: True, 2: True}
+
+
+def test_registry_runs_sharing_a_name_are_arms_by_their_settings(tmp_path):
+    """Two pretraining runs named `pretrain` (the default) with other masks are two arms, named by what tells
+    them apart; a second seed of the same settings joins its arm whatever its run dir."""
+    from blockmae.registry import Registry
+
+    registry = Registry(tmp_path)
+    for block, seed in ((1, 0), (4, 0), (4, 1)):
+        run_dir = tmp_path / f"b{block}-s{seed}"
+        run_dir.mkdir()
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 2, "loss": 1.0 + block / 10}))
+        cfg = {"mask": {"block": block}, "run": {"seed": seed, "dir": str(run_dir)}, "train": {"epochs": 2,
+                                                                                               "cpu_threads": seed}}
+        rid = registry.start_run("pretrain", run_dir, cfg, name="pretrain", heartbeat=False)
+        registry.finish_run(rid, "completed", {"loss": 1.0 + block / 10})
+    (study,) = load_studies(tmp_path)
+    assert [a.name for a in study.arms] == ["pretrain (mask.block=1)", "pretrain (mask.block=4)"]
+    assert [sorted(a.runs) for a in study.arms] == [[0], [0, 1]] and not study.notes
+    assert study.values("pretrain.loss") == {"pretrain (mask.block=1)": {0: 1.1},
+                                             "pretrain (mask.block=4)": {0: 1.4, 1: 1.4}}

@@ -2,7 +2,7 @@
 
 A study is read, never computed: from a sweep's `sweep.json` (the contract with `blockmae sweep`,
 docs/report.md) or, for a folder without one, from its experiment registry alone (pretraining runs grouped
-by their registry name, evaluations attached to the pretraining run that their parent checkpoint belongs
+by their settings less the seed, evaluations attached to the pretraining run that their parent checkpoint belongs
 to). Metric keys are `<evaluation>.<metric>` with the evaluation's own registry metric names, plus
 `pretrain.loss` (the last epoch's loss in metrics.jsonl); nothing here knows a dataset.
 """
@@ -18,7 +18,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from blockmae.engine.config import FREE_KEYS
 from blockmae.errors import BlockMAEError
+from blockmae.registry import DB_NAME, Registry, config_hash, flatten
 
 SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA = 1
@@ -336,8 +338,6 @@ def load_studies(root: str | Path, spec: str | Path | None = None) -> list[Study
     else:
         studies = [study_from_sweep(p) for p in sorted(root.glob(f"*/{SWEEP_FILE}"))]
     if not studies:
-        from blockmae.registry import DB_NAME
-
         if not (root / DB_NAME).is_file():
             raise BlockMAEError(f"{root} holds no {SWEEP_FILE} (nor sub-folders with one) and no {DB_NAME}; "
                                 "pass the --out folder of `blockmae sweep run` or an output root with runs")
@@ -415,8 +415,6 @@ _EPOCH_DIR = re.compile(r"epoch_(\d+)")
 
 
 def _seed_of(config: Mapping[str, Any]) -> int:
-    from blockmae.registry import flatten
-
     flat = flatten(config)
     for key in ("run.seed", "seed", "linear.seed", "encoder.seed"):
         if isinstance(flat.get(key), int):
@@ -424,13 +422,36 @@ def _seed_of(config: Mapping[str, Any]) -> int:
     return 0
 
 
+def settings_key(config: Mapping[str, Any]) -> str:
+    """What makes runs seeds of one arm: the hash of their settings less the seed and the settings that do
+    not change the result (run dir, name, devices, logging, ...)."""
+    flat = flatten(dict(config))
+    return config_hash({k: v for k, v in flat.items()
+                        if k not in FREE_KEYS and k != "run.milestones" and not _NON_SEMANTIC.search(k)})
+
+
+def _arm_names(groups: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
+    """settings key -> arm name: the runs' name, followed by the settings that tell apart the arms sharing it
+    ('pretrain (mask.block=1)', 'pretrain (mask.block=4)')."""
+    by_name: dict[str, list[str]] = {}
+    for key, (name, _) in groups.items():
+        by_name.setdefault(name, []).append(key)
+    names = {}
+    for name, keys in by_name.items():
+        varying = varying_keys([groups[k][1] for k in keys])
+        for key in keys:
+            flat = groups[key][1]
+            shown = ", ".join(f"{k}={flat.get(k)}" for k in varying)
+            names[key] = f"{name} ({shown or key[:8]})" if len(keys) > 1 else name
+    return names
+
+
 def study_from_registry(root: Path) -> Study:
-    """A study from the registry alone: pretraining runs grouped into arms by registry name (one seed each,
-    from run.seed), evaluations attached through their parent checkpoint; evaluations with no pretraining
+    """A study from the registry alone: pretraining runs grouped into arms by their settings less the seed
+    (`settings_key`; one seed each, from run.seed; named after the runs), evaluations attached through their
+    parent checkpoint; evaluations with no pretraining
     behind them form arms of their own, named after the checkpoint they evaluated where it is not a file (a
     random-init encoder: "random"), else after the first run of their chain."""
-    from blockmae.registry import Registry, flatten
-
     records = Registry(root).list_runs()
     by_id = {r.id: r for r in records}
     by_dir = {Path(r.run_dir): r for r in records if r.run_dir}
@@ -467,10 +488,11 @@ def study_from_registry(root: Path) -> Study:
     runs_by_id: dict[str, SeedRun] = {}
     pretrain_configs: dict[str, dict[str, Any]] = {}
     notes = []
-    for rec in records:
-        if rec.kind != "pretrain":
-            continue
-        name = rec.name or rec.id
+    pretraining = [rec for rec in records if rec.kind == "pretrain"]
+    groups = {settings_key(rec.config): (rec.name or rec.id, flatten(rec.config)) for rec in reversed(pretraining)}
+    arm_names = _arm_names(groups)
+    for rec in pretraining:
+        name = arm_names[settings_key(rec.config)]
         arm = arms.setdefault(name, Arm(name, {}))
         seed = _seed_of(rec.config)
         if seed in arm.runs:
