@@ -12,6 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from blockmae.diagnostics import DIAGNOSTICS
 from blockmae.errors import BlockMAEError
 
 # (command words, module, one-line help). Group commands ("data", "bench", ...) are
@@ -26,11 +27,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "preview"), "blockmae.data.cli_preview", "draw a labelled grid of dataset images"),
     (("probe",), "blockmae.evaluation.cli_probe", "linear (or k-NN) probe of a frozen encoder"),
     (("eval", "shape-bias"), "blockmae.evaluation.cli_shape_bias", "shape bias on cue-conflict images"),
-    (("eval", "lowpass"), "blockmae.diagnostics.lowpass", "accuracy under Gaussian and Fourier low-pass filtering"),
-    (("eval", "highpass"), "blockmae.diagnostics.highpass", "accuracy under Gaussian and Fourier high-pass filtering"),
-    (("eval", "stylized"), "blockmae.diagnostics.stylized", "stylised transfer: Stylized-ImageNet or amplitude-phase swaps"),
-    (("eval", "dtd"), "blockmae.diagnostics.dtd", "DTD texture transfer beside the object-dataset probe"),
-    (("eval", "attention"), "blockmae.diagnostics.attention_rollout", "attention rollout under occlusion: stability, entropy, distance"),
+    *((("eval", name), module, help_text) for name, module, help_text in DIAGNOSTICS),
     (("viz", "reconstructions"), "blockmae.visualisation.cli", "draw reconstructions of checkpoints"),
     (("runs",), "blockmae.registry", "list the runs recorded in the experiment registry"),
     (("weights", "list"), "blockmae.references.cli_list", "list the reference encoders shipped with blockmae"),

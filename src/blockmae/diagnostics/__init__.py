@@ -1,5 +1,17 @@
 """Texture-vs-shape diagnostics of frozen encoders, one module each; the shared shape is in `base`.
 
 Adding one: a new module with a `base.Diagnostic` subclass and `add_arguments, run = base.command(Cls)`,
-a row in `blockmae.cli.COMMANDS`, optionally a thin `eval/<script>.py` (see docs/diagnostics.md).
+a row in `DIAGNOSTICS` (it becomes `blockmae eval NAME`, and the sweep and the quickstart find it by name),
+optionally a thin `eval/<script>.py` (see docs/diagnostics.md).
 """
+
+# (name, module, one-line help): the `blockmae eval NAME` commands that are diagnostics. This package's
+# __init__ stays free of imports: `blockmae --help` reads this list.
+DIAGNOSTICS: tuple[tuple[str, str, str], ...] = (
+    ("lowpass", "blockmae.diagnostics.lowpass", "accuracy under Gaussian and Fourier low-pass filtering"),
+    ("highpass", "blockmae.diagnostics.highpass", "accuracy under Gaussian and Fourier high-pass filtering"),
+    ("stylized", "blockmae.diagnostics.stylized", "stylised transfer: Stylized-ImageNet or amplitude-phase swaps"),
+    ("dtd", "blockmae.diagnostics.dtd", "DTD texture transfer beside the object-dataset probe"),
+    ("attention", "blockmae.diagnostics.attention_rollout",
+     "attention rollout under occlusion: stability, entropy, distance"),
+)

@@ -15,7 +15,7 @@ and the two functions the `blockmae` command expects, made by :func:`command`::
 
     add_arguments, run = command(Lowpass)
 
-plus one row in ``blockmae.cli.COMMANDS`` (``(("eval", "lowpass"), "blockmae.diagnostics.lowpass", help)``)
+plus one row in ``blockmae.diagnostics.DIAGNOSTICS`` (``("lowpass", "blockmae.diagnostics.lowpass", help)``)
 and, if wanted, a thin script ``eval/<script>.py`` running ``blockmae.cli.main(["eval", "<name>", *argv])``.
 
 What the base does, so that `evaluate` does not:
@@ -118,7 +118,7 @@ class Diagnostic:
 
 def accuracy_row(level: Any, correct: int, n: int, **extra: Any) -> dict[str, Any]:
     """One level's accuracy with its 95% Wilson interval: {level, n, correct, top1, top1_low, top1_high, ...}."""
-    from blockmae.report import wilson_interval
+    from blockmae.report.stats import wilson_interval
 
     accuracy = correct / n if n else float("nan")
     interval = wilson_interval(accuracy, n)

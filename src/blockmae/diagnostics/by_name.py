@@ -1,7 +1,7 @@
 """Diagnostics by name: the `blockmae eval NAME` commands, run from Python with options as a mapping.
 
 The sweep's evaluations and the quickstart both run diagnostics this way, so a diagnostic that lands
-later (a new module with its row in ``blockmae.cli.COMMANDS``) is available to both by its name.
+later (a new module with its row in ``blockmae.diagnostics.DIAGNOSTICS``) is available to both by its name.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ import importlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from blockmae.diagnostics import DIAGNOSTICS
 from blockmae.errors import BlockMAEError
 
 
 def diagnostic_modules() -> dict[str, str]:
-    """Diagnostic name -> module, from the `blockmae eval` commands (one list of diagnostics: blockmae.cli)."""
-    from blockmae.cli import COMMANDS
-
-    return {words[1]: module for words, module, _ in COMMANDS
-            if len(words) == 2 and words[0] == "eval" and module.startswith("blockmae.diagnostics.")}
+    """Diagnostic name -> module (one list of diagnostics: blockmae.diagnostics.DIAGNOSTICS)."""
+    return {name: module for name, module, _ in DIAGNOSTICS}
 
 
 class _RaisingParser(argparse.ArgumentParser):

@@ -55,7 +55,7 @@ class DTDTransfer(Diagnostic):
         from blockmae.data.roots import resolve_root
         from blockmae.evaluation.config import LinearConfig
         from blockmae.evaluation.linear import train_linear_probe
-        from blockmae.report import wilson_interval
+        from blockmae.report.stats import wilson_interval
 
         args = ctx.args
         if args.root is None:

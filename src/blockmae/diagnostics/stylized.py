@@ -69,7 +69,7 @@ def phase_amplitude_bias(decisions: torch.Tensor, phase_labels: torch.Tensor, am
 
 def difference_interval(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
     """Newcombe's hybrid score 95% interval of p1 - p2 (independent samples), from the Wilson intervals."""
-    from blockmae.report import wilson_interval
+    from blockmae.report.stats import wilson_interval
 
     a, b = wilson_interval(p1, n1), wilson_interval(p2, n2)
     d = p1 - p2

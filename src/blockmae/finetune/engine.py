@@ -292,7 +292,7 @@ class Finetuner(TrainingLoop):
 
     def results(self) -> dict[str, Any]:
         """Final epoch's top-1/top-5 (with 95% Wilson intervals) and the best epoch, labelled as such."""
-        from blockmae.report import wilson_interval
+        from blockmae.report.stats import wilson_interval
 
         if not self.history:
             return {}
