@@ -90,7 +90,8 @@ def test_concurrent_writers_of_one_head_or_cache_file_use_distinct_temp_names(tm
         if second_writer:
             second_writer.pop()()  # the other probe writes the same target now
 
-    monkeypatch.setattr(safetensors.torch, "save_file", interleaved_save)
+    for module in ("blockmae.evaluation.linear", "blockmae.evaluation.features"):  # each writes with its own import
+        monkeypatch.setattr(f"{module}.save_file", interleaved_save)
     head_path = tmp_path / "run" / "head.safetensors"
     second_writer.append(lambda: save_head(LinearProbeHead(8, 3), head_path, {"writer": 2}))
     save_head(LinearProbeHead(8, 3), head_path, {"writer": 1})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from blockmae.models import build_mae, from_hf_vitmae_state_dict
-from blockmae.models.io import build_hf_vitmae
+from blockmae.models.hf import build_hf_vitmae
 
 from conftest import transformers_or_skip  # noqa: E402
 

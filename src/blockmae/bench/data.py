@@ -15,6 +15,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import datasets
+from tqdm.auto import tqdm
+
+from blockmae.data.augment import BatchAugment
+from blockmae.data.cache import build_image_cache
+from blockmae.data.loader import TensorBatchLoader, make_folder_dataloader
 from blockmae.errors import BlockMAEError
 
 NUM_CLASSES = 200  # Tiny-ImageNet's
@@ -37,11 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _write_jpegs(job: tuple[str, int, int, int, int]) -> int:
     """Worker: write images start..stop of a generated set (smooth random colour fields + grain)."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
     root, start, stop, size, seed = job
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(seed * 1_000_003 + start)
@@ -59,8 +64,6 @@ def _write_jpegs(job: tuple[str, int, int, int, int]) -> int:
 
 def generate_jpeg_folder(root: Path, num_images: int, image_size: int = 64, workers: int = 2, seed: int = 0) -> None:
     """`num_images` image_size^2 JPEGs (quality 90) spread over 200 class folders of `root`."""
-    from tqdm.auto import tqdm
-
     for c in range(min(NUM_CLASSES, num_images)):
         (root / f"class_{c:03d}").mkdir(parents=True, exist_ok=True)
     chunk = 500
@@ -76,16 +79,12 @@ def generate_jpeg_folder(root: Path, num_images: int, image_size: int = 64, work
 
 
 def _sync(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _time_epoch(batches, total: int, desc: str, device) -> float:
     """Images per second of one pass over `batches` (each moved to `device`, as training would)."""
-    from tqdm.auto import tqdm
-
     seen = 0
     checksum = 0.0
     start = time.perf_counter()
@@ -105,12 +104,6 @@ def _time_epoch(batches, total: int, desc: str, device) -> float:
 def run(args: argparse.Namespace) -> int:
     if args.root is not None and not args.root.is_dir():
         raise BlockMAEError(f"--root {args.root} is not a directory; pass a <class>/<image> folder")
-    import torch
-    from torchvision import datasets
-
-    from blockmae.data.augment import BatchAugment
-    from blockmae.data.cache import build_image_cache
-    from blockmae.data.loader import TensorBatchLoader, make_folder_dataloader
 
     if args.images <= 0 or args.batch_size <= 0 or args.workers < 0 or args.image_size <= 0:
         raise BlockMAEError("--images, --batch-size and --image-size must be positive and --workers non-negative")

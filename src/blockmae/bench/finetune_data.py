@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
+from blockmae.bench.data import _time_epoch
+from blockmae.config import load_config
+from blockmae.data import load_dataset
+from blockmae.engine.distributed import DistInfo
 from blockmae.errors import BlockMAEError
+from blockmae.finetune.config import FinetuneConfig
+from blockmae.finetune.engine import _AugmentedBatches
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from blockmae.bench.data import _time_epoch
-    from blockmae.config import load_config
-    from blockmae.data import load_dataset
-    from blockmae.engine.distributed import DistInfo
-    from blockmae.finetune.config import FinetuneConfig
-    from blockmae.finetune.engine import _AugmentedBatches
-
     if args.images < args.batch_size or args.batch_size < 2 or args.workers < 0 or args.threads < 1:
         raise BlockMAEError("--images must be >= --batch-size >= 2, --workers >= 0 and --threads >= 1")
     torch.set_num_threads(args.threads)

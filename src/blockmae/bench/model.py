@@ -21,13 +21,14 @@ from functools import partial
 from typing import Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from blockmae.errors import BlockMAEError
 from blockmae.masking import MaskGenerator
 from blockmae.models import build_mae
-from blockmae.models.io import build_hf_vitmae
+from blockmae.models.hf import build_hf_vitmae
 
 IMG_SIZE, PATCH_SIZE = 64, 8
 say = partial(print, flush=True)  # results appear as they are measured, also when piped
@@ -240,8 +241,6 @@ def _step_peak_memory(step: Callable[[], None], device: torch.device, sync: Call
 
 
 def _profile(step: Callable[[], None]) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
     step()  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-
+from blockmae.data import load_dataset
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.config import LinearConfig
+from blockmae.evaluation.features import extract_features, load_encoder, resolve_device
+from blockmae.evaluation.linear import train_linear_probe, train_linear_probe_forward
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockmae.data import load_dataset
-    from blockmae.evaluation.config import LinearConfig
-    from blockmae.evaluation.features import extract_features, load_encoder, resolve_device
-    from blockmae.evaluation.linear import train_linear_probe, train_linear_probe_forward
-
     if args.quick:
         args.images, args.eval_images, args.epochs = 500, 100, 20
     if args.epochs < 1 or args.images < 2:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
-
-if TYPE_CHECKING:
-    from blockmae.data.base import ImageTensorDataset
 
 # name -> (module, loader function); modules are imported only when their dataset is asked for.
 _LOADERS = {
@@ -65,10 +65,6 @@ def subset(dataset: "ImageTensorDataset", num_images: int | None, seed: int = 0)
     the others share the rest); the one-image remainders go to classes drawn with `seed`. The same seed
     gives the same images.
     """
-    import torch
-
-    from blockmae.data.base import ImageTensorDataset
-
     if num_images is None or num_images >= len(dataset):
         return dataset
     if num_images < 1:

@@ -24,15 +24,16 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
 
+from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import replace_dir
-
-if TYPE_CHECKING:
-    from blockmae.data.base import ImageTensorDataset
 
 CACHE_VERSION = 1
 RESIZE_POLICIES = ("center-crop", "stretch")
@@ -48,8 +49,6 @@ def decode_image(path: str | os.PathLike, image_size: int, resize: str = "center
     ``center-crop`` scales the shorter side to `image_size` and keeps the centre (aspect preserved);
     ``stretch`` resizes both sides to `image_size`. Grayscale, palette and RGBA images become RGB.
     """
-    from PIL import Image, ImageOps
-
     try:
         with Image.open(path) as img:
             img.load()  # decode fully here, so truncation is detected now and named
@@ -114,8 +113,6 @@ def build_image_cache(items: Sequence[tuple[str | os.PathLike, int]], out_dir: s
     `source` is the folder the paths are taken relative to in the fingerprint (default: their common
     folder); `workers` > 0 decodes in that many processes. Replaces whatever was at `out_dir`.
     """
-    from tqdm.auto import tqdm
-
     if not items:
         raise BlockMAEError(f"no images to cache for {name or out_dir}; check the dataset folder")
     out_dir = Path(out_dir)
@@ -193,10 +190,6 @@ def load_image_cache(cache_dir: str | os.PathLike, expected: Mapping | None = No
 
     With `expected` (e.g. from `cache_params`), a cache built with other parameters is a BlockMAEError.
     """
-    import torch
-
-    from blockmae.data.base import ImageTensorDataset
-
     cache_dir = Path(cache_dir)
     meta = read_cache_meta(cache_dir)
     if meta is None:

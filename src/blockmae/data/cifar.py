@@ -13,20 +13,21 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from blockmae.data.base import ImageTensorDataset
+from blockmae.data.download import RemoteFile
+from blockmae.data.roots import obtain, resolve_root
 from blockmae.errors import BlockMAEError
-
-if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
-    from blockmae.data.base import ImageTensorDataset
 
 SPLITS = ("train", "test")
 VARIANTS = ("cifar10", "cifar100")
 
 
 def _dataset_class(variant: str):
-    from torchvision.datasets import CIFAR10, CIFAR100
-
     if variant not in VARIANTS:
         raise BlockMAEError(f"unknown CIFAR variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     return CIFAR10 if variant == "cifar10" else CIFAR100
@@ -34,8 +35,6 @@ def _dataset_class(variant: str):
 
 def official_archive(variant: str):
     """The RemoteFile of the official archive (torchvision's URL and md5)."""
-    from blockmae.data.download import RemoteFile
-
     cls = _dataset_class(variant)
     return RemoteFile(url=cls.url, filename=cls.filename, md5=cls.tgz_md5)
 
@@ -56,12 +55,6 @@ def find_data_dir(variant: str, folder: Path) -> Path | None:
 def load_cifar(variant: str, split: str, root: str | os.PathLike | None = None, image_size: int = 32, *,
                download: bool = False, progress: bool = True) -> "ImageTensorDataset":
     """CIFAR-10/100 `split` ("train" or "test") as uint8 tensors, resized to `image_size` if not 32."""
-    import torch
-    import torch.nn.functional as F
-
-    from blockmae.data.base import ImageTensorDataset
-    from blockmae.data.roots import obtain, resolve_root
-
     if split not in SPLITS:
         raise BlockMAEError(f"{variant} has no split {split!r}; choose one of {', '.join(SPLITS)}")
     find = partial(find_data_dir, variant)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
+
+from blockmae.data import cifar, cue_conflict, dtd, load_dataset, tiny_imagenet
+from blockmae.data.cache import default_workers
+from blockmae.data.roots import default_root, obtain
+from blockmae.errors import BlockMAEError
 
 PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict")
 
@@ -29,11 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockmae.data import load_dataset
-    from blockmae.data.cache import default_workers
-    from blockmae.data.roots import default_root, obtain
-    from blockmae.errors import BlockMAEError
-
     if args.image_size < 1:
         raise BlockMAEError(f"--image-size must be positive, got {args.image_size}")
     name = args.dataset
@@ -71,19 +72,11 @@ def run(args: argparse.Namespace) -> int:
 def _dataset_facts(name: str):
     """(official RemoteFile, find_data_dir, layout text, archive prefix to extract, splits) of a dataset."""
     if name == "tiny-imagenet":
-        from blockmae.data import tiny_imagenet as m
-
-        return m.OFFICIAL_ZIP, m.find_data_dir, m.LAYOUT, None, m.SPLITS
+        return (tiny_imagenet.OFFICIAL_ZIP, tiny_imagenet.find_data_dir, tiny_imagenet.LAYOUT, None,
+                tiny_imagenet.SPLITS)
     if name == "dtd":
-        from blockmae.data import dtd as m
-
-        return m.OFFICIAL_ARCHIVE, m.find_data_dir, m.LAYOUT, None, m.SPLITS
+        return dtd.OFFICIAL_ARCHIVE, dtd.find_data_dir, dtd.LAYOUT, None, dtd.SPLITS
     if name == "cue-conflict":
-        from blockmae.data import cue_conflict as m
-
-        return m.OFFICIAL_ARCHIVE, m.find_data_dir, m.LAYOUT, m.STIMULI_IN_ARCHIVE, ("test",)
-    from functools import partial
-
-    from blockmae.data import cifar as m
-
-    return (m.official_archive(name), partial(m.find_data_dir, name), m.layout(name), None, m.SPLITS)
+        return (cue_conflict.OFFICIAL_ARCHIVE, cue_conflict.find_data_dir, cue_conflict.LAYOUT,
+                cue_conflict.STIMULI_IN_ARCHIVE, ("test",))
+    return (cifar.official_archive(name), partial(cifar.find_data_dir, name), cifar.layout(name), None, cifar.SPLITS)

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from blockmae.data.base import ImageTensorDataset
+from blockmae.data import load_dataset
+from blockmae.data.shapetex import TEXTURE_CLASSES
 from blockmae.errors import BlockMAEError
 from blockmae.visualisation import save_figure
 
@@ -25,26 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> ImageTensorDataset:
-    try:
-        from blockmae.data import load_dataset  # the dispatcher over every dataset, when present
-    except ImportError:
-        load_dataset = None
-    if load_dataset is not None:
-        options = {"seed": args.seed} if args.dataset == "shapetex" else {}
-        return load_dataset(args.dataset, args.split, root=args.root, image_size=args.image_size, **options)
-    if args.dataset != "shapetex":
-        raise BlockMAEError(f"unknown dataset {args.dataset!r} for preview; this build knows only 'shapetex'")
-    from blockmae.data.shapetex import load_shapetex
-
-    return load_shapetex(args.split, image_size=args.image_size, seed=args.seed)
+    options = {"seed": args.seed} if args.dataset == "shapetex" else {}
+    return load_dataset(args.dataset, args.split, root=args.root, image_size=args.image_size, **options)
 
 
 def _captions(data: ImageTensorDataset, index: torch.Tensor) -> list[str]:
     texture = data.extra_labels.get("texture")
     texture_names = None
     if texture is not None:
-        from blockmae.data.shapetex import TEXTURE_CLASSES
-
         texture_names = TEXTURE_CLASSES if data.name == "shapetex" else data.class_names
     captions = []
     for i in index.tolist():
@@ -60,10 +50,10 @@ def _captions(data: ImageTensorDataset, index: torch.Tensor) -> list[str]:
 
 def preview_figure(data: ImageTensorDataset, path: Path, count: int = 32, seed: int = 0, title: str = "") -> Path:
     """Draw `count` images picked at random (fixed by `seed`) with their labels; write `path` atomically."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     count = min(count, len(data))
     index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values

@@ -18,7 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blockmae.data.cache import cached_image_dataset
 from blockmae.data.download import RemoteFile
+from blockmae.data.roots import resolve_root, split_cache_dir
 from blockmae.errors import BlockMAEError
 
 if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
@@ -86,9 +88,6 @@ def load_cue_conflict(split: str = "test", root: str | os.PathLike | None = None
                       keep_agreeing: bool = True, cache_dir: str | os.PathLike | None = None,
                       resize: str = "center-crop", workers: int = 0, progress: bool = True) -> "ImageTensorDataset":
     """The cue-conflict stimuli at `image_size`, with shape labels and texture/agree extra labels."""
-    from blockmae.data.cache import cached_image_dataset
-    from blockmae.data.roots import resolve_root, split_cache_dir
-
     if split not in SPLITS:
         raise BlockMAEError(f"cue-conflict has no split {split!r}; choose one of {', '.join(SPLITS)}")
     data_dir, cache_root = resolve_root("cue-conflict", root, find_data_dir, LAYOUT, cache_dir)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from blockmae.errors import BlockMAEError
 
 _CHUNK = 1 << 20
@@ -68,8 +70,6 @@ def verify_file(path: Path, remote: RemoteFile) -> str | None:
 
 
 def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     # disable=None: quiet when stderr is not a terminal (logs, CI).
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                 disable=None if enabled else True, file=sys.stderr)

@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blockmae.data.cache import cached_image_dataset
 from blockmae.data.download import RemoteFile
+from blockmae.data.roots import resolve_root, split_cache_dir
 from blockmae.errors import BlockMAEError
 
 if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
@@ -72,9 +74,6 @@ def load_dtd(split: str, root: str | os.PathLike | None = None, image_size: int 
              cache_dir: str | os.PathLike | None = None, resize: str = "center-crop", workers: int = 0,
              progress: bool = True) -> "ImageTensorDataset":
     """DTD `split` of `partition` at `image_size`, decoded once into a uint8 cache."""
-    from blockmae.data.cache import cached_image_dataset
-    from blockmae.data.roots import resolve_root, split_cache_dir
-
     data_dir, cache_root = resolve_root("dtd", root, find_data_dir, LAYOUT, cache_dir)
     items, classes = list_items(data_dir, split, partition)
     return cached_image_dataset(items, split_cache_dir(cache_root, split, image_size, resize, variant=str(partition)),

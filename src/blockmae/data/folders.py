@@ -15,6 +15,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from blockmae.data.cache import cached_image_dataset
+from blockmae.data.roots import resolve_root, split_cache_dir
 from blockmae.errors import BlockMAEError
 
 if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
@@ -54,8 +58,6 @@ def _read_target_wnids(target: str | os.PathLike | Sequence[str]) -> list[str]:
 
 def list_items(tree: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     """(image file, folder index) pairs and the sorted folder names, as torchvision's ImageFolder finds them."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
     try:
         folders, folder_index = find_classes(str(tree))
         samples = make_dataset(str(tree), folder_index, extensions=IMG_EXTENSIONS)
@@ -70,9 +72,6 @@ def load_folder(root: str | os.PathLike, split: str | None = None, image_size: i
                 cache_dir: str | os.PathLike | None = None, resize: str = "center-crop", workers: int = 0,
                 progress: bool = True) -> "ImageTensorDataset":
     """The class-folder tree at `root` (or at `root/split` when that folder exists), decoded once into a cache."""
-    from blockmae.data.cache import cached_image_dataset
-    from blockmae.data.roots import resolve_root, split_cache_dir
-
     if root is None:
         raise BlockMAEError("the folder dataset needs root=<a folder of class sub-folders>")
     root = Path(root)

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
+from torchvision import datasets, transforms
 
-from blockmae.data.augment import BatchAugment, CropParams, resize_normalize
+from blockmae.data.augment import (
+    IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, BatchAugment, CropParams, resize_normalize,
+)
 from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
 
@@ -233,10 +236,6 @@ def image_folder(
     BatchAugment; evaluation: Resize(image_size) + CenterCrop. Both end with ToTensor + Normalize(ImageNet
     mean/std). Scanning a large tree takes a while: build it once and hand it to `folder_loader` per epoch.
     """
-    from torchvision import datasets, transforms
-
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
-
     root = Path(root)
     if not root.is_dir():
         raise BlockMAEError(f"image folder {root} does not exist; pass a directory of <class>/<image> files")

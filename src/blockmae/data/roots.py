@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from blockmae.data.base import default_cache_root
+from blockmae.data.download import RemoteFile, download, extract, filename_from_url, is_url
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
 
@@ -25,8 +27,6 @@ PREPARED_FILE = "blockmae-prepared.json"
 
 
 def _cache_root() -> Path:
-    from blockmae.data.base import default_cache_root  # imports torch: only when needed
-
     return default_cache_root()
 
 
@@ -101,8 +101,6 @@ def obtain(dataset: str, root: str | os.PathLike | None, source: str | os.PathLi
     never moved into `root`, and `root`'s record is written only after it passes, so a refused source
     leaves a root that worked as it was.
     """
-    from blockmae.data.download import RemoteFile, download, extract, filename_from_url, is_url
-
     root = Path(root) if root is not None else default_root(dataset)
     root.mkdir(parents=True, exist_ok=True)
     if source is None:

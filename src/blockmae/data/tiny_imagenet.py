@@ -18,7 +18,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blockmae.data.cache import cached_image_dataset
 from blockmae.data.download import RemoteFile
+from blockmae.data.roots import resolve_root, split_cache_dir
 from blockmae.errors import BlockMAEError
 
 if TYPE_CHECKING:  # torch is imported only when a dataset is loaded
@@ -108,9 +110,6 @@ def load_tiny_imagenet(split: str, root: str | os.PathLike | None = None, image_
 
     `root`: a folder prepared by `blockmae data prepare tiny-imagenet`, or the extracted dataset folder.
     """
-    from blockmae.data.cache import cached_image_dataset
-    from blockmae.data.roots import resolve_root, split_cache_dir
-
     if split not in SPLITS:
         raise BlockMAEError(f"Tiny-ImageNet has no split {split!r}; choose one of {', '.join(SPLITS)}")
     data_dir, cache_root = resolve_root("tiny-imagenet", root, find_data_dir, LAYOUT, cache_dir)

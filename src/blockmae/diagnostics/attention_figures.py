@@ -11,10 +11,10 @@ from blockmae.diagnostics import occlusion as occ
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     return plt
 

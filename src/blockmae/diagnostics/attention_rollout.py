@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from blockmae.diagnostics import attention as att
-from blockmae.diagnostics import occlusion as occ
-from blockmae.diagnostics.base import (Context, Diagnostic, DiagnosticResult, accuracy_row, command, take_subset,
-                                       to_unit, write_figure)
+from blockmae.diagnostics import attention as att, attention_figures as figs, occlusion as occ
+from blockmae.diagnostics.base import (
+    Context, Diagnostic, DiagnosticResult, accuracy_row, command, take_subset, to_unit, write_figure,
+)
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import atomic_path, write_json_atomic
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _BOOTSTRAP_SAMPLES = 2000
@@ -197,8 +200,6 @@ class AttentionRollout(Diagnostic):
 
     # ------------------------------------------------------------------------------------- evaluate
     def evaluate(self, ctx: Context) -> DiagnosticResult:
-        from tqdm.auto import tqdm
-
         self._setup(ctx)
         args = ctx.args
         settings = ctx.data_settings()
@@ -319,10 +320,6 @@ class AttentionRollout(Diagnostic):
 
     def _save_maps(self, ctx: Context, ds: Any, clean: dict[str, Tensor], sub: Any) -> None:
         """rollout_maps.safetensors: the clean maps (N, gh, gw) of the evaluated images, for downstream use."""
-        from safetensors.torch import save_file
-
-        from blockmae.fileio import atomic_path
-
         tensors = {"clean_maps": clean["maps"].contiguous(), "labels": ds.labels.contiguous(),
                    "correct": clean["correct"].to(torch.uint8).contiguous(),
                    "sample_images": sub.images[: max(ctx.args.samples, 1)].contiguous()}
@@ -333,8 +330,6 @@ class AttentionRollout(Diagnostic):
     def _figures(self, ctx: Context, sub: Any, sub_clean: dict[str, Tensor], sliding: dict[int, dict[str, Tensor]],
                  drop_rows: list[dict], slide_rows: list[dict], position_rows: list[dict], head_rows: list[dict],
                  chance: float) -> None:
-        from blockmae.diagnostics import attention_figures as figs
-
         s = sliding[self.block]
         samples = min(ctx.args.samples, len(sub))
         if samples:
@@ -355,9 +350,6 @@ class AttentionRollout(Diagnostic):
 
     def compare(self, runs: Sequence[tuple[str, Path, DiagnosticResult]], out_dir: Path) -> list[str]:
         """One figure with the runs side by side (occlusion curves, stability, attention distance, entropy)."""
-        from blockmae.diagnostics import attention_figures as figs
-        from blockmae.fileio import write_json_atomic
-
         named = {f"{i}-{Path(run_dir).name.split('-', 1)[-1]}": result for i, (_, run_dir, result) in enumerate(runs)}
         fig, rows = figs.comparison(named)
         path = write_figure(out_dir / "figures", "comparison", fig, rows)

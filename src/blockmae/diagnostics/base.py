@@ -61,9 +61,25 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
+from blockmae.config import load_config, to_dict
+from blockmae.data import load_dataset, subset
+from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from blockmae.errors import BlockMAEError
-from blockmae.evaluation.features import RANDOM, Encoder
+from blockmae.evaluation.cli_probe import run_probe
+from blockmae.evaluation.cli_shape_bias import encoder_for_head
+from blockmae.evaluation.config import EVAL_SPLITS, ProbeConfig
+from blockmae.evaluation.features import RANDOM, Encoder, encode_batch, load_encoder, resolve_device
+from blockmae.evaluation.linear import load_head
+from blockmae.evaluation.metrics import topk_correct
+from blockmae.fileio import write_json_atomic, write_text_atomic
+from blockmae.models.io import load_mae
+from blockmae.registry import Registry
+from blockmae.report.stats import wilson_interval
+from blockmae.visualisation import save_figure
 
 # A batched image transform: (images float (B, 3, H, W) in [0, 1] on the device, dataset indices (B,)) -> images.
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,8 +134,6 @@ class Diagnostic:
 
 def accuracy_row(level: Any, correct: int, n: int, **extra: Any) -> dict[str, Any]:
     """One level's accuracy with its 95% Wilson interval: {level, n, correct, top1, top1_low, top1_high, ...}."""
-    from blockmae.report.stats import wilson_interval
-
     accuracy = correct / n if n else float("nan")
     interval = wilson_interval(accuracy, n)
     return {"level": level, "n": n, "correct": correct, "top1": accuracy, "top1_low": interval.low,
@@ -127,15 +141,11 @@ def accuracy_row(level: Any, correct: int, n: int, **extra: Any) -> dict[str, An
 
 
 def correct_count(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> int:
-    from blockmae.evaluation.metrics import topk_correct
-
     return topk_correct(scores, labels, (k,))[k]
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Rows (dicts) as CSV, columns in first-seen order, written atomically."""
-    from blockmae.fileio import write_text_atomic
-
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -226,8 +236,6 @@ class Probe:
 
 def pretraining_data(checkpoint: str) -> dict[str, Any] | None:
     """The `data` section of the pretraining run holding `checkpoint` (its config.yaml), or None."""
-    from omegaconf import OmegaConf
-
     if checkpoint == RANDOM:
         return None
     path = Path(checkpoint).resolve()
@@ -259,9 +267,6 @@ def find_reusable_probe(registry: Any, weights_hash: str, config: Mapping[str, A
 
 def probe_config(args: argparse.Namespace, checkpoint: str) -> Any:
     """The ProbeConfig of the standard linear probe of `checkpoint` on the diagnostic's dataset."""
-    from blockmae.config import load_config
-    from blockmae.evaluation.config import ProbeConfig
-
     overrides = [f"checkpoint={checkpoint}", "kind=linear", f"output_root={args.output_root}",
                  f"device={args.device}", f"autocast={bool(args.autocast)}"]
     if checkpoint == RANDOM:
@@ -302,11 +307,6 @@ def _read_probe_run(run_dir: Path) -> tuple[str | None, dict[str, Any], dict[str
 
 def resolve_probe(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, Probe]:
     """The encoder and its probe head: given (--probe), reused from the registry, or trained now."""
-    from blockmae.evaluation.cli_probe import run_probe
-    from blockmae.evaluation.cli_shape_bias import encoder_for_head
-    from blockmae.evaluation.linear import load_head
-    from blockmae.registry import Registry
-
     if args.probe:
         head, meta = load_head(args.probe, device)
         encoder = encoder_for_head(meta, args.checkpoint, device)
@@ -317,7 +317,6 @@ def resolve_probe(args: argparse.Namespace, device: torch.device) -> tuple[Encod
         raise BlockMAEError("pass --checkpoint PATH (or 'random'), or --probe RUN")
     encoder = load_diagnostic_encoder(args, device)
     cfg = probe_config(args, args.checkpoint)
-    from blockmae.config import to_dict
 
     registry = Registry(args.output_root)
     record = find_reusable_probe(registry, encoder.weights_hash, to_dict(cfg))
@@ -334,14 +333,10 @@ def resolve_probe(args: argparse.Namespace, device: torch.device) -> tuple[Encod
 
 
 def load_diagnostic_encoder(args: argparse.Namespace, device: torch.device) -> Encoder:
-    from blockmae.evaluation.features import load_encoder
-
     if not args.checkpoint:
         raise BlockMAEError("pass --checkpoint PATH (or 'random')")
     arch = None
     if args.checkpoint == RANDOM and args.arch_from:
-        from blockmae.models.io import load_mae
-
         arch = dict(load_mae(args.arch_from)[0].arch)
     return load_encoder(args.checkpoint, args.preset, args.img_size, args.patch_size, args.init_seed, device,
                         arch=arch)
@@ -416,7 +411,6 @@ class Context:
                           "options": pretrained.get("options")}
         dataset = self.data_args.data or probe_data.get("dataset") or "shapetex"
         same = dataset == probe_data.get("dataset")
-        from blockmae.evaluation.config import EVAL_SPLITS
 
         split = self.data_args.split or (probe_data.get("eval_split") if same else None) or EVAL_SPLITS.get(dataset, "val")
         root = self.data_args.root if self.data_args.root is not None else (probe_data.get("root") if same else None)
@@ -431,8 +425,6 @@ class Context:
         """A split at the encoder's input size; default: the evaluation images (see data_settings).
 
         `subset` (default --num-images for the evaluation images) keeps a seeded random subset, in order."""
-        from blockmae.data import load_dataset
-
         if name is None:
             s = self.data_settings()
             name, split, root, options, subset = s["dataset"], s["split"], s["root"], {**s["options"], **options}, \
@@ -445,8 +437,6 @@ class Context:
 
     def batches(self, dataset: Any, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(images float in [0, 1] at the encoder's size on the device, labels, dataset indices) batches."""
-        from tqdm.auto import tqdm
-
         n = len(dataset)
         if n == 0:
             raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to evaluate")
@@ -461,8 +451,6 @@ class Context:
     @torch.no_grad()
     def features_of(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen features (B, D) of float images in [0, 1] (normalised here), float32."""
-        from blockmae.evaluation.features import encode_batch
-
         return encode_batch(self.encoder.model, imagenet_normalise(images), self.pool, self.layer, self.autocast)
 
     @torch.no_grad()
@@ -499,16 +487,12 @@ class Context:
 
 def write_figure(folder: Path, stem: str, fig: Any, rows: Sequence[Mapping[str, Any]]) -> Path:
     """<folder>/<stem>.png (atomically) beside <folder>/<stem>.csv, the numbers drawn."""
-    from blockmae.visualisation import save_figure
-
     write_csv(folder / f"{stem}.csv", rows)
     return save_figure(fig, folder / f"{stem}.png", dpi=120, bbox_inches="tight")
 
 
 def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float [0, 1] at `size` (antialiased bilinear, the evaluation path's resize)."""
-    import torch.nn.functional as F
-
     x = images.float().div_(255.0)
     if tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
@@ -517,8 +501,6 @@ def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
     """Float [0, 1] images -> the encoder's input (ImageNet mean/std, as the data pipeline)."""
-    from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
-
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
@@ -526,8 +508,6 @@ def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
 
 def take_subset(dataset: Any, num_images: int | None, seed: int) -> Any:
     """A seeded class-balanced subset of `num_images` images (in dataset order), or the dataset itself."""
-    from blockmae.data import subset
-
     if num_images is not None and num_images < 1:
         raise BlockMAEError(f"--num-images must be positive, got {num_images}")
     return subset(dataset, num_images, seed)
@@ -571,10 +551,6 @@ def run_several(diagnostic: type[Diagnostic], args: argparse.Namespace, checkpoi
 
 def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[str, Path, DiagnosticResult]:
     """Resolve encoder and probe, run `diagnostic.evaluate`, write results.json, record the run."""
-    from blockmae.evaluation.features import resolve_device
-    from blockmae.fileio import write_json_atomic
-    from blockmae.registry import Registry
-
     args.command_name = diagnostic.name
     if args.batch_size < 1:
         raise BlockMAEError(f"--batch-size must be positive, got {args.batch_size}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from blockmae.diagnostics import DIAGNOSTICS
+from blockmae.diagnostics.base import Diagnostic, run_diagnostic
 from blockmae.errors import BlockMAEError
 
 
@@ -58,8 +59,6 @@ def diagnostic_arguments(name: str, options: Mapping[str, Any], extra: Sequence[
 
 def diagnostic_class(name: str) -> Any:
     """The Diagnostic subclass behind `blockmae eval NAME`."""
-    from blockmae.diagnostics.base import Diagnostic
-
     module = importlib.import_module(diagnostic_modules()[name])
     return next(v for v in vars(module).values()
                 if isinstance(v, type) and issubclass(v, Diagnostic) and getattr(v, "name", None) == name)
@@ -67,6 +66,4 @@ def diagnostic_class(name: str) -> Any:
 
 def run_named_diagnostic(name: str, options: Mapping[str, Any], extra: Sequence[str]) -> tuple[str, Path, Any]:
     """Run `blockmae eval NAME` in this process; returns (registry run id, run dir, DiagnosticResult)."""
-    from blockmae.diagnostics.base import run_diagnostic
-
     return run_diagnostic(diagnostic_class(name)(), diagnostic_arguments(name, options, extra))

@@ -74,10 +74,10 @@ def level_label(level: float) -> str:
 def accuracy_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], chance: float, title: str,
                     xlabel: str) -> Any:
     """Top-1 with its 95% Wilson band against level position, one line per curve; chance dashed."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, rows in curves.items():
@@ -97,10 +97,10 @@ def accuracy_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], chance: f
 
 def human_comparison_figure(model_rows: Sequence[Mapping[str, Any]], title: str) -> Any:
     """Rows with fraction_of_side, model_normalised, human_normalised: both curves at the same levels."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     x = np.arange(len(model_rows))

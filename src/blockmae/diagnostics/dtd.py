@@ -20,8 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from blockmae.data.dtd import LAYOUT, PARTITIONS, find_data_dir, list_items
+from blockmae.data.roots import resolve_root
 from blockmae.diagnostics.base import Context, Diagnostic, DiagnosticResult, accuracy_row, command
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.config import LinearConfig
+from blockmae.evaluation.linear import train_linear_probe
+from blockmae.report.stats import wilson_interval
 
 # Student t quantiles t(0.975, df) for the mean over partitions (df = partitions - 1).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -51,12 +56,6 @@ class DTDTransfer(Diagnostic):
         parser.add_argument("--dtd-epochs", type=int, help="linear-probe epochs on DTD (default: the object probe's)")
 
     def evaluate(self, ctx: Context) -> DiagnosticResult:
-        from blockmae.data.dtd import LAYOUT, PARTITIONS, find_data_dir, list_items
-        from blockmae.data.roots import resolve_root
-        from blockmae.evaluation.config import LinearConfig
-        from blockmae.evaluation.linear import train_linear_probe
-        from blockmae.report.stats import wilson_interval
-
         args = ctx.args
         if args.root is None:
             raise BlockMAEError("pass --root DIR: the DTD folder (images/ and labels/), e.g. ../shared/data/dtd-mini")
@@ -132,10 +131,10 @@ class DTDTransfer(Diagnostic):
 
     @staticmethod
     def _figure(ctx: Context, rows: list[dict[str, Any]], summary: dict[str, Any], chance: float) -> None:
-        import matplotlib
+        import matplotlib  # heavy: only when a figure is drawn
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
         bars = [dict(r, label=f"DTD {r['level']}") for r in rows]
         if "object_top1" in summary:

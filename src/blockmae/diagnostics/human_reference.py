@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from blockmae.diagnostics.base import write_csv
 from blockmae.errors import BlockMAEError
 
 EXPERIMENTS = ("low-pass", "high-pass")
@@ -86,8 +87,6 @@ def human_curve(experiment: str, sigmas_224: list[float]) -> list[dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from blockmae.diagnostics.base import write_csv
-
     parser = argparse.ArgumentParser(prog="python -m blockmae.diagnostics.human_reference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("raw_dir", help="folder with low-pass/ and high-pass/ raw trial CSVs")

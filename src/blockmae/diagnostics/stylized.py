@@ -29,7 +29,12 @@ from blockmae.diagnostics import filters
 from blockmae.diagnostics.base import (
     Context, Diagnostic, DiagnosticResult, accuracy_row, command, correct_count, to_unit,
 )
+from blockmae.diagnostics.curves import accuracy_figure, curve_summary
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.metrics import topk_correct
+from blockmae.evaluation.shape_bias import shape_bias_from_decisions
+from blockmae.fileio import write_text_atomic
+from blockmae.report.stats import wilson_interval
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -58,8 +63,6 @@ def random_donors(n: int, pool_size: int, seed: int) -> torch.Tensor:
 def phase_amplitude_bias(decisions: torch.Tensor, phase_labels: torch.Tensor, amplitude_labels: torch.Tensor,
                          seed: int = 0) -> dict[str, Any]:
     """Phase bias of decisions on phase(A) + amplitude(B) images, with its bootstrap 95% interval."""
-    from blockmae.evaluation.shape_bias import shape_bias_from_decisions
-
     result = shape_bias_from_decisions(decisions, phase_labels, amplitude_labels, seed=seed)
     return {"phase_bias": result.shape_bias, "phase_bias_low": result.low, "phase_bias_high": result.high,
             "n_images": result.n_images, "n_phase": result.n_shape, "n_amplitude": result.n_texture,
@@ -69,8 +72,6 @@ def phase_amplitude_bias(decisions: torch.Tensor, phase_labels: torch.Tensor, am
 
 def difference_interval(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
     """Newcombe's hybrid score 95% interval of p1 - p2 (independent samples), from the Wilson intervals."""
-    from blockmae.report.stats import wilson_interval
-
     a, b = wilson_interval(p1, n1), wilson_interval(p2, n2)
     d = p1 - p2
     return d - math.hypot(p1 - a.low, b.high - p2), d + math.hypot(a.high - p1, p2 - b.low)
@@ -122,7 +123,6 @@ class Stylized(Diagnostic):
             rows.append(accuracy_row(alpha, correct_count(s, ds.labels), len(ds),
                                      top5=correct_count(s, ds.labels, 5) / len(ds)))
         levels["alpha"] = rows
-        from blockmae.diagnostics.curves import curve_summary
 
         sweep = curve_summary(args.alphas, [r["top1"] for r in rows], chance)
         summary.update({"alpha_auc": sweep["auc"], "alpha_auc_normalised": sweep["auc_normalised"],
@@ -160,9 +160,6 @@ class Stylized(Diagnostic):
 
     def _stylized_imagenet(self, ctx: Context, clean: Any, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Top-1/top-5 on the probe's classes of a Stylized-ImageNet folder, beside the clean images."""
-        from blockmae.fileio import write_text_atomic
-        from blockmae.evaluation.metrics import topk_correct
-
         class_ids = list(ctx.probe.meta.get("class_ids") or ctx.probe.meta.get("class_names") or [])
         tree = root / "val" if (root / "val").is_dir() else root
         if not tree.is_dir():
@@ -194,12 +191,10 @@ class Stylized(Diagnostic):
 
     @staticmethod
     def _figures(ctx: Context, levels: dict[str, list[dict[str, Any]]], chance: float) -> None:
-        import matplotlib
+        import matplotlib  # heavy: only when a figure is drawn
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from blockmae.diagnostics.curves import accuracy_figure
+        import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
         labelled = [dict(r, label=f"{r['level']:g}") for r in levels["alpha"]]
         fig = accuracy_figure({"phase kept, amplitude from donor": labelled}, chance,

@@ -17,9 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
+from blockmae.engine.config import FREE_KEYS
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path, fsync_dir, replace_dir, sha256_file, write_json_atomic, writing
+from blockmae.models.io import load_compatible_state, save_mae
 from blockmae.registry import flatten
 
 WEIGHTS = "model.safetensors"
@@ -45,8 +49,6 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict, meta: 
     failed write (full disk, ...) leaves no temp files and raises a one-line BlockMAEError; the previous
     checkpoint of that name is untouched.
     """
-    from blockmae.models.io import save_mae
-
     save_weights = save_weights or save_mae
 
     directory = Path(directory)
@@ -174,11 +176,6 @@ def load_state(directory: Path) -> dict:
 
 
 def load_weights(directory: Path, model: torch.nn.Module) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from blockmae.models.io import load_compatible_state
-
     path = Path(directory) / WEIGHTS
     try:
         weights = load_file(str(path))
@@ -222,8 +219,6 @@ ABSENT = "<absent>"
 def config_changes(saved: dict, current: dict, epoch: int) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (checkpoint's value, current value)} for the settings that differ and would change the
     training trajectory: all but `FREE_KEYS`, and milestones only where they fall in epochs already run."""
-    from blockmae.engine.config import FREE_KEYS
-
     a, b = flatten(saved), flatten(current)
     changes = {}
     for key in sorted(set(a) | set(b)):

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from blockmae.config import add_config_arguments, load_config, to_yaml
+from blockmae.engine.config import PretrainConfig
+from blockmae.engine.distributed import torchrun_env
+from blockmae.engine.pretrain import pretrain
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -12,7 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "is <output_root>/<name>-<hash of the settings>, so the same command resumes the same run; a run dir "
         "holding checkpoints resumes automatically, and settings that would change the training are refused "
         "unless listed in run.allow_changes=[key,...]. One process writes a run dir at a time. Multi-GPU: torchrun --nproc_per_node G -m blockmae pretrain ...")
-    from blockmae.config import add_config_arguments
 
     parser.add_argument("--resume", metavar="PATH", help="resume from this run dir or checkpoint dir (= run.resume)")
     add_config_arguments(parser, "config: a file or a shipped name (e.g. smoke, pretrain_block)",
@@ -20,18 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockmae.config import load_config, to_yaml
-    from blockmae.engine.config import PretrainConfig
-
     overrides = list(args.overrides) + ([f"run.resume={args.resume}"] if args.resume else [])
     cfg = load_config(PretrainConfig, args.config, overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from blockmae.engine.pretrain import pretrain
 
     run_dir = pretrain(cfg)
-    from blockmae.engine.distributed import torchrun_env
 
     if torchrun_env().is_main:
         print(f"done: {run_dir}")

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from blockmae.engine.checkpoint import find_checkpoint
 from blockmae.errors import BlockMAEError
+from blockmae.models.io import resolve_weights_path
 
 
 def weights_file(path: str | Path) -> Path:
@@ -23,15 +26,11 @@ def weights_file(path: str | Path) -> Path:
         raise BlockMAEError(f"{path} is not a .safetensors file; give a weights file, checkpoint dir or run dir")
     if path.is_dir():
         find_checkpoint(path)  # puts back a `last` whose atomic swap was interrupted
-    from blockmae.models.io import resolve_weights_path
 
     return resolve_weights_path(path)
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:

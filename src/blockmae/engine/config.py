@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from blockmae.data.augment import INTERPOLATIONS
-from blockmae.masking import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
-from blockmae.models.mae import POS_EMBEDS
 from blockmae.config import check_finite
+from blockmae.data.augment import INTERPOLATIONS
 from blockmae.errors import BlockMAEError
+from blockmae.masking import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
+from blockmae.models import PRESETS
+from blockmae.models.mae import POS_EMBEDS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -198,8 +199,6 @@ class PretrainConfig:
         """model.patch_size, or the preset's when it is null."""
         patch = self.model.patch_size
         if patch is None:
-            from blockmae.models import PRESETS  # the preset decides the patch size
-
             if self.model.preset not in PRESETS:
                 raise BlockMAEError(f"unknown model.preset '{self.model.preset}'; "
                                     f"choose one of {', '.join(sorted(PRESETS))}")

@@ -14,6 +14,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from blockmae.data.loader import rank_rows
+from blockmae.errors import BlockMAEError
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,6 @@ def resolve_device(preference: str, info: DistInfo | None = None, key: str = "tr
 
     `key` names the setting in error messages (the probes call it `device`).
     """
-    from blockmae.errors import BlockMAEError
-
     info = info or DistInfo()
     if preference == "auto":
         if torch.cuda.is_available():
@@ -103,7 +105,6 @@ def barrier() -> None:
 def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
     if not info.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
     # Buffers (rotary tables) are fixed: synced once at start, not before every forward.
@@ -116,6 +117,4 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, info: DistInfo) -> to
 
 def rows_of_rank(batch_size: int, info: DistInfo) -> slice:
     """Which rows of a global (all-rank) batch belong to this rank: the loaders' rule (rank_rows)."""
-    from blockmae.data.loader import rank_rows
-
     return rank_rows(batch_size, info.rank, info.world_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import platform
 import socket
 import sys
@@ -13,8 +14,9 @@ from typing import Any
 
 import torch
 
-from blockmae.config import to_dict
+from blockmae.config import to_dict, to_yaml
 from blockmae.engine.config import FREE_KEYS, PretrainConfig
+from blockmae.fileio import write_json_atomic, write_text_atomic, writing
 from blockmae.masking.stats import mask_stats
 from blockmae.registry import config_hash, flatten, git_commit
 
@@ -88,11 +90,6 @@ def write_run_files(run_dir: Path, cfg: Any, device: torch.device, world_size: i
                     accepted_changes: dict[str, Any] | None = None) -> None:
     """`config.yaml` (the resolved config) and `env.json` (first start; each resume appended to `resumes`,
     with the trajectory changes the user accepted)."""
-    import json
-
-    from blockmae.config import to_yaml
-    from blockmae.fileio import write_json_atomic, write_text_atomic, writing
-
     run_dir = Path(run_dir)
     with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import writing
+from blockmae.registry import pid_alive, process_start_time  # the registry's rules for a live process
 
 LOCK_NAME = "run.lock"
 
@@ -42,8 +43,6 @@ def _read_holder(fd: int) -> dict[str, Any]:
 
 def _alive_here(holder: dict[str, Any]) -> bool:
     """Whether the holder is a live process on this host (unknown hosts count as alive)."""
-    from blockmae.registry import pid_alive  # the registry's rule for "is this run's process still there"
-
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return True
     return pid_alive(holder["pid"], holder.get("proc_start"))
@@ -59,8 +58,6 @@ class RunLock:
         self.created_dir = False
 
     def acquire(self) -> "RunLock":
-        from blockmae.registry import process_start_time
-
         with writing(self.run_dir):
             self.created_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from blockmae.fileio import output_error, writing
 
@@ -57,8 +59,6 @@ class RunLogger:
     """metrics.jsonl (cut back to `resume_bytes` on resume) and TensorBoard events under tb/."""
 
     def __init__(self, run_dir: Path, step: int, resume_bytes: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.path = run_dir / "metrics.jsonl"
         with writing(self.path):
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +93,6 @@ class RunLogger:
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
     # Quiet when stderr is not a terminal (CI, log files) and on every rank but 0.
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                 disable=not (enabled and sys.stderr.isatty()))

@@ -22,8 +22,10 @@ from typing import Any, Iterator
 import torch
 
 from blockmae.config import to_dict
-from blockmae.engine import checkpoint as ckpt
-from blockmae.engine import distributed as dist
+from blockmae.data import load_dataset
+from blockmae.data.augment import BatchAugment, normalize
+from blockmae.data.loader import TensorBatchLoader, folder_loader, image_folder
+from blockmae.engine import checkpoint as ckpt, distributed as dist
 from blockmae.engine.config import PretrainConfig
 from blockmae.engine.logs import read_metrics
 from blockmae.engine.loop import TrainingLoop, seed_everything, started
@@ -33,6 +35,7 @@ from blockmae.fileio import writing
 from blockmae.masking import MaskSpec, standard_masks
 from blockmae.models import build_mae
 from blockmae.registry import Registry
+from blockmae.visualisation.reconstructions import reconstruction_figure
 
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
 
@@ -86,9 +89,6 @@ class Pretrainer(TrainingLoop):
             self.loader = _FolderBatches(self.cfg, self.micro_batch, self.device, self.info.rank,
                                          self.info.world_size)
             return
-        from blockmae.data import load_dataset
-        from blockmae.data.augment import BatchAugment
-        from blockmae.data.loader import TensorBatchLoader
 
         options = dict(cfg.options)
         if cfg.num_images is not None:
@@ -168,9 +168,6 @@ class Pretrainer(TrainingLoop):
             self._draw_reconstructions()
 
     def _figure_images(self) -> torch.Tensor | None:
-        from blockmae.data import load_dataset
-        from blockmae.data.augment import normalize
-
         cfg = self.cfg.data
         options = dict(cfg.options)
         if cfg.dataset == "shapetex":
@@ -198,7 +195,6 @@ class Pretrainer(TrainingLoop):
     def _draw_reconstructions(self) -> None:
         if self.figure_batch is None:
             return
-        from blockmae.visualisation.reconstructions import reconstruction_figure
 
         path = self.run_dir / "figures" / f"reconstructions_epoch_{self.epoch:04d}.png"
         with writing(path):
@@ -216,8 +212,6 @@ class _FolderBatches:
 
     def __init__(self, cfg: PretrainConfig, batch_size: int, device: torch.device, rank: int = 0,
                  world_size: int = 1) -> None:
-        from blockmae.data.loader import folder_loader, image_folder
-
         self.cfg, self.device, self.epoch = cfg, device, 0
         data = cfg.data
         folder = image_folder(data.root, cfg.img_size, train=data.augment, scale=tuple(data.crop_scale),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,19 @@ from typing import Any
 import torch
 
 from blockmae.config import add_config_arguments, load_config, to_dict, to_yaml
+from blockmae.data import load_dataset, subset
+from blockmae.data.roots import resolve_root
+from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.config import ProbeConfig
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
+from blockmae.evaluation.knn import knn_classify
+from blockmae.evaluation.linear import load_head, save_head, train_linear_probe, train_linear_probe_forward
 from blockmae.evaluation.metrics import NO_DECISION, read_run_output
-from blockmae.registry import Registry
+from blockmae.fileio import write_json_atomic
+from blockmae.models.external import canonical_spec
+from blockmae.models.io import load_mae
+from blockmae.registry import Registry, flatten
 
 PREDICTIONS = "predictions.json"  # per-image top-1 classes of a probe run, written just before results.json
 
@@ -39,17 +48,12 @@ class ProbeOutcome:
 def class_ids(cfg: ProbeConfig, dataset: Any) -> list[str]:
     """Stable class identifiers for the head's metadata (Tiny-ImageNet: the wnids, in class order)."""
     if cfg.data.dataset == "tiny-imagenet":
-        from blockmae.data.roots import resolve_root
-        from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
-
         data_dir, _ = resolve_root("tiny-imagenet", cfg.data.root, find_data_dir, LAYOUT, None)
         return read_wnids(data_dir)
     return list(dataset.class_names)
 
 
 def parent_of(checkpoint: str) -> str:
-    from blockmae.models.external import canonical_spec
-
     return RANDOM if checkpoint == RANDOM else canonical_spec(checkpoint)
 
 
@@ -66,10 +70,6 @@ def default_name(cfg: ProbeConfig) -> str:
 def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
     """Split `split`; `data.num_images` images of it (ShapeTex generates them; a real dataset gives a
     class-balanced subset drawn with `data.seed`)."""
-    import sys
-
-    from blockmae.data import load_dataset, subset
-
     options: dict[str, Any] = dict(cfg.data.options)
     shapetex, wanted = cfg.data.dataset == "shapetex", cfg.data.num_images
     if shapetex and wanted is not None:
@@ -89,10 +89,6 @@ _RERUN_KEYS_FREE = ("name", "run_dir", "output_root", "device")
 def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
     """Refuse a run dir that already holds another probe's head or results (a rerun of the same probe,
     e.g. a sweep retrying a failed one, may replace its own)."""
-    import json
-
-    from blockmae.registry import flatten
-
     results, head = run_dir / "results.json", run_dir / "head.safetensors"
     if results.is_file():
         try:
@@ -109,8 +105,6 @@ def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
             raise BlockMAEError(f"run_dir {run_dir} already holds another probe's results ({listed}{more}); "
                                 "use another run_dir (or none: a new folder is made) or delete it")
     elif head.is_file():
-        from blockmae.evaluation.linear import load_head
-
         _, meta = load_head(head)
         if meta.get("weights_hash") != config["weights_hash"] or meta.get("dataset") != config["data"]["dataset"]:
             raise BlockMAEError(f"run_dir {run_dir} already holds another probe's head (head.safetensors); "
@@ -119,17 +113,12 @@ def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
 
 def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = True) -> ProbeOutcome:
     """Run the probe(s) of `cfg` and record them; `encoder` skips loading when the caller has it."""
-    from blockmae.evaluation.knn import knn_classify
-    from blockmae.evaluation.linear import save_head, train_linear_probe, train_linear_probe_forward
-
     cfg.validate()  # also when built in Python rather than by load_config
     device = resolve_device(cfg.device)
     if encoder is None:
         e = cfg.encoder
         arch = None
         if cfg.checkpoint == RANDOM and e.arch_from:
-            from blockmae.models.io import load_mae
-
             arch = dict(load_mae(e.arch_from)[0].arch)
         encoder = load_encoder(cfg.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, device, arch=arch)
     encoder.model.to(device)

@@ -17,17 +17,16 @@ from typing import Any
 
 import torch
 
+from blockmae.data import load_dataset
+from blockmae.data.cue_conflict import load_category_mapping
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_json_atomic
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
 from blockmae.evaluation.linear import LinearProbeHead, head_scores, load_head
 from blockmae.evaluation.metrics import read_run_output
 from blockmae.evaluation.shape_bias import (
-    HUMAN_SHAPE_BIAS_TIN_SUBSET,
-    category_decisions,
-    cue_conflict_shape_bias,
-    shapetex_shape_bias,
+    HUMAN_SHAPE_BIAS_TIN_SUBSET, category_decisions, cue_conflict_shape_bias, shapetex_shape_bias,
 )
+from blockmae.fileio import write_json_atomic
 from blockmae.registry import Registry
 
 FULL_TIN_SUBSET = 550  # conflicting cue-conflict images whose two categories have Tiny-ImageNet classes
@@ -67,8 +66,6 @@ def evaluate_shapetex(head: LinearProbeHead, encoder: Encoder, meta: dict[str, A
                       seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """ShapeTex: shape bias on cue_conflict, shape_only accuracy, texture_only read as shape k <-> texture k.
     Returns (metrics, decisions.json record: per split the decided class and the labels it is scored by)."""
-    from blockmae.data import load_dataset
-
     if meta.get("dataset") != "shapetex":
         raise BlockMAEError(f"--data shapetex needs a probe trained on shapetex, this one was trained on "
                             f"{meta.get('dataset')}")
@@ -99,9 +96,6 @@ def evaluate_cue_conflict(head: LinearProbeHead, encoder: Encoder, meta: dict[st
     """Geirhos cue-conflict with a Tiny-ImageNet probe: 16-category mean-probability decisions. Returns
     (metrics, decisions.json record: the used images' positions among the conflicting stimuli, their
     decided category and shape and texture categories, all as indices into `categories`)."""
-    from blockmae.data import load_dataset
-    from blockmae.data.cue_conflict import load_category_mapping
-
     ids = meta.get("class_ids") or []
     mapping = load_category_mapping()
     if not any(w in ids for wnids in mapping.values() for w in wnids):

@@ -17,10 +17,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from blockmae.data.loader import TensorBatchLoader
+from blockmae.engine.distributed import resolve_device as engine_resolve_device
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
+from blockmae.models import MaskedAutoencoderViT, build_mae
+from blockmae.models.external import canonical_spec, is_foreign, load_foreign
+from blockmae.models.io import load_mae
 
 RANDOM = "random"
 
@@ -57,10 +63,6 @@ def load_encoder(
     """Load a checkpoint (file, checkpoint dir or run dir; or a foreign ViT, see models/external.py), or, for
     checkpoint=random, build an untrained model seeded with `seed`: of architecture `arch` when given (e.g. a
     pretrained run's), else `preset`."""
-    from blockmae.models import MaskedAutoencoderViT, build_mae
-    from blockmae.models.external import canonical_spec, is_foreign, load_foreign
-    from blockmae.models.io import load_mae
-
     if checkpoint == RANDOM:
         torch.manual_seed(seed)
         if arch is not None:
@@ -80,8 +82,6 @@ def load_encoder(
 
 def resolve_device(device: str) -> torch.device:
     """The probes' `device` setting: the engine's rule (auto = cuda, then mps, then cpu)."""
-    from blockmae.engine.distributed import resolve_device as engine_resolve_device
-
     return engine_resolve_device(device, key="device")
 
 
@@ -102,8 +102,6 @@ def extract_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """Features (N, D) of every image of `dataset` in order (no augmentation), on the CPU."""
-    from blockmae.data.loader import TensorBatchLoader
-
     if len(dataset) == 0:
         raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to extract features from")
     loader = TensorBatchLoader(dataset, batch_size, device, augment=None, shuffle=False, drop_last=False,
@@ -140,8 +138,6 @@ def encoder_features(
     device: str | torch.device = "cpu", autocast: bool = False, cache_dir: str | Path | None = None,
 ) -> torch.Tensor:
     """`extract_features` at the encoder's input size, read from / written to `cache_dir` when given."""
-    from safetensors.torch import load_file, save_file
-
     path = feature_cache_path(cache_dir, encoder, dataset, pool, layer, autocast) if cache_dir is not None else None
     if path is not None and path.is_file():
         cached = load_file(str(path))["features"]

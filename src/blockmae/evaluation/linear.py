@@ -22,14 +22,19 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from timm.optim import Lars
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
+from blockmae.data.augment import BatchAugment
+from blockmae.data.loader import TensorBatchLoader
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import atomic_path
 from blockmae.evaluation.config import LinearConfig
+from blockmae.evaluation.features import encode_batch
 from blockmae.evaluation.metrics import top1_predictions, topk_accuracy
+from blockmae.fileio import atomic_path
 
 
 class LinearProbeHead(nn.Module):
@@ -227,10 +232,6 @@ def train_linear_probe_forward(
     autocast: bool = False,
 ) -> ProbeResult:
     """MAE path: each epoch, augmented images (random resized crop + flip) go through the frozen encoder."""
-    from blockmae.data.augment import BatchAugment
-    from blockmae.data.loader import TensorBatchLoader
-    from blockmae.evaluation.features import encode_batch
-
     torch.manual_seed(cfg.seed)
     batch = _effective_batch(len(train_dataset), cfg.batch_size)
     augment = BatchAugment(train_dataset.image_size)
@@ -256,8 +257,6 @@ def train_linear_probe_forward(
 
 def save_head(head: LinearProbeHead, path: str | Path, metadata: dict[str, Any]) -> Path:
     """Write the head as safetensors; `metadata` (pool, class names, checkpoint hash, ...) as JSON in the header."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     header = {"blockmae": json.dumps({"kind": "linear_probe_head", "dim": head.dim,
@@ -269,9 +268,6 @@ def save_head(head: LinearProbeHead, path: str | Path, metadata: dict[str, Any])
 
 def load_head(path: str | Path, device: str | torch.device = "cpu") -> tuple[LinearProbeHead, dict[str, Any]]:
     """Read a head written by :func:`save_head`; returns (head in eval mode, metadata)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         path = path / "head.safetensors"

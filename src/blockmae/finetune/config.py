@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from blockmae.engine.config import DEVICES, PRECISIONS, OptimConfig, TrainConfig
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.config import EVAL_SPLITS
 
 POOLS = ("avg", "cls")
 
@@ -98,8 +99,6 @@ class FinetuneConfig:
     run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
 
     def validate(self) -> None:
-        from blockmae.evaluation.config import EVAL_SPLITS
-
         checks = [
             (self.model.pool in POOLS, f"model.pool must be one of {', '.join(POOLS)}, not '{self.model.pool}'"),
             (0.0 <= self.model.drop_path < 1.0, "model.drop_path must be in [0, 1)"),

@@ -42,6 +42,7 @@ from blockmae.finetune.config import FinetuneConfig
 from blockmae.models.export import timm_model_args, timm_model_name, to_timm_vit
 from blockmae.models.io import load_compatible_state, load_mae, resolve_weights_path
 from blockmae.registry import Registry, flatten
+from blockmae.report.stats import wilson_interval
 
 RANDOM = "random"
 WEIGHTS_FORMAT = "blockmae.finetune"
@@ -292,8 +293,6 @@ class Finetuner(TrainingLoop):
 
     def results(self) -> dict[str, Any]:
         """Final epoch's top-1/top-5 (with 95% Wilson intervals) and the best epoch, labelled as such."""
-        from blockmae.report.stats import wilson_interval
-
         if not self.history:
             return {}
         final = self.history[-1]

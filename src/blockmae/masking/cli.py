@@ -17,6 +17,7 @@ from tqdm import tqdm
 from blockmae.errors import BlockMAEError
 from blockmae.masking.generators import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
 from blockmae.masking.stats import CHUNK_ELEMENTS, MaskStats, mask_stats, max_draws
+from blockmae.visualisation import save_figure
 
 MASKED, VISIBLE = "#", "."
 MAX_SIDE = 1024  # patches per grid side
@@ -73,12 +74,10 @@ def format_stats(stats: MaskStats) -> str:
 
 def draw_masks(masks: torch.Tensor, grid: tuple[int, int], path: Path, title: str) -> Path:
     """The masks (B, N) side by side as a PNG: masked patches dark, visible light, patch borders drawn."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from blockmae.visualisation import save_figure
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     height, width = grid
     count = masks.shape[0]

@@ -15,13 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from timm.models import save_for_hf
 from torch import nn
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import replace_dir
+from blockmae.models.hf import _HF_RENAMES, build_hf_vitmae, quiet_transformers, require_transformers
+from blockmae.models.io import load_mae
 from blockmae.models.mae import MaskedAutoencoderViT
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
@@ -80,8 +86,6 @@ def to_timm_vit(model: MaskedAutoencoderViT, pool: str = "cls", num_classes: int
                 **overrides: Any) -> nn.Module:
     """A timm VisionTransformer (Eva for RoPE) holding the encoder's weights (a fresh head when
     ``num_classes`` > 0). ``overrides`` go to ``timm.create_model`` (``drop_path_rate``...)."""
-    import timm
-
     args = {**timm_model_args(model.arch, pool, fc_norm), **overrides}
     vit = timm.create_model(timm_model_name(model.arch), pretrained=False, num_classes=num_classes, **args)
     state = encoder_state_dict(model)
@@ -102,8 +106,6 @@ def export_timm(model: MaskedAutoencoderViT, out_dir: str | Path, pool: str = "c
     """timm's own layout (``save_for_hf``: model.safetensors + config.json with architecture and model_args),
     so both ``timm.create_model('local-dir:DIR', pretrained=True)`` and the model name + ``model_args`` +
     ``pretrained_cfg_overlay=dict(file=DIR/model.safetensors)`` load it."""
-    from timm.models import save_for_hf
-
     vit = to_timm_vit(model, pool)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -130,8 +132,6 @@ def timm_load_kwargs(out_dir: str | Path) -> tuple[str, dict[str, Any]]:
 def _hf_state_from(model: MaskedAutoencoderViT, hf_keys: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
     """Fill ``hf_keys`` from blockmae tensors by the forward mapping (``prefix`` makes ViTModel keys look
     like ViTMAE's ``vit.`` ones for it)."""
-    from blockmae.models.io import _HF_RENAMES
-
     ours = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     for key in hf_keys:
@@ -150,8 +150,6 @@ def _hf_state_from(model: MaskedAutoencoderViT, hf_keys: list[str], prefix: str 
 def to_hf(model: MaskedAutoencoderViT) -> nn.Module:
     """``ViTMAEForPreTraining`` (sin-cos positions: the whole MAE, decoder included) or ``ViTModel``
     (learned positions: the encoder, whose table ViTMAE would not keep)."""
-    from blockmae.models.io import build_hf_vitmae
-
     arch = model.arch
     _refuse_rope(arch, "Hugging Face")
     if arch["pos_embed"] == "none":
@@ -160,10 +158,8 @@ def to_hf(model: MaskedAutoencoderViT) -> nn.Module:
     if arch["pos_embed"] == "sincos":
         hf, prefix = build_hf_vitmae(arch), ""
     else:
-        from blockmae.models.external import require_transformers
-
         require_transformers()
-        from transformers import ViTConfig, ViTModel
+        from transformers import ViTConfig, ViTModel  # optional: Hugging Face export only
 
         hf = ViTModel(ViTConfig(
             image_size=arch["img_size"], patch_size=arch["patch_size"], num_channels=arch["in_chans"],
@@ -181,8 +177,6 @@ def to_hf(model: MaskedAutoencoderViT) -> nn.Module:
 
 
 def export_hf(model: MaskedAutoencoderViT, out_dir: str | Path) -> Path:
-    from blockmae.models.external import quiet_transformers
-
     hf = to_hf(model)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -194,15 +188,11 @@ def export_hf(model: MaskedAutoencoderViT, out_dir: str | Path) -> Path:
 
 
 def _fresh(tmp: Path) -> None:
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
-    from blockmae.fileio import replace_dir
-
     replace_dir(tmp, out_dir, out_dir.with_name(out_dir.name + ".old"))
 
 
@@ -216,17 +206,14 @@ def largest_difference(model: MaskedAutoencoderViT, out_dir: Path, fmt: str, poo
     model = model.eval()
     tokens = model.forward_encoder(imgs)
     if fmt == "timm":
-        import timm
-
         name, kwargs = timm_load_kwargs(out_dir)
         vit = timm.create_model(name, **kwargs).eval()
         theirs = vit.forward_features(imgs)
         pooled = (vit.forward_head(theirs, pre_logits=True) - model.forward_features(imgs, pool=pool)).abs().max()
         return max(float((theirs - tokens).abs().max()), float(pooled))
-    from blockmae.models.external import quiet_transformers, require_transformers
 
     require_transformers()
-    from transformers import AutoModel
+    from transformers import AutoModel  # optional: Hugging Face export only
 
     with quiet_transformers():  # a ViTMAEModel read from a ViTMAEForPreTraining dir reports the decoder unused
         hf = AutoModel.from_pretrained(str(out_dir)).eval()
@@ -253,8 +240,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockmae.models.io import load_mae
-
     model, _ = load_mae(args.checkpoint)
     out = export_timm(model, args.out, args.pool) if args.fmt == "timm" else export_hf(model, args.out)
     diff = largest_difference(model, out, args.fmt, args.pool)

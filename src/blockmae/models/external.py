@@ -17,17 +17,21 @@ the model's own mean/std and reports the model's own input size, so images are r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
+from blockmae.models.hf import hf_to_timm_names
+from blockmae.models.mae import POOLS, attention_capture
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 PREFIXES = ("timm:", "hf:", "mae:")
@@ -81,8 +85,6 @@ class ForeignViT(nn.Module):
 
     def forward_features(self, imgs: Tensor, pool: str = "cls", layer: int | None = None) -> Tensor:
         """``cls``: the first prefix token; ``avg``: the mean of the patch tokens; ``both``: concatenated."""
-        from blockmae.models.mae import POOLS
-
         if pool not in POOLS:
             raise BlockMAEError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
         if pool != "avg" and self.num_prefix_tokens == 0:
@@ -101,8 +103,6 @@ class ForeignViT(nn.Module):
 
     def capturing_attention(self) -> Any:
         """As :meth:`MaskedAutoencoderViT.capturing_attention`: the attention of calls made inside the block."""
-        from blockmae.models.mae import attention_capture
-
         return attention_capture(self.vit.blocks)
 
     def attention_maps(self, imgs: Tensor) -> list[Tensor]:
@@ -167,8 +167,6 @@ def _read_weights(file: Path) -> dict[str, Tensor]:
         raise BlockMAEError(f"weights file {file} does not exist")
     try:
         if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(file))
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (pickled code, truncated files... all the user's input)
@@ -214,8 +212,6 @@ def _geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
 
 
 def load_timm(name: str, file: Path) -> ForeignViT:
-    import timm
-
     state = _read_weights(file)
     try:
         probe = timm.create_model(name, pretrained=False, num_classes=0)
@@ -234,8 +230,6 @@ def load_timm(name: str, file: Path) -> ForeignViT:
 
 def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
     """A timm export (``save_for_hf`` layout, e.g. from ``blockmae export --format timm``)."""
-    import timm
-
     file = path / "model.safetensors"
     model_args = {**config.get("model_args", {}), "num_classes": 0}
     model = timm.create_model(config["architecture"], pretrained=False, **model_args)
@@ -247,8 +241,6 @@ def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
 
 def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int, mlp_ratio: float,
          eps: float, global_pool: str = "token") -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                              num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
                              global_pool=global_pool, fc_norm=global_pool == "avg",
@@ -271,53 +263,10 @@ def load_official_mae(file: Path) -> ForeignViT:
     return ForeignViT(vit, IMAGENET_MEAN, IMAGENET_STD, f"mae:{file}", "mae")
 
 
-def require_transformers() -> Any:
-    """The transformers module, when it is installed and can use this torch; else a one-line BlockMAEError.
-
-    transformers is optional (HF export and the equivalence checks); recent releases switch their PyTorch
-    support off below their own torch floor (5.20: torch 2.6) while blockmae runs on torch 2.4."""
-    try:
-        import transformers
-    except ImportError:
-        raise BlockMAEError("this needs Hugging Face transformers: `pip install transformers`") from None
-    if not transformers.is_torch_available():
-        import torch
-
-        raise BlockMAEError(f"transformers {transformers.__version__} cannot use torch {torch.__version__} (it "
-                            "needs a newer one); upgrade torch, or on torch 2.4 install 'transformers<5.14'")
-    return transformers
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings, load reports and progress bars off for the block (errors still raise)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def hf_to_timm_names(hf_state: Mapping[str, Tensor], vit_model: bool) -> dict[str, Tensor]:
-    """HF ViT / ViTMAE names -> timm ViT names, through models.io's ViTMAE mapping (ViTModel keys lack the
-    ``vit.`` prefix ViTMAE has, so it is added first)."""
-    from blockmae.models.io import from_hf_vitmae_state_dict
-
-    state = {(f"vit.{k}" if vit_model else k): v for k, v in hf_state.items()}
-    return from_hf_vitmae_state_dict(state)
-
-
 def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
     model_type = config.get("model_type")
     if model_type not in ("vit", "vit_mae"):
         raise BlockMAEError(f"{path}: model_type {model_type!r} is not a ViT or ViTMAE (transformers) model")
-    from safetensors.torch import load_file
 
     files = sorted(path.glob("*.safetensors"))
     if files:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -88,72 +87,3 @@ def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tens
             raise BlockMAEError(f"{source}: {name} has shape {tuple(state[name].shape)} but the model expects "
                                 f"{tuple(tensor.shape)}")
     model.load_state_dict(state)
-
-
-# ------------------------------------------------------------------------------- Hugging Face ViTMAE
-# (pattern, replacement) on HF key names; both transformers >= 5 names (q_proj, o_proj, mlp.fc1) and
-# the older ones used by the checkpoints on the Hub (attention.attention.query, intermediate.dense).
-_HF_RENAMES: list[tuple[str, str]] = [
-    (r"^vit\.embeddings\.cls_token$", "cls_token"),
-    (r"^vit\.embeddings\.position_embeddings$", "pos_embed"),
-    (r"^vit\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^vit\.(?:layers|encoder\.layer)\.(\d+)\.", r"blocks.\1."),
-    (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."),
-    (r"^vit\.layernorm\.", "norm."),
-    (r"^decoder\.", ""),
-    (r"\.layernorm_before\.", ".norm1."),
-    (r"\.layernorm_after\.", ".norm2."),
-    (r"\.attention\.(?:q_proj|attention\.query)\.", ".attn.q."),
-    (r"\.attention\.(?:k_proj|attention\.key)\.", ".attn.k."),
-    (r"\.attention\.(?:v_proj|attention\.value)\.", ".attn.v."),
-    (r"\.attention\.(?:o_proj|output\.dense)\.", ".attn.proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-]
-
-
-def from_hf_vitmae_state_dict(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a ``ViTMAEForPreTraining`` state dict onto :class:`MaskedAutoencoderViT` names (sincos model).
-
-    Separate query/key/value projections are concatenated into timm's fused ``qkv``.
-    """
-    renamed: dict[str, torch.Tensor] = {}
-    for key, tensor in hf_state.items():
-        for pattern, replacement in _HF_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        renamed[key] = tensor
-    fused: dict[str, torch.Tensor] = {}
-    for key, tensor in renamed.items():
-        match = re.fullmatch(r"(.*\.attn)\.([qkv])\.(weight|bias)", key)
-        if match is None:
-            fused[key] = tensor
-        elif match.group(2) == "q":
-            prefix, kind = match.group(1), match.group(3)
-            parts = [renamed[f"{prefix}.{part}.{kind}"] for part in "qkv"]
-            fused[f"{prefix}.qkv.{kind}"] = torch.cat(parts, dim=0)
-    return fused
-
-
-def build_hf_vitmae(arch: Mapping[str, Any]) -> torch.nn.Module:
-    """transformers' ``ViTMAEForPreTraining`` with the same architecture as ``arch`` (an ``model.arch``).
-
-    Used by the equivalence test and the benchmark; transformers is an optional dependency.
-    """
-    from blockmae.models.external import require_transformers
-
-    require_transformers()
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-    if arch["pos_embed"] != "sincos":
-        raise BlockMAEError(f"ViTMAE only has sin-cos positions; cannot mirror pos_embed={arch['pos_embed']!r}")
-    config = ViTMAEConfig(
-        image_size=arch["img_size"], patch_size=arch["patch_size"], num_channels=arch["in_chans"],
-        hidden_size=arch["embed_dim"], num_hidden_layers=arch["depth"], num_attention_heads=arch["num_heads"],
-        intermediate_size=int(arch["embed_dim"] * arch["mlp_ratio"]),
-        decoder_hidden_size=arch["decoder_embed_dim"], decoder_num_hidden_layers=arch["decoder_depth"],
-        decoder_num_attention_heads=arch["decoder_num_heads"],
-        decoder_intermediate_size=int(arch["decoder_embed_dim"] * arch["mlp_ratio"]),
-        mask_ratio=arch["mask_ratio"], norm_pix_loss=arch["norm_pix_loss"],
-        layer_norm_eps=1e-6,  # MAE's value; ViTMAEConfig defaults to 1e-12
-        qkv_bias=True, hidden_act="gelu",
-    )
-    return ViTMAEForPreTraining(config)

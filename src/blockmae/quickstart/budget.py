@@ -12,6 +12,8 @@ import copy
 import math
 from pathlib import Path
 
+from blockmae.engine.logs import read_metrics
+from blockmae.engine.pretrain import pretrain
 from blockmae.errors import BlockMAEError
 from blockmae.quickstart.config import QuickstartConfig, arm_pretrain_config
 from blockmae.quickstart.folder import Progress, Stages
@@ -27,9 +29,6 @@ REPORT_SECONDS = 10.0
 def measure_speed(cfg: QuickstartConfig, out: Path) -> float:
     """Pretraining images/s on this machine: a two-epoch engine run on a few batches, read in its second
     epoch (the first pays for start-up: CUDA context, kernel selection, allocator growth)."""
-    from blockmae.engine.logs import read_metrics
-    from blockmae.engine.pretrain import pretrain
-
     base = cfg.pretrain
     probe = arm_pretrain_config(base, max(cfg.blocks), out, out / "calibration")
     probe.train.epochs, probe.data.num_images, probe.run.registry = 2, 4 * base.train.batch_size, False

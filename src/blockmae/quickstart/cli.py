@@ -7,6 +7,7 @@ from pathlib import Path
 
 from blockmae.config import add_config_arguments, to_yaml
 from blockmae.quickstart.config import CPU_CONFIG, GPU_CONFIG, load_quickstart_config
+from blockmae.quickstart.run import run_quickstart
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`blockmae quickstart`."""
-    from blockmae.quickstart.run import run_quickstart
-
     cfg = load_quickstart_config(args)
     if args.print_config:
         print(to_yaml(cfg), end="")

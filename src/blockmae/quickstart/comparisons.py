@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.cli_probe import read_predictions
+from blockmae.evaluation.cli_shape_bias import read_decisions
+from blockmae.report.stats import (
+    accuracy_difference_interval, cue_outcomes, mcnemar_test, paired_bootstrap, shape_bias_of_outcomes,
+)
 
 SIGNIFICANCE = 0.01  # the level at which the report calls a paired difference significant
 
@@ -59,10 +64,6 @@ class PerImage:
 
 def per_image(name: str, linear_dir: Path, knn_dir: Path, shape_bias_dir: Path) -> PerImage:
     """Read one encoder's per-image outputs from its probe and shape-bias run folders."""
-    from blockmae.evaluation.cli_probe import read_predictions
-    from blockmae.evaluation.cli_shape_bias import read_decisions
-    from blockmae.report.stats import cue_outcomes
-
     linear, knn = read_predictions(linear_dir), read_predictions(knn_dir)
     labels = np.asarray(linear["labels"])
     if not np.array_equal(labels, np.asarray(knn["labels"])):
@@ -79,8 +80,6 @@ def per_image(name: str, linear_dir: Path, knn_dir: Path, shape_bias_dir: Path) 
 
 def compare(first: PerImage, second: PerImage, seed: int = 0) -> list[Comparison]:
     """`first` against `second` on linear top-1, k-NN top-1 (McNemar) and shape bias (paired bootstrap)."""
-    from blockmae.report.stats import accuracy_difference_interval, mcnemar_test, paired_bootstrap, shape_bias_of_outcomes
-
     if not np.array_equal(first.labels, second.labels) or len(first.cue_outcomes) != len(second.cue_outcomes):
         raise BlockMAEError(f"{first.name} and {second.name} were evaluated on different images; "
                             "a paired comparison needs the same ones")

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from blockmae.config import load_config, resolve_config_path, shipped_configs_dir
+import torch
+
+from blockmae.config import from_dict, load_config, resolve_config_path, shipped_configs_dir
+from blockmae.diagnostics.by_name import diagnostic_arguments, diagnostic_modules
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
-from blockmae.masking import block_spec
+from blockmae.masking import block_spec, canonical_mask
 
 # Shipped in the package (`--config quickstart` names the same file), so an installed wheel finds them.
 CPU_CONFIG = shipped_configs_dir() / "quickstart.yaml"
@@ -47,7 +50,6 @@ class QuickstartConfig:
             raise BlockMAEError(f"blocks must be distinct block sizes >= 1 (e.g. [1, 2, 4]), got {self.blocks}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise BlockMAEError(f"budget_seconds must be positive or null, got {self.budget_seconds}")
-        from blockmae.diagnostics.by_name import diagnostic_arguments, diagnostic_modules
 
         unknown = sorted(set(self.diagnostics or {}) - set(diagnostic_modules()))
         if unknown:
@@ -77,8 +79,6 @@ def arm_key(block: int) -> str:
 
 def arm_pretrain_config(base: PretrainConfig, block: int, out: Path, run_dir: Path) -> PretrainConfig:
     """The arm's pretraining config: the shared one with its own mask, run dir and name."""
-    from blockmae.masking import canonical_mask
-
     cfg = copy.deepcopy(base)
     cfg.mask.family, cfg.mask.block = canonical_mask("block", block)
     cfg.run.output_root = str(out)
@@ -89,8 +89,6 @@ def arm_pretrain_config(base: PretrainConfig, block: int, out: Path, run_dir: Pa
 
 def default_config_path() -> Path:
     """The shipped quickstart_gpu.yaml where CUDA is available, else quickstart.yaml (the CPU budget)."""
-    import torch
-
     return GPU_CONFIG if torch.cuda.is_available() else CPU_CONFIG
 
 
@@ -112,8 +110,6 @@ def load_quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
 def reference_recipe(cfg: QuickstartConfig, manifest_config: dict[str, Any]) -> QuickstartConfig:
     """`cfg` with the pretraining recipe of a reference (its manifest's resolved config): the same sizes,
     optimiser, data and model, with this quickstart's seed and no budget."""
-    from blockmae.config import from_dict
-
     recipe = copy.deepcopy(manifest_config)
     recipe.setdefault("run", {})["seed"] = cfg.pretrain.run.seed
     out = copy.deepcopy(cfg)

@@ -7,13 +7,24 @@ encoders, every diagnostic named in the settings (`blockmae eval NAME`, reading 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from blockmae.quickstart.config import BASELINE, QuickstartConfig
+from blockmae.config import load_config
+from blockmae.diagnostics.by_name import run_named_diagnostic
+from blockmae.evaluation.cli_probe import run_probe
+from blockmae.evaluation.cli_shape_bias import run_shape_bias
+from blockmae.evaluation.features import load_encoder
+from blockmae.models import build_mae
+from blockmae.quickstart.config import BASELINE, CPU_CONFIG, QuickstartConfig
 from blockmae.quickstart.folder import Progress, Stages
+from blockmae.report.quickstart import headline_keys
+from blockmae.report.stats import wilson_interval
 
 PROBE_KINDS = ("linear", "knn")
 
@@ -56,16 +67,12 @@ def probe_config(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, kind: str)
 
 def random_init_arch(cfg: QuickstartConfig) -> dict[str, Any]:
     """The architecture of the arms (preset plus every model override), which the random-init baseline gets."""
-    from blockmae.models import build_mae
-
     return dict(build_mae(cfg.pretrain.model.preset, **cfg.pretrain.model_kwargs()).arch)
 
 
 def load_quickstart_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec) -> Any:
     """The frozen encoder of `spec`; the random-init baseline gets the arms' full architecture (width,
     depth, pos_embed ... overrides included), not just the preset's."""
-    from blockmae.evaluation.features import load_encoder
-
     e = probe_config(cfg, out, spec, "linear").encoder
     arch = random_init_arch(cfg) if spec.checkpoint == "random" else None
     return load_encoder(spec.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, arch=arch)
@@ -76,9 +83,6 @@ def evaluate_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, stages
     """Linear probe, k-NN probe, ShapeTex shape bias and `diagnostics` of one encoder, each a registry run
     (completed stages are skipped). `arch_from`: a weights file with the random-init encoder's
     architecture, for diagnostics that rebuild it from the command line."""
-    from blockmae.evaluation.cli_probe import run_probe
-    from blockmae.evaluation.cli_shape_bias import run_shape_bias
-
     cache: dict[str, Any] = {}
 
     def encoder() -> Any:
@@ -121,8 +125,6 @@ def evaluate_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, stages
             continue
 
         def diagnostic(name: str = name, options: Mapping[str, Any] = options, stage: str = stage) -> str:
-            from blockmae.report.quickstart import headline_keys
-
             run_id, _, result = run_diagnostic_quietly(cfg, out, spec, name, options, stages, arch_from)
             stages.record(stage, run_id)
             numbers = [f"{k} {result.summary[k]:.3f}" for k in headline_keys(name, result.summary)
@@ -135,11 +137,6 @@ def evaluate_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, stages
 def run_diagnostic_quietly(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, name: str,
                            options: Mapping[str, Any], stages: Stages, arch_from: str | None) -> tuple[str, Path, Any]:
     """`blockmae eval NAME` on the encoder with its linear probe; its printed lines go to the log only."""
-    import contextlib
-    import io
-
-    from blockmae.diagnostics.by_name import run_named_diagnostic
-
     run_dir = out / "diagnostics" / name / spec.key
     extra = ["--checkpoint", spec.checkpoint, "--probe", str(stages.run_dir(f"linear/{spec.key}")),
              "--out", str(run_dir), "--output-root", str(out), "--name", f"quickstart-{name}-{spec.key}",
@@ -151,8 +148,6 @@ def run_diagnostic_quietly(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, 
         if arch_from:
             extra += ["--arch-from", arch_from]
     if run_dir.exists() and not (run_dir / "results.json").exists():
-        import shutil
-
         shutil.rmtree(run_dir)  # an interrupted attempt: its registry row stays marked as failed
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
@@ -164,11 +159,6 @@ def run_diagnostic_quietly(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, 
 def reference_evaluation(weights_path: Path, work_dir: Path) -> dict[str, Any]:
     """The CPU quickstart's linear and k-NN probes (configs/quickstart.yaml, seed 0) of one weights file:
     the numbers a reference's manifest records and that `blockmae quickstart` reproduces."""
-    from blockmae.config import load_config
-    from blockmae.evaluation.cli_probe import run_probe
-    from blockmae.quickstart.config import CPU_CONFIG
-    from blockmae.report.stats import wilson_interval
-
     cfg = load_config(QuickstartConfig, CPU_CONFIG)
     spec = EncoderSpec("reference", "reference", "reference", str(weights_path))
     cache: dict[str, Any] = {}

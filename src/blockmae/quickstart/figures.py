@@ -5,22 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from blockmae.data import load_dataset
+from blockmae.data.augment import normalize
+from blockmae.engine.logs import loss_curve, read_metrics
+from blockmae.masking import MaskGenerator, canonical_mask
+from blockmae.models.io import load_mae
 from blockmae.quickstart.config import QuickstartConfig, arm_key, arm_name
 from blockmae.quickstart.evaluate import EncoderSpec
+from blockmae.report.document import Image
+from blockmae.visualisation.reconstructions import reconstruction_figure
 
 
 def reconstructions(cfg: QuickstartConfig, out: Path, specs: Sequence[EncoderSpec]) -> list[Any]:
     """One figure per pretrained model: the same validation images under each arm's mask (1x1, 2x2, 4x4),
     so a column compares what the models fill in for the same hidden patches."""
-    import torch
-
-    from blockmae.data import load_dataset
-    from blockmae.data.augment import normalize
-    from blockmae.masking import MaskGenerator, canonical_mask
-    from blockmae.models.io import load_mae
-    from blockmae.report.document import Image
-    from blockmae.visualisation.reconstructions import reconstruction_figure
-
     pc = cfg.pretrain
     count = cfg.reconstruction_images
     val = load_dataset(pc.data.dataset, pc.val_split(), image_size=pc.data.image_size,
@@ -45,7 +45,5 @@ def reconstructions(cfg: QuickstartConfig, out: Path, specs: Sequence[EncoderSpe
 
 def own_loss_curves(cfg: QuickstartConfig, out: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Arm name -> (images seen, loss) at every logged step of the arm's pretraining run here."""
-    from blockmae.engine.logs import loss_curve, read_metrics
-
     return {arm_name(block): loss_curve(read_metrics(out / "pretrain" / arm_key(block)), cfg.pretrain.train.batch_size)
             for block in cfg.blocks}

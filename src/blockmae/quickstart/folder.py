@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from omegaconf import OmegaConf
+
 from blockmae.config import differences, to_dict, to_yaml
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_text_atomic
@@ -70,8 +72,6 @@ def prepare_output(out: Path, cfg: Any) -> bool:
     if out.exists() and not out.is_dir() or any(p.is_file() for p in out.parents):
         raise BlockMAEError(f"--out {out}: a file is in the way (a folder is needed); use another --out")
     if stored.is_file():
-        from omegaconf import OmegaConf
-
         previous = OmegaConf.to_container(OmegaConf.load(stored), resolve=True)
         diffs = differences(previous, wanted)
         if diffs:

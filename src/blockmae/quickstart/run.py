@@ -15,10 +15,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from blockmae.engine.pretrain import pretrain
 from blockmae.errors import BlockMAEError
-from blockmae.quickstart.config import BASELINE, QuickstartConfig, arm_key, arm_name, arm_pretrain_config, mask_phrase
+from blockmae.fileio import write_json_atomic
+from blockmae.quickstart.budget import resolve_sizes
+from blockmae.quickstart.comparisons import compare, per_image
+from blockmae.quickstart.config import (
+    BASELINE, QuickstartConfig, arm_key, arm_name, arm_pretrain_config, mask_phrase, reference_recipe,
+)
 from blockmae.quickstart.evaluate import EncoderSpec, baseline_spec, evaluate_encoder, random_init_arch
+from blockmae.quickstart.figures import own_loss_curves, reconstructions
 from blockmae.quickstart.folder import Progress, Stages, prepare_output
+from blockmae.references import list_references, loss_curve, weights_arch
+from blockmae.registry import Registry
+from blockmae.report.document import Figure
+from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure
+from blockmae.report.quickstart import Provenance, QuickstartResults, quickstart_document
+from blockmae.report.write import write_markdown_report
 
 SUMMARY_NAME = "summary.json"
 SUMMARY_SCHEMA = 1
@@ -34,7 +47,6 @@ def answer_references(cfg: QuickstartConfig) -> tuple[list[Any], str | None]:
     otherwise the answer section says so and the run is the user's alone."""
     if not cfg.references:
         return [], "references: false in the settings"
-    from blockmae.references import list_references, weights_arch
 
     refs = [r for r in list_references() if r.block in cfg.blocks]
     if not refs:
@@ -74,8 +86,6 @@ def _pretrain_run_id(registry: Any, run_dir: Path) -> str:
 
 def pretrain_arms(cfg: QuickstartConfig, out: Path, stages: Stages, progress: Progress, registry: Any) -> None:
     """Pretrain every arm (a completed arm is skipped; an interrupted one resumes from its checkpoint)."""
-    from blockmae.engine.pretrain import pretrain
-
     for block in cfg.blocks:
         stage = f"pretrain/{arm_key(block)}"
         if stages.done(stage):
@@ -98,7 +108,6 @@ def training_config(cfg: QuickstartConfig, refs: list[Any]) -> QuickstartConfig:
     own recipe (the same sizes, optimiser and data as their manifests record)."""
     if not cfg.from_scratch or not refs:
         return cfg
-    from blockmae.quickstart.config import reference_recipe
 
     return reference_recipe(cfg, refs[0].manifest["config"])
 
@@ -129,16 +138,6 @@ def encoder_summary(spec: EncoderSpec, arm: Any, diagnostics: dict[str, Any]) ->
 def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     """Run (or resume) every stage into `out`; returns the path of report.md (report.html, the same report as
     one offline page, report_tables/ and summary.json are written beside it)."""
-    from blockmae.fileio import write_json_atomic
-    from blockmae.quickstart.budget import resolve_sizes
-    from blockmae.quickstart.comparisons import compare, per_image
-    from blockmae.quickstart.figures import own_loss_curves, reconstructions
-    from blockmae.registry import Registry
-    from blockmae.report.document import Figure
-    from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure
-    from blockmae.report.quickstart import Provenance, QuickstartResults, quickstart_document
-    from blockmae.report.write import write_markdown_report
-
     resuming = prepare_output(out, cfg)
     registry = Registry(out)
     stages = Stages(out, registry)
@@ -224,7 +223,6 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
 
     progress.run("reconstructions", draw)
     recon = {s.key: f for s, f in zip(pretrained_models, figures)}
-    from blockmae.references import loss_curve
 
     reference_curves = {arm_name(r.block): loss_curve(r) for r in refs if r.seed == min(x.seed for x in refs)}
     answer_figures = ([Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)",

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import replace_dir, sha256_file, write_text_atomic, writing
-from blockmae.masking import block_spec
+from blockmae.masking import block_spec, canonical_mask
 
 REFERENCES_DIR: Path = Path(__file__).resolve().parent.parent / "resources" / "references"
 ROOT_ENV = "BLOCKMAE_REFERENCES"  # another folder of references (your own, or a test's) instead of the shipped ones
@@ -262,8 +262,6 @@ def _architecture_problems(ref: Reference) -> list[str]:
 
 def _identity_problems(ref: Reference) -> list[str]:
     """The manifest's block and seed agree with its config (and its id with both)."""
-    from blockmae.masking import canonical_mask
-
     config = ref.manifest["config"]
     mask, run = config.get("mask", {}), config.get("run", {})
     problems = []
@@ -366,8 +364,6 @@ def _wall_time(epochs: list[dict[str, Any]], record: dict[str, Any] | None) -> t
 
 
 def _check_identity(config: Any, block: int | None, seed: int | None, run_dir: Path) -> tuple[int, int]:
-    from blockmae.masking import canonical_mask
-
     family, run_block = canonical_mask(config.mask.family, config.mask.block)
     if family not in ("random", "block"):
         raise BlockMAEError(f"the run in {run_dir} masks with mask.family={config.mask.family}; reference encoders "

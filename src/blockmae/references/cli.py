@@ -6,6 +6,7 @@ The command modules (cli_list, cli_verify, cli_package) are thin: the work is he
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,6 @@ def package_argv(args: argparse.Namespace) -> list[str]:
 def _evaluator(work_dir: Path) -> Any:
     """`evaluate(weights)` for package_reference: evaluates a copy of the weights kept in `work_dir` (the
     staged file is renamed away afterwards, so results naming its path would point nowhere)."""
-    import shutil
-
     def evaluate(weights: Path) -> dict[str, Any]:
         from blockmae.quickstart import reference_evaluation  # written beside the quickstart; heavy
 

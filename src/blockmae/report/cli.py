@@ -7,7 +7,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tqdm import tqdm
+
 from blockmae.errors import BlockMAEError
+from blockmae.report.analysis import study_document
+from blockmae.report.hparams import export_hparams
+from blockmae.report.model import load_studies
+from blockmae.report.write import write_document
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from blockmae.report.analysis import study_document
-    from blockmae.report.model import load_studies
-    from blockmae.report.write import write_document
-
     root = Path(args.root)
     out = Path(args.out) if args.out else root / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
@@ -48,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
                                  out.parent / f"{out.stem}_figures")
         bar.update()
     if args.tensorboard:
-        from blockmae.report.hparams import export_hparams
-
         runs = export_hparams(studies, args.tensorboard)
         print(f"tensorboard: {len(runs)} runs in {args.tensorboard} (tensorboard --logdir {args.tensorboard}, HPARAMS tab)")
     arms = sum(len(s.arms) for s in studies)

@@ -22,7 +22,7 @@ def arm_colour(index: int) -> str:
 
 
 def new_figure(width: float = 5.6, height: float = 3.4) -> tuple[Any, Any]:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: only when a figure is drawn
 
     fig = Figure(figsize=(width, height))
     ax = fig.add_subplot()
@@ -33,7 +33,7 @@ def new_figure(width: float = 5.6, height: float = 3.4) -> tuple[Any, Any]:
 def figure_svg(fig: Any, salt: str) -> str:
     """The figure as an `<svg>` element to inline in HTML: text kept as text, a transparent background (so
     the page's colour scheme shows through), ids made unique per figure by `salt`, no metadata block."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from torch.utils.tensorboard import SummaryWriter
+
 from blockmae.report.model import Study
 
 
@@ -16,8 +18,6 @@ def _hparam(value: Any) -> Any:
 
 def export_hparams(studies: Sequence[Study], folder: str | Path) -> list[Path]:
     """Write `<folder>/<study>/<arm>/s<seed>` event files; returns those folders."""
-    from torch.utils.tensorboard import SummaryWriter
-
     written = []
     for study in studies:
         keys = study.metric_keys()

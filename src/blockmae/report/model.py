@@ -18,7 +18,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import yaml
+
 from blockmae.engine.config import FREE_KEYS
+from blockmae.engine.logs import read_metrics
 from blockmae.errors import BlockMAEError
 from blockmae.registry import DB_NAME, Registry, config_hash, flatten
 
@@ -214,7 +217,6 @@ class SeedRun:
         """The pretraining's metrics.jsonl records (none when it has no run dir or log)."""
         if self.run_dir is None:
             return []
-        from blockmae.engine.logs import read_metrics
 
         return read_metrics(self.run_dir)
 
@@ -355,8 +357,6 @@ def load_studies(root: str | Path, spec: str | Path | None = None) -> list[Study
 
 def read_spec(spec: str | Path) -> dict[str, Any]:
     """The few keys of a sweep spec that the report uses (title, description, baseline); the rest is the sweep's."""
-    import yaml
-
     path = Path(spec)
     if not path.is_file():
         raise BlockMAEError(f"--spec {spec} does not exist")

@@ -7,8 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from blockmae.report.document import (Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table,
-                                      relative_link)
+import jinja2
+from markupsafe import Markup
+
+from blockmae.report.document import (
+    Bullets, Details, Document, Figure, Image, Links, Paragraph, Section, Table, relative_link,
+)
 from blockmae.report.figures import figure_svg, png_data_uri
 
 
@@ -22,8 +26,6 @@ def _sort_value(value: Any) -> str:
 
 
 def _block(b: Any, base: Path) -> dict[str, Any]:
-    from markupsafe import Markup
-
     if isinstance(b, Paragraph):
         return {"type": "paragraph", "text": b.text, "kind": b.kind}
     if isinstance(b, Table):
@@ -55,8 +57,6 @@ def _section(s: Section, base: Path, counter: list[int]) -> dict[str, Any]:
 def render_html(doc: Document, path: Path, exports: dict[str, str] | None = None) -> str:
     """The HTML text of `doc` for a file at `path` (links are relative to it); `exports`: table id -> the
     relative stem of its CSV/JSON/LaTeX files, linked under each table."""
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.PackageLoader("blockmae.report", "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
     counter = [0]

@@ -6,18 +6,24 @@ The command modules (cli_plan, cli_run, cli_status) are thin: the work is here.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
-from blockmae.text import table
+from blockmae.sweep import executors
+from blockmae.sweep.executors import EXECUTORS
+from blockmae.sweep.plan import format_plan, measured_rates
 from blockmae.sweep.spec import SweepSpec, load_spec
 from blockmae.sweep.state import (
     PLAN_NAME, TASK_NAME, arm_task, check_identity, effective_status, plan_record, read_json, read_state,
     sweep_record, write_plan, write_sweep_json,
 )
+from blockmae.text import table
 
 DEFAULT_OUT = Path("outputs") / "sweeps"
 
@@ -60,8 +66,6 @@ def plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from blockmae.sweep.plan import format_plan, measured_rates
-
     spec = load_spec(args.spec)
     roots = [Path(r) for r in args.rates_from] + ([Path(args.out)] if args.out else []) + [Path("outputs")]
     states = None
@@ -78,8 +82,6 @@ def plan(args: argparse.Namespace) -> int:
 # ---- run --------------------------------------------------------------------------------------------
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
-    from blockmae.sweep.executors import EXECUTORS
-
     parser.description = ("Run every arm of a sweep (pretraining, then the evaluations at each milestone). "
                           "Idempotent: completed arms are skipped, interrupted ones resume from their checkpoints, "
                           "failed ones rerun only with --retry-failed. A folder whose arms came from another version "
@@ -103,8 +105,6 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     spec = load_spec(args.spec)
     out = out_dir(args, spec)
     check_out(spec, out)
@@ -154,8 +154,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _execute(args: argparse.Namespace, spec: SweepSpec, out: Path, todo: list[Path], on_done: Any) -> None:
-    from blockmae.sweep import executors
-
     if args.executor == "debug":
         executors.run_debug(todo, on_done)
     elif args.executor == "local":
@@ -179,8 +177,6 @@ def status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
-    import json
-
     spec = load_spec(args.spec)
     out = out_dir(args, spec)
     if not (out / PLAN_NAME).is_file():

@@ -16,9 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from blockmae.config import load_config
 from blockmae.diagnostics import by_name
+from blockmae.diagnostics.base import run_diagnostic
 from blockmae.diagnostics.by_name import diagnostic_modules
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.cli_probe import run_probe
+from blockmae.evaluation.cli_shape_bias import run_shape_bias
+from blockmae.evaluation.config import ProbeConfig
+from blockmae.evaluation.features import load_encoder
 from blockmae.sweep.spec import EvaluationSpec, SweepSpec
 
 DEFAULT_PROBE_CONFIG = "linear_probe"  # a shipped config (blockmae.config.resolve_config_path)
@@ -50,8 +56,6 @@ class EvalContext:
     def encoder(self) -> Any:
         """The milestone's frozen encoder, loaded once for all its evaluations."""
         if "encoder" not in self.cache:
-            from blockmae.evaluation.features import load_encoder
-
             self.cache["encoder"] = load_encoder(str(self.checkpoint), "vit_micro", 32, 4, self.seed)
         return self.cache["encoder"]
 
@@ -107,9 +111,6 @@ PROBE_KINDS = {"linear": "linear", "knn": "knn"}
 def probe_config(probe_path: str | None, probe_overrides: list[str], ev: EvaluationSpec, checkpoint: str,
                  out: Path, run_dir: Path, name: str, seed: int) -> Any:
     """The probe's ProbeConfig: the spec's probe YAML and overrides, the evaluation's, then this arm's."""
-    from blockmae.config import load_config
-    from blockmae.evaluation.config import ProbeConfig
-
     unknown = set(ev.options) - {"probe_config"}
     if unknown:
         raise BlockMAEError(f"unknown setting '{sorted(unknown)[0]}' for a probe; use dataset, overrides, probe_config")
@@ -127,8 +128,6 @@ def _probe_check(spec: SweepSpec, ev: EvaluationSpec) -> None:
 
 
 def _run_probe(ctx: EvalContext) -> EvalOutcome:
-    from blockmae.evaluation.cli_probe import run_probe
-
     cfg = probe_config(ctx.probe_config, ctx.probe_overrides, ctx.evaluation, str(ctx.checkpoint), ctx.out,
                        ctx.run_dir, ctx.run_name, ctx.seed)
     outcome = run_probe(cfg, encoder=ctx.encoder(), verbose=False)
@@ -166,8 +165,6 @@ def _shape_bias_check(spec: SweepSpec, ev: EvaluationSpec) -> None:
 
 
 def _run_shape_bias(ctx: EvalContext) -> EvalOutcome:
-    from blockmae.evaluation.cli_shape_bias import run_shape_bias
-
     ev = ctx.evaluation
     source = _head_source(ev, ctx.earlier)
     if source not in ctx.done:
@@ -196,8 +193,6 @@ def _diagnostic_check(spec: SweepSpec, ev: EvaluationSpec) -> None:
 
 
 def _run_diagnostic(ctx: EvalContext) -> EvalOutcome:
-    from blockmae.diagnostics.base import run_diagnostic
-
     extra = ["--checkpoint", str(ctx.checkpoint), "--out", str(ctx.run_dir), "--output-root", str(ctx.out),
              "--name", ctx.run_name, "--seed", str(ctx.seed)]
     linear = [e.label for e in ctx.earlier if e.name == "linear" and e.label in ctx.done]

@@ -16,7 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
+import blockmae
 from blockmae.errors import BlockMAEError
+from blockmae.sweep.runner import run_arm
 
 EXECUTORS = ("local", "slurm", "debug")
 OnDone = Callable[[Path, str], None]
@@ -32,8 +36,6 @@ def worker_command(task_path: Path) -> list[str]:
 
 def run_debug(tasks: Sequence[Path], on_done: OnDone) -> None:
     """Inline, one arm after the other, in this process (tests, pdb)."""
-    from blockmae.sweep.runner import run_arm
-
     for task in tasks:
         on_done(task, run_arm(task))
 
@@ -67,8 +69,6 @@ def visible_gpus() -> list[str]:
     if env is not None:
         return [g for g in env.split(",") if g.strip()]
     try:
-        import torch
-
         return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     except Exception:  # noqa: BLE001 - no usable CUDA is the same as no GPU here
         return []
@@ -117,7 +117,7 @@ GRACE_S = 60.0  # how long a preempted arm may take to write its checkpoint
 
 
 try:  # submitit is the optional extra `slurm`; the other executors do not need it
-    from submitit.helpers import Checkpointable as _Checkpointable
+    from submitit.helpers import Checkpointable as _Checkpointable  # optional: the slurm executor only
 except ImportError:  # pragma: no cover - run_slurm says how to install it
     _Checkpointable = object  # type: ignore[misc,assignment]
 
@@ -147,7 +147,7 @@ class ArmJob(_Checkpointable):
         return status
 
     def checkpoint(self, task_path: str) -> Any:
-        import submitit
+        import submitit  # optional: the slurm executor only
 
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -168,8 +168,6 @@ class ArmJob(_Checkpointable):
 def snapshot_code(out: Path) -> Path:
     """Copy this blockmae package into <out>/code/<stamp>/ so that queued and requeued jobs run the code of
     the submission, whatever happens to the checkout meanwhile."""
-    import blockmae
-
     package = Path(blockmae.__file__).resolve().parent
     target = out / "code" / time.strftime("%Y%m%d-%H%M%S")
     shutil.copytree(package, target / "blockmae", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -180,7 +178,7 @@ def run_slurm(tasks: Sequence[Path], on_done: OnDone, out: Path, settings: dict[
               wait: bool = True) -> list[Any]:
     """Submit the arms as one job array (at most `array_parallelism` at once); with `wait`, follow them."""
     try:
-        import submitit
+        import submitit  # optional: the slurm executor only
     except ImportError:
         raise BlockMAEError("the slurm executor needs submitit: pip install 'blockmae[slurm]'") from None
     unknown = set(settings) - set(SLURM_KEYS)

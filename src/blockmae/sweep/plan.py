@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from blockmae.data.shapetex import DEFAULT_NUM_IMAGES
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.registry import DB_NAME, Registry
@@ -23,8 +24,6 @@ TRAIN_IMAGES = {"tiny-imagenet": 100_000, "cifar10": 50_000, "cifar100": 50_000}
 def train_images(cfg: PretrainConfig) -> int | None:
     """Images in one epoch of `cfg`'s pretraining set (None: a folder dataset, not known before reading it)."""
     if cfg.data.dataset == "shapetex":
-        from blockmae.data.shapetex import DEFAULT_NUM_IMAGES
-
         return cfg.data.num_images or DEFAULT_NUM_IMAGES.get(cfg.data.split)
     if cfg.data.split != "train":
         return None

@@ -17,7 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from blockmae.engine import checkpoint as ckpt
 from blockmae.engine.config import PretrainConfig
+from blockmae.engine.pretrain import pretrain
 from blockmae.errors import BlockMAEError
 from blockmae.registry import HEARTBEAT_EVERY_S, Registry
 from blockmae.sweep.evaluations import EvalContext, EvalOutcome, get_evaluation
@@ -72,9 +74,6 @@ def run_arm(task_path: str | Path) -> str:
 
 
 def _run(task: dict[str, Any], out: Path, state: dict[str, Any], registry: Registry, save: Any) -> str:
-    from blockmae.engine import checkpoint as ckpt
-    from blockmae.engine.pretrain import pretrain
-
     try:
         ckpt_dirs: dict[int, Path] = {}
         for entry in task["runs"]:

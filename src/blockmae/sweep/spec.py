@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from blockmae.config import load_config, resolve_config_path, to_dict
 from blockmae.engine.config import PretrainConfig
@@ -236,9 +238,6 @@ def _fmt(value: Any) -> str:
 
 def pretrain_config(config: Mapping[str, Any]) -> PretrainConfig:
     """A PretrainConfig from its dict (a task file, a registry row); schema defaults fill what is missing."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainConfig), dict(config)))
     except OmegaConfBaseException as err:
@@ -265,6 +264,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     spec = parse_spec(raw, str(path))
     spec.arms()
     spec.baseline_arm()
+    # evaluations.py builds on this module's types: imported here, the one internal import kept local
     from blockmae.sweep.evaluations import check_evaluations
 
     check_evaluations(spec)

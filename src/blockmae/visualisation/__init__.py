@@ -13,7 +13,7 @@ def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
 
     A crash or Ctrl-C mid-write never leaves a truncated PNG over a good one.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     path = Path(path)
     try:

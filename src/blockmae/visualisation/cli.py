@@ -15,9 +15,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from blockmae.data import load_dataset
+from blockmae.data.augment import denormalize, resize_normalize
 from blockmae.errors import BlockMAEError
 from blockmae.masking import Mask, standard_masks
+from blockmae.models.io import load_mae
 from blockmae.visualisation import save_figure
+from blockmae.visualisation.reconstructions import reconstruction_figure, reconstruction_panels
 
 def checkpoint_label(path: str, metadata: Mapping[str, Any]) -> str:
     epoch = metadata.get("epoch")
@@ -29,9 +33,6 @@ def checkpoint_label(path: str, metadata: Mapping[str, Any]) -> str:
 
 def sample_images(data: str, root: str | None, image_size: int, count: int, seed: int) -> torch.Tensor:
     """`count` normalised evaluation images of `data` (shapetex val by default), picked with `seed`."""
-    from blockmae.data import load_dataset
-    from blockmae.data.augment import resize_normalize
-
     split = {"shapetex": "val", "tiny-imagenet": "val", "cifar10": "test", "cifar100": "test", "dtd": "test",
              "cue-conflict": "test", "folder": "train"}.get(data, "val")
     options = {"num_images": max(count, 64)} if data == "shapetex" else {}
@@ -46,13 +47,10 @@ def epochs_figure(models: Sequence[tuple[str, torch.nn.Module]], images: torch.T
                   path: str | Path) -> Path:
     """Rows: originals, masked inputs, then one row per checkpoint (visible + reconstruction);
     columns: each mask, then each image."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from blockmae.data.augment import denormalize
-    from blockmae.visualisation.reconstructions import reconstruction_panels
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     count = images.shape[0]
     panels = {label: {name: reconstruction_panels(model, images, m) for name, m in masks.items()}
@@ -82,9 +80,6 @@ def epochs_figure(models: Sequence[tuple[str, torch.nn.Module]], images: torch.T
 
 def draw_reconstructions(checkpoints: Sequence[str], out: str | Path, data: str = "shapetex", root: str | None = None,
                          count: int = 4, seed: int = 0, ratio: float | None = None) -> Path:
-    from blockmae.models.io import load_mae
-    from blockmae.visualisation.reconstructions import reconstruction_figure
-
     loaded = [(path, *load_mae(path)) for path in checkpoints]
     arch = loaded[0][1].arch
     for path, model, _ in loaded[1:]:

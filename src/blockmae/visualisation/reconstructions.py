@@ -50,10 +50,10 @@ def reconstruction_figure(model: torch.nn.Module, images: torch.Tensor, masks: M
                           path: str | Path, title: str | None = None) -> Path:
     """One row per image: the original, then for each named mask its masked input, reconstruction, and
     reconstruction with the visible patches pasted back. Written atomically (PNG/PDF by suffix)."""
-    import matplotlib
+    import matplotlib  # heavy: only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is drawn
 
     path = Path(path)
     original = denormalize(images.float()).cpu()
