@@ -30,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("eval", "highpass"), "blockmae.diagnostics.highpass", "accuracy under Gaussian and Fourier high-pass filtering"),
     (("eval", "stylized"), "blockmae.diagnostics.stylized", "stylised transfer: Stylized-ImageNet or amplitude-phase swaps"),
     (("eval", "dtd"), "blockmae.diagnostics.dtd", "DTD texture transfer beside the object-dataset probe"),
+    (("eval", "mvh"), "blockmae.diagnostics.mvh", "model-vs-human's datasets: trial files, 16-class accuracy, shape bias"),
     (("eval", "attention"), "blockmae.diagnostics.attention_rollout", "attention rollout under occlusion: stability, entropy, distance"),
     (("viz", "reconstructions"), "blockmae.visualisation.cli", "draw reconstructions of checkpoints"),
     (("runs",), "blockmae.registry", "list the runs recorded in the experiment registry"),

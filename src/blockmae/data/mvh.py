@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from blockmae.data.cue_conflict import CATEGORIES
 from blockmae.data.download import RemoteFile
@@ -164,9 +164,9 @@ def _condition_key(condition: str) -> tuple[int, float, str]:
         return 1, 0.0, condition
 
 
-def conditions(stimuli: list[Stimulus]) -> list[str]:
-    """The conditions of `stimuli`, numeric ones in numeric order first (the `condition` labels' index)."""
-    return sorted({s.condition for s in stimuli}, key=_condition_key)
+def conditions(names: Iterable[str]) -> list[str]:
+    """Condition names, each once, numeric ones in numeric order first (the `condition` labels' index)."""
+    return sorted(set(names), key=_condition_key)
 
 
 def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: int = 224, *,
@@ -182,7 +182,7 @@ def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: i
     data_dir, cache_root = resolve_root(PREFIX + bare, root, data_dir_finder(bare), layout(bare), cache_dir)
     stimuli = list_stimuli(bare, data_dir)
     index = {c: i for i, c in enumerate(CATEGORIES)}
-    levels = {c: i for i, c in enumerate(conditions(stimuli))}
+    levels = {c: i for i, c in enumerate(conditions(s.condition for s in stimuli))}
     extra = {"condition": [levels[s.condition] for s in stimuli]}
     if bare == "cue-conflict":
         extra["texture"] = [index[s.texture] for s in stimuli if s.texture is not None]

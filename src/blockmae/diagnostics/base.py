@@ -64,6 +64,7 @@ import torch
 
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import RANDOM, Encoder
+from blockmae.models.external import canonical_spec, is_foreign
 
 # A batched image transform: (images float (B, 3, H, W) in [0, 1] on the device, dataset indices (B,)) -> images.
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -101,6 +102,11 @@ class Diagnostic:
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         """Add the diagnostic's own options (the common ones are already there)."""
+
+    def resolve_model(self, args: argparse.Namespace, device: torch.device) -> tuple[Encoder, "Probe | None"] | None:
+        """The model, when the diagnostic loads it itself (e.g. a classifier with its own head); None: the
+        common --checkpoint/--probe resolution."""
+        return None
 
     def check(self, args: argparse.Namespace, encoder: Encoder) -> None:
         """Refuse bad options (BlockMAEError) once the encoder is known, before the run dir and registry row."""
@@ -348,9 +354,12 @@ def load_diagnostic_encoder(args: argparse.Namespace, device: torch.device) -> E
 
 
 def parent_run(registry: Any, checkpoint: str) -> str:
-    """The id of the registered run whose directory holds `checkpoint`, else its resolved path ('random')."""
+    """The id of the registered run whose directory holds `checkpoint`, else its resolved path ('random'; a
+    foreign model's spec with its file made absolute)."""
     if checkpoint == RANDOM:
         return RANDOM
+    if is_foreign(checkpoint):
+        return canonical_spec(checkpoint)
     path = Path(checkpoint).resolve()
     for record in registry.list_runs(kind="pretrain"):
         if record.run_dir and (path == Path(record.run_dir) or Path(record.run_dir) in path.parents):
@@ -583,7 +592,10 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     args.autocast = autocast
     data_args = argparse.Namespace(**{**vars(args), "data": None, "root": None, "split": None}) \
         if diagnostic.own_data else args
-    if diagnostic.needs_probe:
+    resolved = diagnostic.resolve_model(data_args, device)
+    if resolved is not None:
+        encoder, probe = resolved
+    elif diagnostic.needs_probe:
         encoder, probe = resolve_probe(data_args, device)
         print(probe.describe())
     else:
@@ -599,7 +611,7 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
               and not callable(v)}
     parent = parent_run(registry, encoder.checkpoint)
     config = {"diagnostic": diagnostic.name, "args": common, "weights_hash": encoder.weights_hash,
-              "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve()),
+              "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else canonical_spec(encoder.checkpoint),
               "probe_run": probe.run_id if probe else None, "data": ctx.data_settings(),
               "device": str(device), "autocast": autocast}
     with registry.track(diagnostic.name, run_dir, config, parent=parent, name=args.name or run_dir.name) as run:
