@@ -169,6 +169,16 @@ def conditions(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=_condition_key)
 
 
+def find_stimuli(name: str, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 ) -> tuple[Path, Path, list[Stimulus]]:
+    """(dataset folder, cache folder, stimuli) of dataset `name` under `root`, nothing decoded."""
+    from blockmae.data.roots import resolve_root
+
+    bare = dataset_name(name)
+    data_dir, cache_root = resolve_root(PREFIX + bare, root, data_dir_finder(bare), layout(bare), cache_dir)
+    return data_dir, cache_root, list_stimuli(bare, data_dir)
+
+
 def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: int = 224, *,
                  cache_dir: str | os.PathLike | None = None, resize: str = "center-crop", workers: int = 0,
                  progress: bool = True) -> tuple["ImageTensorDataset", list[Stimulus]]:
@@ -176,11 +186,10 @@ def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: i
 
     `root`: a folder prepared by `blockmae data prepare mvh-<name>`, or the dataset's own folder."""
     from blockmae.data.cache import cached_image_dataset
-    from blockmae.data.roots import resolve_root, split_cache_dir
+    from blockmae.data.roots import split_cache_dir
 
     bare = dataset_name(name)
-    data_dir, cache_root = resolve_root(PREFIX + bare, root, data_dir_finder(bare), layout(bare), cache_dir)
-    stimuli = list_stimuli(bare, data_dir)
+    data_dir, cache_root, stimuli = find_stimuli(bare, root, cache_dir)
     index = {c: i for i, c in enumerate(CATEGORIES)}
     levels = {c: i for i, c in enumerate(conditions(s.condition for s in stimuli))}
     extra = {"condition": [levels[s.condition] for s in stimuli]}

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from blockmae.data.cue_conflict import CATEGORIES
-from blockmae.data.mvh import DATASETS, conditions, load_stimuli
+from blockmae.data.mvh import DATASETS, conditions, find_stimuli, load_stimuli
 from blockmae.diagnostics.base import (
     Context,
     Diagnostic,
@@ -88,6 +88,13 @@ class Mvh(Diagnostic):
                                 f"(model-vs-human's names for human observers)")
         if args.root is not None and not Path(args.root).is_dir():
             raise BlockMAEError(f"--root {args.root} is not a folder (expected one folder per dataset in it)")
+        for name in args.datasets:  # every dataset readable before the run dir and its registry row
+            find_stimuli(name, self.dataset_root(args, name))
+
+    @staticmethod
+    def dataset_root(args: argparse.Namespace, name: str) -> Path | None:
+        """--root DIR/<name>; without --root, the dataset's default prepared root."""
+        return Path(args.root) / name if args.root is not None else None
 
     def decision_maker(self, ctx: Context) -> DecisionMaker:
         if self.classifier is not None:
@@ -106,8 +113,7 @@ class Mvh(Diagnostic):
         lines = [f"{maker.name} on model-vs-human's datasets: {len(maker.categories)} categories "
                  f"(chance {chance:.3f}), {maker.image_size} px input; accuracy with 95% Wilson intervals"]
         for name in ctx.args.datasets:
-            root = Path(ctx.args.root) / name if ctx.args.root is not None else None
-            ds, stimuli = load_stimuli(name, root, maker.image_size, progress=False)
+            ds, stimuli = load_stimuli(name, self.dataset_root(ctx.args, name), maker.image_size, progress=False)
             decided = self._decide(ctx, maker, ds, name)
             keep = [i for i, s in enumerate(stimuli)
                     if s.category in covered and (s.texture is None or s.texture in covered)]
