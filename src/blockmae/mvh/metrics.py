@@ -24,12 +24,12 @@ import itertools
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from blockmae.errors import BlockMAEError
-from blockmae.mvh.conditions import BENCHMARK_DATASETS, LEVELS
+from blockmae.mvh.conditions import BENCHMARK_DATASETS, LEVELS, canonical_condition
 from blockmae.mvh.trials import Trial, is_human
 from blockmae.report.stats import wilson_interval
 
@@ -71,14 +71,13 @@ def _condition_order(dataset: str, conditions: set[str]) -> list[str]:
     return sorted(conditions, key=key)
 
 
-def dataset_cells(dataset: str, trials_by_maker: dict[str, list[Trial]],
-                  condition_of: Callable[[str, str], str]) -> list[Cell]:
+def dataset_cells(dataset: str, trials_by_maker: dict[str, list[Trial]]) -> list[Cell]:
     """The cells of one dataset. Every decision maker must have seen the same images in each condition, once
     each (as in model-vs-human's files); anything else is a BlockMAEError that says what differs."""
     seen: dict[str, dict[str, dict[str, Trial]]] = {}  # condition -> maker -> image id -> trial
     for maker, trials in trials_by_maker.items():
         for t in trials:
-            by_image = seen.setdefault(condition_of(dataset, t.condition), {}).setdefault(maker, {})
+            by_image = seen.setdefault(canonical_condition(dataset, t.condition), {}).setdefault(maker, {})
             if t.image_id in by_image:
                 raise BlockMAEError(f"{dataset}: {maker} has two trials on image {t.image_id} in condition "
                                     f"{t.condition!r}; a trial file holds one trial per image and condition")
@@ -187,17 +186,19 @@ def shape_bias(cell: Cell, weights: np.ndarray, makers: list[str]) -> dict[str, 
             return shape / (shape + texture)
 
     shape, texture = shape_texture_counts(cell, weights[:1], makers)
-    per_category = {c: ratio(weights * (cell.categories == c)) for c in sorted(set(cell.categories))}
+    per_category = {str(c): ratio(weights * (cell.categories == c)) for c in sorted(set(cell.categories))}
     return {"shape_bias": ratio(weights), "per_category": per_category,
             "shape_decisions": int(shape[0]), "texture_decisions": int(texture[0])}
 
 
-def interval(series: Series) -> dict[str, float]:
-    """The estimate (first value) and the central 95% of the resampled values (nan without resamples)."""
+def interval(series: Series) -> dict[str, float | None]:
+    """The estimate (first value) and the central 95% of the resampled values; None where undefined (no
+    resamples; a shape bias without shape or texture decisions)."""
     resampled = series[1:][~np.isnan(series[1:])]
     tail = (1 - LEVEL) / 2 * 100
-    low, high = np.percentile(resampled, [tail, 100 - tail]) if len(resampled) else (math.nan, math.nan)
-    return {"value": float(series[0]), "low": float(low), "high": float(high)}
+    low, high = np.percentile(resampled, [tail, 100 - tail]) if len(resampled) else (None, None)
+    return {"value": None if math.isnan(series[0]) else float(series[0]),
+            "low": None if low is None else float(low), "high": None if high is None else float(high)}
 
 
 def _accuracy_rows(dataset: str, cells: list[Cell], makers: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
@@ -215,15 +216,12 @@ def _accuracy_rows(dataset: str, cells: list[Cell], makers: dict[str, list[str]]
 
 
 def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None = None, resamples: int = 1000,
-              seed: int = 0, condition_of: Callable[[str, str], str] | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              seed: int = 0, progress: Callable[[list[str]], Iterable[str]] = iter) -> dict[str, Any]:
     """model-vs-human's benchmark on `raw` (`trials.read_raw_data`): the results.json record (see docs/mvh.md).
 
     `models`: the models to include (default: every non-human decision maker); an unknown name is a
-    BlockMAEError. Intervals: `resamples` bootstrap resamples of the images, seeded per dataset by `seed`."""
-    from blockmae.mvh.conditions import canonical_condition
-
-    condition_of = condition_of or canonical_condition
+    BlockMAEError. Intervals: `resamples` bootstrap resamples of the images, seeded per dataset by `seed`.
+    `progress` wraps the list of datasets (e.g. tqdm)."""
     found = sorted({m for makers in raw.values() for m in makers if not is_human(m)})
     if models is None:
         models = found
@@ -237,14 +235,12 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
     record: dict[str, Any] = {"resamples": resamples, "seed": seed, "datasets": {}, "per_dataset": {},
                               "accuracy_by_condition": {}, "shape_bias": {}}
     ordered = [d for d in BENCHMARK_DATASETS if d in raw] + sorted(d for d in raw if d not in BENCHMARK_DATASETS)
-    for dataset in ordered:
-        if progress:
-            progress(dataset)
+    for dataset in progress(ordered):
         humans = [m for m in raw[dataset] if is_human(m)]
         here = [m for m in models if m in raw[dataset]]
         if not here and not humans:
             continue
-        cells = dataset_cells(dataset, {m: raw[dataset][m] for m in [*here, *humans]}, condition_of)
+        cells = dataset_cells(dataset, {m: raw[dataset][m] for m in [*here, *humans]})
         rng = np.random.default_rng([seed, zlib.crc32(dataset.encode())])
         weights = [resample_weights(len(c.images), resamples, rng) for c in cells]
         excluded = LEVELS[dataset].excluded if dataset in LEVELS else ()
@@ -272,7 +268,9 @@ def _shape_bias_record(cell: Cell, weights: np.ndarray, groups: dict[str, list[s
                      "per_category": {c: interval(s) for c, s in result["per_category"].items()},
                      "shape_decisions": result["shape_decisions"], "texture_decisions": result["texture_decisions"]}
     if humans:
-        out[HUMANS]["observers"] = {h: float(shape_bias(cell, weights[:1], [h])["shape_bias"][0]) for h in humans}
+        observers = {h: interval(shape_bias(cell, weights[:1], [h])["shape_bias"])["value"] for h in humans}
+        defined = [v for v in observers.values() if v is not None]
+        out[HUMANS] |= {"observers": observers, "observers_mean": sum(defined) / len(defined) if defined else None}
     return out
 
 
