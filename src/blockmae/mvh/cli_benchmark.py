@@ -121,13 +121,13 @@ def format_tables(record: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--raw-data", required=True, type=Path,
+    parser.add_argument("--raw-data", required=True, type=Path, metavar="DIR",
                         help="model-vs-human's raw-data folder: one folder of trial CSVs per dataset")
     parser.add_argument("--models", nargs="+", metavar="NAME",
                         help="only these models, named as their trial files name them (e.g. bagnet33 "
                              "simclr-resnet50x1); default: every model in the raw data")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (results.json, report.html, report.md)")
-    parser.add_argument("--resamples", type=int, default=1000,
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (results.json, report.html, report.md)")
+    parser.add_argument("--resamples", type=int, default=1000, metavar="N",
                         help="bootstrap resamples of the images for the 95%% intervals (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
