@@ -38,6 +38,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("weights", "verify"), "blockmae.references.cli_verify", "check reference encoders against their manifests"),
     (("weights", "package"), "blockmae.references.cli_package", "package a finished pretraining run as a float16 reference encoder"),
     (("report",), "blockmae.report.cli", "HTML/markdown report of a sweep or of the runs in an output root"),
+    (("mvh", "benchmark"), "blockmae.mvh.cli_benchmark", "model-vs-human's benchmark tables from its trial files, humans included"),
     (("sweep", "plan"), "blockmae.sweep.cli_plan", "list a sweep spec's arms and their cost before running"),
     (("sweep", "run"), "blockmae.sweep.cli_run", "run (or resume) every arm of a sweep spec and its evaluations"),
     (("sweep", "status"), "blockmae.sweep.cli_status", "progress of each arm and evaluation of a sweep"),
