@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from blockmae.data.cue_conflict import CATEGORIES
 from blockmae.errors import BlockMAEError
 from blockmae.mvh.categories import IMAGENET_INDICES
 from blockmae.mvh.decisions import ImageNetClassifier, load_classifier, mean_category_probabilities
-from blockmae.mvh.trials import read_trials, trial_file_name
+from blockmae.mvh.metrics import benchmark
+from blockmae.mvh.trials import read_raw_data, read_trials, trial_file_name, write_trials
 from blockmae.registry import Registry
 from conftest import transformers_or_skip
 from mvh_fixture import mvh_archive, stimulus_names
@@ -71,7 +74,7 @@ def test_random_timm_vit_writes_trial_files_and_results(vit_file, mvh_root, tmp_
         assert {t.object_response for t in trials} <= set(CATEGORIES)
     results = json.loads((out / "results.json").read_text())
     assert results["diagnostic"] == "mvh" and results["settings"]["kind"] == "imagenet-classifier"
-    assert [r["level"] for r in results["levels"]["colour"]] == ["bw", "cr"]
+    assert [(r["level"], r["label"]) for r in results["levels"]["colour"]] == [("cr", "colour"), ("bw", "greyscale")]
     assert [r["n"] for r in results["levels"]["colour"]] == [16, 16]
     for rows in results["levels"].values():
         for row in rows:
@@ -79,14 +82,34 @@ def test_random_timm_vit_writes_trial_files_and_results(vit_file, mvh_root, tmp_
             assert row["top1_low"] <= row["top1"] <= row["top1_high"] and row["chance"] == 1 / 16
     summary = results["summary"]
     assert summary["colour_trials"] == 32 and summary["cue-conflict_trials"] == 17 and summary["edge_skipped"] == 0
-    # shape bias over the 16 conflicting images (cat9-cat3.png agrees), counts adding up
-    assert summary["cue-conflict_n_images"] == 16
-    assert summary["cue-conflict_n_shape"] + summary["cue-conflict_n_texture"] + summary["cue-conflict_n_neither"] == 16
-    assert all(math.isfinite(v) for k, v in summary.items() if isinstance(v, float) and "shape_bias" not in k)
+    # shape bias over the 16 conflicting images (cat9-cat3.png agrees), from the trial file's decisions
+    cc = read_trials(out / "raw-data" / "cue-conflict" / "cue-conflict_vit-tiny-patch16-224_session-1.csv")
+    conflicting = [t for t in cc if t.imagename != "cat9-cat3.png"]
+    texture = {t.imagename: re.match(r"[a-z]+\d+-([a-z]+)\d+\.png$", t.imagename).group(1) for t in conflicting}
+    n_shape = sum(t.object_response == t.category for t in conflicting)
+    n_texture = sum(t.object_response == texture[t.imagename] for t in conflicting)
+    assert (summary["cue-conflict_shape_decisions"], summary["cue-conflict_texture_decisions"]) == (n_shape, n_texture)
+    if n_shape + n_texture:
+        assert summary["cue-conflict_shape_bias"] == pytest.approx(n_shape / (n_shape + n_texture))
+        assert summary["cue-conflict_shape_bias_low"] <= summary["cue-conflict_shape_bias"] <= summary["cue-conflict_shape_bias_high"]
+    # every number finite (None only for a per-category shape bias without shape or texture decisions)
+    assert all(math.isfinite(v) for v in summary.values() if isinstance(v, (int, float)))
+    assert all(k.startswith("cue-conflict_shape_bias") for k, v in summary.items() if v is None)
     # accuracy per condition = the trial file's
     colour = read_trials(out / "raw-data" / "colour" / "colour_vit-tiny-patch16-224_session-1.csv")
     bw = [t for t in colour if t.condition == "bw"]
-    assert results["levels"]["colour"][0]["correct"] == sum(t.correct for t in bw)
+    assert results["levels"]["colour"][1]["correct"] == sum(t.correct for t in bw)
+    # `blockmae mvh benchmark` reads the files back beside a (made-up) human observer on the same images
+    for name in DATASETS:
+        (file,) = (out / "raw-data" / name).iterdir()
+        human = [replace(t, subj="subject-01", rt=1.0, object_response=t.category if t.trial % 2 else "na")
+                 for t in read_trials(file)]
+        write_trials(out / "raw-data" / name / trial_file_name(name, "subject-01"), human)
+    record = benchmark(read_raw_data(out / "raw-data"), resamples=20)
+    ours = record["benchmark"]["vit-tiny-patch16-224"]
+    assert set(ours) == {"ood_accuracy", "accuracy_difference", "observed_consistency", "error_consistency"}
+    assert all(math.isfinite(v["value"]) and v["datasets"] == 3 for v in ours.values())
+    assert record["datasets"]["colour"]["images"] == 32 and record["datasets"]["cue-conflict"]["images"] == 17
     (row,) = Registry(registry).list_runs(kind="mvh")
     assert row.status == "completed" and row.parent == SPEC.format(file=vit_file.resolve())
     assert row.metrics == summary

@@ -27,10 +27,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from blockmae.data.cue_conflict import CATEGORIES
-from blockmae.data.mvh import DATASETS, conditions, find_stimuli, load_stimuli
+from blockmae.data.mvh import DATASETS, find_stimuli, load_stimuli
 from blockmae.diagnostics.base import (
     Context,
     Diagnostic,
@@ -42,7 +42,6 @@ from blockmae.diagnostics.base import (
 )
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import Encoder
-from blockmae.evaluation.shape_bias import shape_bias_from_decisions
 from blockmae.mvh.decisions import (
     DecisionMaker,
     ImageNetClassifier,
@@ -50,9 +49,12 @@ from blockmae.mvh.decisions import (
     is_imagenet_classifier,
     load_classifier,
 )
+from blockmae.mvh.conditions import LEVELS
+from blockmae.mvh.metrics import Cell, dataset_cells, interval, resample_weights, shape_bias
 from blockmae.mvh.trials import Trial, is_human, trial_file_name, write_trials
 
 RAW_DATA = "raw-data"  # the run dir's folder of trial files, model-vs-human's layout
+SHAPE_BIAS_RESAMPLES = 1000  # bootstrap resamples of the images for the shape bias' 95% interval
 
 
 class Mvh(Diagnostic):
@@ -121,7 +123,8 @@ class Mvh(Diagnostic):
                             stimuli[i].condition, stimuli[i].imagename) for i in keep]
             written = self._write(ctx, name, maker.name, trials)
             files[name] = [str(p.relative_to(ctx.run_dir)) for p in written]
-            rows, overall = self._accuracy(trials, chance)
+            cells = dataset_cells(name, {maker.name: trials})
+            rows, overall = self._accuracy(name, cells, maker.name, chance)
             levels[name] = rows
             summary[f"{name}_accuracy"] = overall["top1"]
             summary[f"{name}_trials"] = len(trials)
@@ -131,7 +134,7 @@ class Mvh(Diagnostic):
             if len(rows) > 1:
                 line += "; by condition " + "  ".join(f"{r['level']}:{r['top1']:.3f}" for r in rows)
             if name == "cue-conflict":
-                line += self._shape_bias(trials, stimuli, keep, summary)
+                line += self._shape_bias(cells[0], maker.name, ctx.seed, summary)
             if len(trials) < len(stimuli):
                 line += f" ({len(stimuli) - len(trials)} of uncovered categories left out)"
             lines.append(line)
@@ -167,26 +170,30 @@ class Mvh(Diagnostic):
         return written
 
     @staticmethod
-    def _accuracy(trials: list[Trial], chance: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        by_condition: dict[str, list[Trial]] = {}
-        for t in trials:
-            by_condition.setdefault(t.condition, []).append(t)
-        order = conditions(by_condition)
-        rows = [accuracy_row(c, sum(t.correct for t in by_condition[c]), len(by_condition[c]), chance=chance)
-                for c in order]
-        return rows, accuracy_row("all", sum(t.correct for t in trials), len(trials), chance=chance)
+    def _accuracy(name: str, cells: list[Cell], maker: str, chance: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One row per condition (model-vs-human's order and spelling; "all" for a one-condition dataset)."""
+        labels = dict(zip(LEVELS[name].conditions, LEVELS[name].labels)) if name in LEVELS else {}
+        rows = [accuracy_row(c.condition or "all", int(c.correct(maker).sum()), len(c.images), chance=chance,
+                             label=labels.get(c.condition, c.condition or "all")) for c in cells]
+        correct, n = sum(r["correct"] for r in rows), sum(r["n"] for r in rows)
+        return rows, accuracy_row("all", correct, n, chance=chance)
 
     @staticmethod
-    def _shape_bias(trials: list[Trial], stimuli: list[Any], keep: list[int], summary: dict[str, Any]) -> str:
-        index = {c: i for i, c in enumerate(CATEGORIES)}
-        conflict = [(t, stimuli[i]) for t, i in zip(trials, keep) if stimuli[i].texture != stimuli[i].category]
-        if not conflict:
-            return "; no conflicting images for shape bias"
-        result = shape_bias_from_decisions(torch.tensor([index[t.object_response] for t, _ in conflict]),
-                                           torch.tensor([index[s.category] for _, s in conflict]),
-                                           torch.tensor([index[s.texture] for _, s in conflict]))
-        summary.update({f"cue-conflict_{k}": v for k, v in result.metrics().items()})
-        return f"; shape bias {result.shape_bias:.3f} [{result.low:.3f}, {result.high:.3f}] on {result.n_images}"
+    def _shape_bias(cell: Cell, maker: str, seed: int, summary: dict[str, Any]) -> str:
+        """The benchmark's shape bias (`blockmae.mvh.metrics.shape_bias`), overall and per shape category."""
+        weights = resample_weights(len(cell.images), SHAPE_BIAS_RESAMPLES, np.random.default_rng(seed))
+        result = shape_bias(cell, weights, [maker])
+        overall = interval(result["shape_bias"])
+        summary.update({"cue-conflict_shape_bias": overall["value"], "cue-conflict_shape_bias_low": overall["low"],
+                        "cue-conflict_shape_bias_high": overall["high"],
+                        "cue-conflict_shape_decisions": result["shape_decisions"],
+                        "cue-conflict_texture_decisions": result["texture_decisions"]})
+        summary.update({f"cue-conflict_shape_bias_{c}": interval(s)["value"] for c, s in result["per_category"].items()})
+        if overall["value"] is None:
+            return "; shape bias undefined (no shape or texture decision)"
+        bounds = "" if overall["low"] is None else f" [{overall['low']:.3f}, {overall['high']:.3f}]"
+        return (f"; shape bias {overall['value']:.3f}{bounds} ({result['shape_decisions']} shape, "
+                f"{result['texture_decisions']} texture decisions)")
 
 
 add_arguments, run = command(Mvh)
