@@ -119,6 +119,25 @@ def test_random_timm_vit_writes_trial_files_and_results(vit_file, mvh_root, tmp_
     assert "already holds a finished diagnostic" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_distortions_applied_by_blockmae(vit_file, mvh_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _eval("--model", SPEC.format(file=vit_file), "--datasets", "edge", "--distortions", "rotation",
+                 "power-equalisation", "--root", str(mvh_root), "--out", str(out),
+                 "--output-root", str(tmp_path / "o")) == 0
+    edge = [Path(p).name for p, _, _ in sorted(stimulus_names("edge"))]
+    for dataset, conditions in (("edge", ("NaN",)), ("edge-rotation", ("0", "90", "180", "270")),
+                                ("edge-power-equalisation", ("0", "pow"))):
+        (file,) = (out / "raw-data" / dataset).iterdir()
+        assert file.name == f"{dataset}_vit-tiny-patch16-224_session-1.csv"
+        trials = read_trials(file)
+        assert [(t.condition, t.imagename) for t in trials] == [(c, name) for c in conditions for name in edge]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in results["levels"]["edge-power-equalisation"]] == ["original", "equalised"]
+    assert results["settings"]["distortions"] == ["rotation", "power-equalisation"]
+    assert results["summary"]["edge-rotation_trials"] == 64
+
+
 def test_decision_rule_is_the_mean_over_each_categorys_classes():
     """dog has 117 ImageNet classes, knife one: a spread-out dog loses to a concentrated knife (mean, not sum)."""
     logits = torch.full((1, 1000), -30.0)
@@ -202,8 +221,9 @@ def test_tiny_imagenet_probe_decides_among_its_covered_categories(shared_data, m
                  f"output_root={out}", "device=cpu", "name=tin"]) == 0
     (probe,) = Registry(out).list_runs(kind="probe")
     capsys.readouterr()
-    assert _eval("--model", "random", "--probe", probe.run_dir, "--datasets", *DATASETS, "--root", str(mvh_root),
-                 "--out", str(tmp_path / "run"), "--output-root", str(out)) == 0
+    (mvh_root / "tiny-imagenet").symlink_to(shared_data / "tiny-imagenet-200-mini")  # its own data, as a dataset
+    assert _eval("--model", "random", "--probe", probe.run_dir, "--datasets", *DATASETS, "tiny-imagenet",
+                 "--root", str(mvh_root), "--out", str(tmp_path / "run"), "--output-root", str(out)) == 0
     wnids = set((shared_data / "tiny-imagenet-200-mini" / "wnids.txt").read_text().split())
     rows = [line.split("\t") for line in
             (shared_data / "tiny-imagenet-to-16-categories.tsv").read_text().splitlines()[1:]]
@@ -219,3 +239,6 @@ def test_tiny_imagenet_probe_decides_among_its_covered_categories(shared_data, m
         assert len(trials) == len(expected) == results["summary"][f"{name}_trials"] > 0
         assert {t.category for t in trials} <= covered and {t.object_response for t in trials} <= covered
         assert results["summary"][f"{name}_skipped"] == len(stimulus_names(name, conditions)) - len(expected)
+    # Tiny-ImageNet's val images of the mapped classes (all 10 of the mini set's), category = their class's
+    trials = read_trials(tmp_path / "run" / "raw-data" / "tiny-imagenet" / "tiny-imagenet_random-probe_session-1.csv")
+    assert len(trials) == 100 and {t.category for t in trials} == covered and trials[0].imagename.startswith("val_")

@@ -46,6 +46,8 @@ CATEGORY_FOLDER_DATASETS = ("edge", "silhouette", "cue-conflict")
 DATASETS = CATEGORY_FOLDER_DATASETS + NOISE_DATASETS + ("sketch", "stylized")
 PREFIX = "mvh-"  # load_dataset / data prepare names: mvh-<name>
 SPLITS = ("test",)
+# blockmae's own datasets that `load_stimuli` also serves in the 16 categories (not model-vs-human's)
+OWN_DATASETS = ("tiny-imagenet",)
 NO_CONDITION = "NaN"  # the condition model-vs-human records for a dataset of one condition
 # where rgeirhos/texture-vs-shape keeps the same stimuli (under stimuli/)
 TEXTURE_VS_SHAPE_FOLDERS = {"edge": "edges", "silhouette": "filled-silhouettes",
@@ -171,12 +173,33 @@ def conditions(names: Iterable[str]) -> list[str]:
 
 def find_stimuli(name: str, root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  ) -> tuple[Path, Path, list[Stimulus]]:
-    """(dataset folder, cache folder, stimuli) of dataset `name` under `root`, nothing decoded."""
+    """(dataset folder, cache folder, stimuli) of dataset `name` under `root`, nothing decoded. `name` may
+    also be one of OWN_DATASETS (see :func:`tiny_imagenet_stimuli`)."""
     from blockmae.data.roots import resolve_root
 
+    if name == "tiny-imagenet":
+        from blockmae.data import tiny_imagenet
+
+        data_dir, cache_root = resolve_root(name, root, tiny_imagenet.find_data_dir, tiny_imagenet.LAYOUT, cache_dir)
+        return data_dir, cache_root, tiny_imagenet_stimuli(data_dir)
     bare = dataset_name(name)
     data_dir, cache_root = resolve_root(PREFIX + bare, root, data_dir_finder(bare), layout(bare), cache_dir)
     return data_dir, cache_root, list_stimuli(bare, data_dir)
+
+
+def tiny_imagenet_stimuli(data_dir: Path) -> list[Stimulus]:
+    """Tiny-ImageNet's val images of the classes in the 16 categories (the shipped mapping: 26 classes in 11
+    categories), category = their class's, one condition."""
+    from blockmae.data.cue_conflict import load_category_mapping
+    from blockmae.data.tiny_imagenet import list_items, read_wnids
+
+    wnids = read_wnids(data_dir)
+    category = {w: c for c, members in load_category_mapping().items() for w in members}
+    stimuli = [Stimulus(path, path.name, category[wnids[label]], NO_CONDITION)
+               for path, label in list_items(data_dir, "val", wnids) if wnids[label] in category]
+    if not stimuli:
+        raise BlockMAEError(f"none of the Tiny-ImageNet classes in {data_dir} belongs to one of the 16 categories")
+    return stimuli
 
 
 def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: int = 224, *,
@@ -184,11 +207,13 @@ def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: i
                  progress: bool = True) -> tuple["ImageTensorDataset", list[Stimulus]]:
     """Dataset `name` at `image_size` (decoded once into the uint8 cache) and its stimuli, index for index.
 
-    `root`: a folder prepared by `blockmae data prepare mvh-<name>`, or the dataset's own folder."""
+    `root`: a folder prepared by `blockmae data prepare mvh-<name>` (tiny-imagenet: `... tiny-imagenet`), or
+    the dataset's own folder."""
     from blockmae.data.cache import cached_image_dataset
     from blockmae.data.roots import split_cache_dir
 
-    bare = dataset_name(name)
+    own = name in OWN_DATASETS
+    bare = name if own else dataset_name(name)
     data_dir, cache_root, stimuli = find_stimuli(bare, root, cache_dir)
     index = {c: i for i, c in enumerate(CATEGORIES)}
     levels = {c: i for i, c in enumerate(conditions(s.condition for s in stimuli))}
@@ -196,8 +221,10 @@ def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: i
     if bare == "cue-conflict":
         extra["texture"] = [index[s.texture] for s in stimuli if s.texture is not None]
     items = [(s.path, index[s.category]) for s in stimuli]
-    dataset = cached_image_dataset(items, split_cache_dir(cache_root, "test", image_size, resize), image_size,
-                                   list(CATEGORIES), name=PREFIX + bare, source=data_dir, resize=resize,
+    folder = split_cache_dir(cache_root, "val", image_size, resize, "-16-categories") if own else \
+        split_cache_dir(cache_root, "test", image_size, resize)
+    dataset = cached_image_dataset(items, folder, image_size, list(CATEGORIES),
+                                   name=f"{bare}-16-categories" if own else PREFIX + bare, source=data_dir, resize=resize,
                                    extra_labels=extra, workers=workers, progress=progress)
     return dataset, stimuli
 

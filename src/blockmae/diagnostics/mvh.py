@@ -7,8 +7,11 @@ Tiny-ImageNet probe covers 11 categories). See `blockmae.mvh.decisions`.
 
 ``--datasets NAME ...`` are read from ``--root DIR/<name>`` (a folder prepared by ``blockmae data prepare
 mvh-<name>``, or model-vs-human's own ``datasets/`` folder); without --root from each dataset's default
-prepared root. ``--distortion NAME`` applies one of the 12 parametric distortions at its levels to the
-datasets first (`blockmae.mvh.distortions`); the trial files then name the level as the condition.
+prepared root. ``tiny-imagenet`` is blockmae's own: its val images of the classes in the 16 categories.
+``--distortions NAME ...`` also applies those of model-vs-human's parametric distortions that blockmae
+implements (`blockmae.mvh.distortions`; not Eidolon) to every dataset at all their levels, as datasets
+``<dataset>-<distortion>`` whose trials name the level as the condition. Human observers saw only
+model-vs-human's own images: a distortion of other images has no human counterpart.
 
 Outputs in the run dir: ``raw-data/<dataset>/<dataset>_<model>_session-1.csv`` (model-vs-human's schema
 and file names, `blockmae.mvh.trials`; `blockmae mvh benchmark --raw-data RUN/raw-data` reads them), and
@@ -23,14 +26,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import zlib
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from blockmae.data.mvh import DATASETS, find_stimuli, load_stimuli
+from blockmae.data.mvh import DATASETS, OWN_DATASETS, Stimulus, find_stimuli, load_stimuli
+from blockmae.diagnostics import filters
 from blockmae.diagnostics.base import (
     Context,
     Diagnostic,
@@ -42,6 +48,8 @@ from blockmae.diagnostics.base import (
 )
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import Encoder
+from blockmae.mvh.distortions import DISTORTIONS, distort, needs_amplitude
+from blockmae.mvh.distortions import levels as distortion_levels
 from blockmae.mvh.decisions import (
     DecisionMaker,
     ImageNetClassifier,
@@ -71,8 +79,12 @@ class Mvh(Diagnostic):
         parser.add_argument("--model", dest="checkpoint", metavar="SPEC",
                             help="timm:NAME[:FILE], a Hugging Face image classifier dir, or an encoder (as "
                                  "--checkpoint: run dir, checkpoint, .safetensors, 'random', timm:NAME:FILE)")
-        parser.add_argument("--datasets", nargs="+", required=True, choices=DATASETS, metavar="NAME",
-                            help=f"model-vs-human datasets: {', '.join(DATASETS)}")
+        parser.add_argument("--datasets", nargs="+", required=True, choices=DATASETS + OWN_DATASETS, metavar="NAME",
+                            help=f"model-vs-human datasets ({', '.join(DATASETS)}), or tiny-imagenet (its val "
+                                 f"images of the classes in the 16 categories)")
+        parser.add_argument("--distortions", nargs="+", default=[], choices=DISTORTIONS, metavar="NAME",
+                            help="also apply these of model-vs-human's distortions to every dataset, at all its "
+                                 f"levels ({', '.join(DISTORTIONS)}); trial files as <dataset>-<distortion>")
         parser.add_argument("--subject", help="the decision maker's name in the trial files (default: the "
                                               "model's name)")
 
@@ -107,52 +119,92 @@ class Mvh(Diagnostic):
 
     def evaluate(self, ctx: Context) -> DiagnosticResult:
         maker = self.decision_maker(ctx)
-        covered = set(maker.categories)
         chance = 1.0 / len(maker.categories)
         levels: dict[str, list[dict[str, Any]]] = {}
         summary: dict[str, Any] = {"num_categories": len(maker.categories)}
-        files: dict[str, str] = {}
+        files: dict[str, list[str]] = {}
         lines = [f"{maker.name} on model-vs-human's datasets: {len(maker.categories)} categories "
                  f"(chance {chance:.3f}), {maker.image_size} px input; accuracy with 95% Wilson intervals"]
         for name in ctx.args.datasets:
             ds, stimuli = load_stimuli(name, self.dataset_root(ctx.args, name), maker.image_size, progress=False)
-            decided = self._decide(ctx, maker, ds, name)
+            covered = set(maker.categories)
             keep = [i for i, s in enumerate(stimuli)
                     if s.category in covered and (s.texture is None or s.texture in covered)]
-            trials = [Trial(maker.name, stimuli[i].session, 0, math.nan, decided[i], stimuli[i].category,
-                            stimuli[i].condition, stimuli[i].imagename) for i in keep]
-            written = self._write(ctx, name, maker.name, trials)
-            files[name] = [str(p.relative_to(ctx.run_dir)) for p in written]
-            cells = dataset_cells(name, {maker.name: trials})
-            rows, overall = self._accuracy(name, cells, maker.name, chance)
-            levels[name] = rows
-            summary[f"{name}_accuracy"] = overall["top1"]
-            summary[f"{name}_trials"] = len(trials)
-            summary[f"{name}_skipped"] = len(stimuli) - len(trials)
-            line = (f"  {name:18s} accuracy {overall['top1']:.3f} [{overall['top1_low']:.3f}, "
-                    f"{overall['top1_high']:.3f}] on {len(trials)} images")
-            if len(rows) > 1:
-                line += "; by condition " + "  ".join(f"{r['level']}:{r['top1']:.3f}" for r in rows)
-            if name == "cue-conflict":
-                line += self._shape_bias(cells[0], maker.name, ctx.seed, summary)
-            if len(trials) < len(stimuli):
-                line += f" ({len(stimuli) - len(trials)} of uncovered categories left out)"
-            lines.append(line)
+            runs = [(name, None)] + [(f"{name}-{d}", d) for d in ctx.args.distortions]
+            for dataset, distortion in runs:
+                trials = self._trials(ctx, maker, ds, stimuli, keep, dataset, distortion)
+                files[dataset] = [str(p.relative_to(ctx.run_dir)) for p in self._write(ctx, dataset, maker.name, trials)]
+                cells = dataset_cells(distortion or dataset, {maker.name: trials})
+                rows, overall = self._accuracy(distortion or dataset, cells, maker.name, chance)
+                levels[dataset] = rows
+                summary.update({f"{dataset}_accuracy": overall["top1"], f"{dataset}_trials": len(trials),
+                                f"{dataset}_skipped": (len(stimuli) - len(keep)) * (
+                                    1 if distortion is None else len(distortion_levels(distortion)))})
+                line = (f"  {dataset:18s} accuracy {overall['top1']:.3f} [{overall['top1_low']:.3f}, "
+                        f"{overall['top1_high']:.3f}] on {len(trials)} trials")
+                if len(rows) > 1:
+                    line += "; by condition " + "  ".join(f"{r['label']}:{r['top1']:.3f}" for r in rows)
+                if dataset == "cue-conflict":
+                    line += self._shape_bias(cells[0], maker.name, ctx.seed, summary)
+                if len(keep) < len(stimuli):
+                    line += f" ({len(stimuli) - len(keep)} images of uncovered categories left out)"
+                lines.append(line)
         lines.append(f"  trial files: {ctx.run_dir / RAW_DATA} (blockmae mvh benchmark --raw-data reads them)")
-        settings = {"datasets": list(ctx.args.datasets), "decision_maker": maker.name,
+        settings = {"datasets": list(ctx.args.datasets), "distortions": list(ctx.args.distortions),
+                    "decision_maker": maker.name,
                     "kind": "imagenet-classifier" if self.classifier is not None else "probe",
                     "categories": list(maker.categories), "image_size": maker.image_size, "chance": chance,
                     "root": ctx.args.root, "trial_files": files}
         return DiagnosticResult(settings, levels, summary, lines)
 
+    def _trials(self, ctx: Context, maker: DecisionMaker, ds: Any, stimuli: list[Stimulus], keep: list[int],
+                dataset: str, distortion: str | None) -> list[Trial]:
+        """The decision maker's trials on the kept stimuli: as they are, or at every level of `distortion`
+        (the level is the trial's condition)."""
+        if distortion is None:
+            conditions = [(None, None)]
+        else:
+            amplitude = self._mean_amplitude(ctx, ds) if any(
+                needs_amplitude(distortion, c) for c in distortion_levels(distortion)) else None
+            conditions = [(c, amplitude) for c in distortion_levels(distortion)]
+        trials = []
+        for condition, amplitude in conditions:
+            transform = None
+            if condition is not None:
+                generator = torch.Generator().manual_seed(zlib.crc32(f"{ctx.seed}/{dataset}/{condition}".encode()))
+                transform = partial(self._distorted, distortion, condition, generator, amplitude)
+            desc = f"mvh {dataset}" + ("" if condition is None else f" {condition}")
+            decided = self._decide(ctx, maker, ds, desc, transform)
+            trials += [Trial(maker.name, stimuli[i].session, 0, math.nan, decided[i], stimuli[i].category,
+                             stimuli[i].condition if condition is None else condition, stimuli[i].imagename)
+                       for i in keep]
+        return trials
+
     @staticmethod
-    def _decide(ctx: Context, maker: DecisionMaker, ds: Any, name: str) -> list[str]:
+    def _distorted(name: str, condition: str, generator: torch.Generator, amplitude: torch.Tensor | None,
+                   images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return distort(name, condition, images, generator, amplitude)
+
+    @staticmethod
+    def _mean_amplitude(ctx: Context, ds: Any) -> torch.Tensor:
+        """The mean greyscale amplitude spectrum of the dataset's images (power equalisation's target)."""
+        total = None
+        for images, _, _ in ctx.batches(ds, "mean amplitude spectrum"):
+            part = filters.mean_amplitude_spectrum(images) * images.shape[0]
+            total = part if total is None else total + part
+        return total / len(ds)
+
+    @staticmethod
+    def _decide(ctx: Context, maker: DecisionMaker, ds: Any, desc: str,
+                transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[str]:
         decided: list[str] = []
         with torch.no_grad():
-            for images, _, _ in ctx.batches(ds, f"mvh {name}"):
+            for images, _, index in ctx.batches(ds, desc):
+                if transform is not None:
+                    images = transform(images, index)
                 probs = maker.category_probabilities(images).float().cpu()
                 if not torch.isfinite(probs).all():
-                    raise BlockMAEError(f"{maker.name} gives non-finite probabilities on {name}; check the weights")
+                    raise BlockMAEError(f"{maker.name} gives non-finite probabilities ({desc}); check the weights")
                 decided += [maker.categories[i] for i in probs.argmax(dim=1).tolist()]
         return decided
 
