@@ -162,17 +162,18 @@ def test_decision_rule_is_the_mean_over_each_categorys_classes():
     assert decided.decisions == ["knife"] * 3 and decided.probabilities.shape == (3, 16)
 
 
-def test_hf_image_classifier_at_its_own_size(tmp_path):
+def test_hf_image_classifier_at_its_own_size(tmp_path, mvh_root, capsys):
     transformers = transformers_or_skip()
+    model_dir = tmp_path / "hf-vit"
     config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
                                     num_attention_heads=2, intermediate_size=64, num_labels=1000,
                                     architectures=["ViTForImageClassification"])
     torch.manual_seed(0)
-    transformers.ViTForImageClassification(config).save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+    transformers.ViTForImageClassification(config).save_pretrained(model_dir)
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(
         {"size": {"height": 32, "width": 32}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}))
-    maker = load_classifier(f"hf:{tmp_path}")
-    assert (maker.image_size, maker.mean, maker.std, maker.name) == (32, (0.5,) * 3, (0.25,) * 3, tmp_path.name)
+    maker = load_classifier(f"hf:{model_dir}")
+    assert (maker.image_size, maker.mean, maker.std, maker.name) == (32, (0.5,) * 3, (0.25,) * 3, "hf-vit")
     decided = maker.decide(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
     assert decided.probabilities.shape == (2, 16) and torch.isfinite(decided.probabilities).all()
     # the same logits as the model on the normalised, resized input
@@ -182,6 +183,12 @@ def test_hf_image_classifier_at_its_own_size(tmp_path):
     with torch.no_grad():
         expected = mean_category_probabilities(maker.model(pixel_values=(x - 0.5) / 0.25).logits.softmax(1))
     assert torch.allclose(maker.decide(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)).probabilities, expected)
+    # through the command: the directory is recognised as a classifier with its own head
+    out = tmp_path / "run"
+    assert _eval("--model", str(model_dir), "--datasets", "edge", "--root", str(mvh_root), "--out", str(out),
+                 "--output-root", str(tmp_path / "o")) == 0
+    assert "16 categories (chance 0.062), 32 px input" in capsys.readouterr().out
+    assert len(read_trials(out / "raw-data" / "edge" / "edge_hf-vit_session-1.csv")) == 16
 
 
 def test_bad_input_is_one_line(vit_file, tmp_path, capsys):
@@ -195,6 +202,7 @@ def test_bad_input_is_one_line(vit_file, tmp_path, capsys):
         (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path / "none")], "is not a folder"),
         (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path)], "edge does not exist; run `blockmae data prepare mvh-edge"),
         (["--model", SPEC.format(file=vit_file), "--subject", "subject-01"], "not subject-XX"),
+        (["--model", SPEC.format(file=vit_file), "--num-images", "5"], "takes no --num-images"),
     ]
     for extra, message in cases:
         assert _eval(*extra, "--datasets", "edge", "--output-root", str(tmp_path / "o")) == 2

@@ -27,8 +27,8 @@ What the base does, so that `evaluate` does not:
   ``--autocast/--no-autocast`` (bf16; default on where the device has fast bf16, i.e. CUDA),
   ``--out`` (run dir), ``--output-root`` (registry root), ``--name``, ``--seed``.
 * Encoder and probe (:func:`resolve_probe`; a diagnostic that loads its model itself, e.g. a classifier
-  with its own head, overrides :meth:`Diagnostic.resolve_model`): with ``--probe`` the head is loaded and its weights hash is
-  checked against the encoder's. With only ``--checkpoint``, the standard linear probe
+  with its own head, overrides :meth:`Diagnostic.resolve_model`): with ``--probe`` the head is loaded
+  and its weights hash is checked against the encoder's. With only ``--checkpoint``, the standard linear probe
   (``evaluation.cli_probe.run_probe``, ``ProbeConfig`` defaults or ``--probe-config`` plus
   ``--probe-set`` overrides) is trained on the dataset the checkpoint was pretrained on (its run's
   ``config.yaml``; ``--data`` overrides), unless the registry already holds a completed probe run for the

@@ -100,6 +100,11 @@ class Mvh(Diagnostic):
         if args.subject is not None and (not args.subject or is_human(args.subject) or "/" in args.subject):
             raise BlockMAEError(f"--subject {args.subject!r}: a model's name, without '/' and not subject-XX "
                                 f"(model-vs-human's names for human observers)")
+        unused = [flag for flag, value in (("--data", args.data), ("--split", args.split),
+                                           ("--num-images", args.num_images)) if value is not None]
+        if unused:
+            raise BlockMAEError(f"eval mvh takes no {', '.join(unused)}: --datasets names the images, and every image "
+                                f"is evaluated (trial files cover whole datasets)")
         if args.root is not None and not Path(args.root).is_dir():
             raise BlockMAEError(f"--root {args.root} is not a folder (expected one folder per dataset in it)")
         for name in args.datasets:  # every dataset readable before the run dir and its registry row
