@@ -245,7 +245,8 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
         weights = [resample_weights(len(c.images), resamples, rng) for c in cells]
         excluded = LEVELS[dataset].excluded if dataset in LEVELS else ()
         kept = [i for i, c in enumerate(cells) if c.condition not in excluded]
-        values = dataset_metrics([cells[i] for i in kept], [weights[i] for i in kept], here, humans)
+        # a dataset holding only left-out conditions (say, just the undistorted control) enters no mean
+        values = dataset_metrics([cells[i] for i in kept], [weights[i] for i in kept], here, humans) if kept else {}
         per_dataset[dataset] = values
         record["datasets"][dataset] = {"conditions": [c.condition for c in cells], "excluded": list(excluded),
                                        "images": sum(len(c.images) for c in cells), "models": here,
