@@ -232,8 +232,8 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
             raise BlockMAEError(f"no trial files of model {unknown[0]!r} in the raw data; models there: "
                                 f"{', '.join(found) or 'none'}")
     per_dataset: dict[str, dict[str, dict[str, Series]]] = {}
-    record: dict[str, Any] = {"resamples": resamples, "seed": seed, "datasets": {}, "per_dataset": {},
-                              "accuracy_by_condition": {}, "shape_bias": {}}
+    record: dict[str, Any] = {"benchmark": {}, "shape_bias": {}, "resamples": resamples, "seed": seed,
+                              "datasets": {}, "per_dataset": {}, "accuracy_by_condition": {}}
     ordered = [d for d in BENCHMARK_DATASETS if d in raw] + sorted(d for d in raw if d not in BENCHMARK_DATASETS)
     for dataset in progress(ordered):
         humans = [m for m in raw[dataset] if is_human(m)]
