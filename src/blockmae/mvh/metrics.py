@@ -210,7 +210,8 @@ def _accuracy_rows(dataset: str, cells: list[Cell], makers: dict[str, list[str]]
             correct = int(sum(cell.correct(m).sum() for m in group))
             trials = len(cell.images) * len(group)
             ci = wilson_interval(correct / trials, trials)
-            rows.setdefault(name, []).append({"condition": cell.condition, "label": labels.get(cell.condition, cell.condition),
+            rows.setdefault(name, []).append({"condition": cell.condition,
+                                              "label": labels.get(cell.condition, cell.condition),
                                               "accuracy": ci.value, "low": ci.low, "high": ci.high, "trials": trials})
     return rows
 
