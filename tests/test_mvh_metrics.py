@@ -119,6 +119,11 @@ def test_models_without_humans_get_accuracy_only(tmp_path: Path) -> None:
     write_trials(tmp_path / "rotation" / trial_file_name("rotation", "vit-x"), _trials("vit-x", "rotation"))
     r = benchmark(read_raw_data(tmp_path), resamples=0)
     assert set(r["benchmark"]["vit-x"]) == {"ood_accuracy"} and HUMANS not in r["benchmark"]
+    # only the excluded control level: accuracy per condition, but nothing enters the benchmark means
+    control = [t for t in _trials("vit-x", "rotation") if t.condition == "0"]
+    write_trials(tmp_path / "rotation" / trial_file_name("rotation", "vit-x"), control)
+    r = benchmark(read_raw_data(tmp_path), resamples=0)
+    assert r["benchmark"] == {} and r["accuracy_by_condition"]["rotation"]["vit-x"][0]["accuracy"] == 0.0
 
 
 def test_cli_writes_results_and_report(raw_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

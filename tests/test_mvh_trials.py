@@ -85,6 +85,8 @@ def test_read_raw_data_groups_by_decision_maker(tmp_path) -> None:
     write_trials(tmp_path / "false-colour" / trial_file_name("false-colour", "simclr_resnet50x1"),
                  [Trial("simclr_resnet50x1", 1, 1, math.nan, "knife", "knife", "true", "x.png")])
     (tmp_path / "notes").mkdir()  # a folder without CSVs is not a dataset
+    (tmp_path / "performances").mkdir()  # nor model-vs-human's summaries
+    (tmp_path / "performances" / "vit.csv").write_text("subj,dataset_name,metric_name,performance\n")
     data = read_raw_data(tmp_path)
     assert list(data) == ["false-colour"]
     assert list(data["false-colour"]) == ["simclr-resnet50x1", "subject-01"]

@@ -112,7 +112,8 @@ def format_tables(record: dict[str, Any]) -> str:
         return "-" if iv is None or iv["value"] is None else f"{iv['value']:.3f}"
 
     width = max([len(m) for m in record["benchmark"]] + [len("decision maker")])
-    lines = [f"{'decision maker':<{width}}  " + "  ".join(f"{LABELS[m]:>20}" for m in METRICS) + f"  {'shape bias':>10}"]
+    header = "  ".join(f"{LABELS[m]:>20}" for m in METRICS)
+    lines = [f"{'decision maker':<{width}}  {header}  {'shape bias':>10}"]
     for maker, values in record["benchmark"].items():
         shape = record["shape_bias"].get(maker, {}).get("shape_bias")
         lines.append(f"{maker:<{width}}  " + "  ".join(f"{value(values.get(m)):>20}" for m in METRICS)
@@ -126,7 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", metavar="NAME",
                         help="only these models, named as their trial files name them (e.g. bagnet33 "
                              "simclr-resnet50x1); default: every model in the raw data")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (results.json, report.html, report.md)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="output folder (results.json, report.html, report.md)")
     parser.add_argument("--resamples", type=int, default=1000, metavar="N",
                         help="bootstrap resamples of the images for the 95%% intervals (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")

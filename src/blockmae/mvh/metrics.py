@@ -210,7 +210,8 @@ def _accuracy_rows(dataset: str, cells: list[Cell], makers: dict[str, list[str]]
             correct = int(sum(cell.correct(m).sum() for m in group))
             trials = len(cell.images) * len(group)
             ci = wilson_interval(correct / trials, trials)
-            rows.setdefault(name, []).append({"condition": cell.condition, "label": labels.get(cell.condition, cell.condition),
+            rows.setdefault(name, []).append({"condition": cell.condition,
+                                              "label": labels.get(cell.condition, cell.condition),
                                               "accuracy": ci.value, "low": ci.low, "high": ci.high, "trials": trials})
     return rows
 
@@ -232,8 +233,8 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
             raise BlockMAEError(f"no trial files of model {unknown[0]!r} in the raw data; models there: "
                                 f"{', '.join(found) or 'none'}")
     per_dataset: dict[str, dict[str, dict[str, Series]]] = {}
-    record: dict[str, Any] = {"resamples": resamples, "seed": seed, "datasets": {}, "per_dataset": {},
-                              "accuracy_by_condition": {}, "shape_bias": {}}
+    record: dict[str, Any] = {"benchmark": {}, "shape_bias": {}, "resamples": resamples, "seed": seed,
+                              "datasets": {}, "per_dataset": {}, "accuracy_by_condition": {}}
     ordered = [d for d in BENCHMARK_DATASETS if d in raw] + sorted(d for d in raw if d not in BENCHMARK_DATASETS)
     for dataset in progress(ordered):
         humans = [m for m in raw[dataset] if is_human(m)]
@@ -245,7 +246,8 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
         weights = [resample_weights(len(c.images), resamples, rng) for c in cells]
         excluded = LEVELS[dataset].excluded if dataset in LEVELS else ()
         kept = [i for i, c in enumerate(cells) if c.condition not in excluded]
-        values = dataset_metrics([cells[i] for i in kept], [weights[i] for i in kept], here, humans)
+        # a dataset holding only left-out conditions (say, just the undistorted control) enters no mean
+        values = dataset_metrics([cells[i] for i in kept], [weights[i] for i in kept], here, humans) if kept else {}
         per_dataset[dataset] = values
         record["datasets"][dataset] = {"conditions": [c.condition for c in cells], "excluded": list(excluded),
                                        "images": sum(len(c.images) for c in cells), "models": here,

@@ -32,6 +32,7 @@ from blockmae.fileio import atomic_path, writing
 TRIAL_COLUMNS = ("subj", "session", "trial", "rt", "object_response", "category", "condition", "imagename")
 NO_ANSWER = "na"
 HUMAN_PREFIX = "subject-"
+PERFORMANCES = "performances"  # raw-data/performances/<model>.csv: model-vs-human's per-dataset summaries
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,14 @@ def read_raw_data(root: str | Path) -> dict[str, dict[str, list[Trial]]]:
     """dataset -> decision maker -> trials, from model-vs-human's layout ``root/<dataset>/*.csv``.
 
     Trials are grouped by their ``subj`` column (as model-vs-human does), named by `decision_maker`; humans
-    are the ``subject-XX`` ones (`is_human`). Datasets and decision makers come sorted by name."""
+    are the ``subject-XX`` ones (`is_human`). Datasets and decision makers come sorted by name. The
+    ``performances`` folder, where model-vs-human's evaluation writes summary CSVs, is not a dataset."""
     root = Path(root)
     if not root.is_dir():
         raise BlockMAEError(f"raw-data folder {root} does not exist; pass model-vs-human's raw-data folder "
                             f"(one folder of trial CSVs per dataset)")
     data: dict[str, dict[str, list[Trial]]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != PERFORMANCES):
         files = sorted(folder.glob("*.csv"))
         if not files:
             continue
