@@ -170,7 +170,7 @@ def test_contrast_and_uniform_noise_follow_their_formulas():
 
 
 def test_phase_scrambling_keeps_the_amplitude_spectrum_and_the_mean():
-    x = 0.45 + 0.1 * _images(2, 16, 16, seed=2)  # low contrast: the scrambled image stays inside [0, 1], nothing is clipped
+    x = 0.45 + 0.1 * _images(2, 16, 16, seed=2)  # low contrast: the scrambled image stays in [0, 1], unclipped
     assert torch.allclose(filters.phase_scramble(x, 0.0), filters.grey3(x))
     out = filters.phase_scramble(x, 180.0, torch.Generator().manual_seed(0))
     spectrum = lambda im: torch.fft.fft2(im[:, :1])  # noqa: E731

@@ -65,7 +65,8 @@ def test_random_timm_vit_writes_trial_files_and_results(vit_file, mvh_root, tmp_
     for name, conditions in DATASETS.items():
         expected = sorted(stimulus_names(name, conditions), key=lambda s: s[0])
         (file,) = (out / "raw-data" / name).iterdir()
-        assert file.name == trial_file_name(name, "vit_tiny_patch16_224") == f"{name}_vit-tiny-patch16-224_session-1.csv"
+        assert file.name == trial_file_name(name, "vit_tiny_patch16_224")
+        assert file.name == f"{name}_vit-tiny-patch16-224_session-1.csv"
         trials = read_trials(file)
         assert len(trials) == len(expected) and [t.trial for t in trials] == list(range(1, len(expected) + 1))
         assert [(t.imagename, t.category, t.condition) for t in trials] == \
@@ -91,7 +92,8 @@ def test_random_timm_vit_writes_trial_files_and_results(vit_file, mvh_root, tmp_
     assert (summary["cue-conflict_shape_decisions"], summary["cue-conflict_texture_decisions"]) == (n_shape, n_texture)
     if n_shape + n_texture:
         assert summary["cue-conflict_shape_bias"] == pytest.approx(n_shape / (n_shape + n_texture))
-        assert summary["cue-conflict_shape_bias_low"] <= summary["cue-conflict_shape_bias"] <= summary["cue-conflict_shape_bias_high"]
+        low, high = summary["cue-conflict_shape_bias_low"], summary["cue-conflict_shape_bias_high"]
+        assert low <= summary["cue-conflict_shape_bias"] <= high
     # every number finite (None only for a per-category shape bias without shape or texture decisions)
     assert all(math.isfinite(v) for v in summary.values() if isinstance(v, (int, float)))
     assert all(k.startswith("cue-conflict_shape_bias") for k, v in summary.items() if v is None)
@@ -200,7 +202,8 @@ def test_bad_input_is_one_line(vit_file, tmp_path, capsys):
         (["--model", "timm:vit_tiny_patch16_224:/nonexistent.safetensors"], "weights file /nonexistent.safetensors"),
         (["--model", "timm:no_such_model_xyz:" + str(vit_file)], "cannot load timm:no_such_model_xyz"),
         (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path / "none")], "is not a folder"),
-        (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path)], "edge does not exist; run `blockmae data prepare mvh-edge"),
+        (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path)],
+         "edge does not exist; run `blockmae data prepare mvh-edge"),
         (["--model", SPEC.format(file=vit_file), "--subject", "subject-01"], "not subject-XX"),
         (["--model", SPEC.format(file=vit_file), "--num-images", "5"], "takes no --num-images"),
     ]
@@ -215,7 +218,8 @@ def test_bad_input_is_one_line(vit_file, tmp_path, capsys):
     # an encoder without a 1000-way head goes through a probe: a probe's classes must cover some category
     from blockmae.mvh.decisions import is_imagenet_classifier
 
-    assert is_imagenet_classifier(SPEC.format(file=vit_file)) and not is_imagenet_classifier(f"timm:vit_tiny_patch16_224:{headless}")
+    assert is_imagenet_classifier(SPEC.format(file=vit_file))
+    assert not is_imagenet_classifier(f"timm:vit_tiny_patch16_224:{headless}")
     with pytest.raises(BlockMAEError, match="cannot load"):
         load_classifier("timm:no_such_model_xyz")
 
@@ -238,7 +242,8 @@ def test_tiny_imagenet_probe_decides_among_its_covered_categories(shared_data, m
     covered = {r[0] for r in rows if r[1] in wnids}
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["settings"]["kind"] == "probe" and set(results["settings"]["categories"]) == covered
-    assert results["summary"]["num_categories"] == len(covered) and results["levels"]["edge"][0]["chance"] == 1 / len(covered)
+    assert results["summary"]["num_categories"] == len(covered)
+    assert results["levels"]["edge"][0]["chance"] == 1 / len(covered)
     for name, conditions in DATASETS.items():
         (file,) = (tmp_path / "run" / "raw-data" / name).iterdir()
         trials = read_trials(file)

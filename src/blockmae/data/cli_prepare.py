@@ -8,7 +8,8 @@ from pathlib import Path
 
 from blockmae.data.mvh import DATASETS as MVH_DATASETS, PREFIX as MVH_PREFIX
 
-PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict") + tuple(MVH_PREFIX + n for n in MVH_DATASETS)
+PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict") + tuple(
+    MVH_PREFIX + n for n in MVH_DATASETS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -224,7 +224,8 @@ def load_stimuli(name: str, root: str | os.PathLike | None = None, image_size: i
     folder = split_cache_dir(cache_root, "val", image_size, resize, "-16-categories") if own else \
         split_cache_dir(cache_root, "test", image_size, resize)
     dataset = cached_image_dataset(items, folder, image_size, list(CATEGORIES),
-                                   name=f"{bare}-16-categories" if own else PREFIX + bare, source=data_dir, resize=resize,
+                                   name=f"{bare}-16-categories" if own else PREFIX + bare, source=data_dir,
+                                   resize=resize,
                                    extra_labels=extra, workers=workers, progress=progress)
     return dataset, stimuli
 

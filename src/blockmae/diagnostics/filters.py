@@ -224,7 +224,8 @@ def _conjugate_pairs(h: int, w: int, device: torch.device) -> tuple[torch.Tensor
     return index[first], partner[first]
 
 
-def phase_scramble(images: torch.Tensor, width_degrees: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def phase_scramble(images: torch.Tensor, width_degrees: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Greyscale with every frequency's phase shifted by U(-width, width) degrees (its conjugate by the
     opposite, so the image stays real; the mean and the self-conjugate frequencies keep theirs), clipped."""
     x = greyscale(images)
@@ -272,5 +273,6 @@ def false_colour(images: torch.Tensor) -> torch.Tensor:
     # one linear map on the cone differences: M^-1 N^-1 F N
     cones_map = torch.linalg.inv(to_dkl) @ flip @ to_dkl
     cones = torch.einsum("ij,bjhw->bihw", to_cones, images.to(dtype)) - white
-    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_cones), torch.einsum("ij,bjhw->bihw", cones_map, cones) + white)
+    new_cones = torch.einsum("ij,bjhw->bihw", cones_map, cones) + white
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_cones), new_cones)
     return rgb.to(images.dtype).clamp_(0.0, 1.0)

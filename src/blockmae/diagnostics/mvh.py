@@ -138,7 +138,8 @@ class Mvh(Diagnostic):
             runs = [(name, None)] + [(f"{name}-{d}", d) for d in ctx.args.distortions]
             for dataset, distortion in runs:
                 trials = self._trials(ctx, maker, ds, stimuli, keep, dataset, distortion)
-                files[dataset] = [str(p.relative_to(ctx.run_dir)) for p in self._write(ctx, dataset, maker.name, trials)]
+                written = self._write(ctx, dataset, maker.name, trials)
+                files[dataset] = [str(p.relative_to(ctx.run_dir)) for p in written]
                 cells = dataset_cells(distortion or dataset, {maker.name: trials})
                 rows, overall = self._accuracy(distortion or dataset, cells, maker.name, chance)
                 levels[dataset] = rows
@@ -227,7 +228,8 @@ class Mvh(Diagnostic):
         return written
 
     @staticmethod
-    def _accuracy(name: str, cells: list[Cell], maker: str, chance: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _accuracy(name: str, cells: list[Cell], maker: str,
+                  chance: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """One row per condition (model-vs-human's order and spelling; "all" for a one-condition dataset)."""
         labels = dict(zip(LEVELS[name].conditions, LEVELS[name].labels)) if name in LEVELS else {}
         rows = [accuracy_row(c.condition or "all", int(c.correct(maker).sum()), len(c.images), chance=chance,
@@ -245,7 +247,8 @@ class Mvh(Diagnostic):
                         "cue-conflict_shape_bias_high": overall["high"],
                         "cue-conflict_shape_decisions": result["shape_decisions"],
                         "cue-conflict_texture_decisions": result["texture_decisions"]})
-        summary.update({f"cue-conflict_shape_bias_{c}": interval(s)["value"] for c, s in result["per_category"].items()})
+        summary.update({f"cue-conflict_shape_bias_{c}": interval(s)["value"]
+                        for c, s in result["per_category"].items()})
         if overall["value"] is None:
             return "; shape bias undefined (no shape or texture decision)"
         bounds = "" if overall["low"] is None else f" [{overall['low']:.3f}, {overall['high']:.3f}]"
