@@ -193,14 +193,16 @@ def test_hf_image_classifier_at_its_own_size(tmp_path, mvh_root, capsys):
     assert len(read_trials(out / "raw-data" / "edge" / "edge_hf-vit_session-1.csv")) == 16
 
 
-def test_bad_input_is_one_line(vit_file, tmp_path, capsys):
+def test_bad_input_is_one_line(vit_file, mvh_root, tmp_path, capsys):
     headless = tmp_path / "headless.safetensors"
     from safetensors.torch import load_file, save_file
 
     save_file({k: v for k, v in load_file(str(vit_file)).items() if not k.startswith("head.")}, str(headless))
     cases = [
-        (["--model", "timm:vit_tiny_patch16_224:/nonexistent.safetensors"], "weights file /nonexistent.safetensors"),
-        (["--model", "timm:no_such_model_xyz:" + str(vit_file)], "cannot load timm:no_such_model_xyz"),
+        (["--model", "timm:vit_tiny_patch16_224:/nonexistent.safetensors", "--root", str(mvh_root)],
+         "weights file /nonexistent.safetensors"),
+        (["--model", "timm:no_such_model_xyz:" + str(vit_file), "--root", str(mvh_root)],
+         "cannot load timm:no_such_model_xyz"),
         (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path / "none")], "is not a folder"),
         (["--model", SPEC.format(file=vit_file), "--root", str(tmp_path)],
          "edge does not exist; run `blockmae data prepare mvh-edge"),

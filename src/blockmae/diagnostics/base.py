@@ -106,7 +106,7 @@ class Diagnostic:
 
     def resolve_model(self, args: argparse.Namespace, device: torch.device) -> tuple[Encoder, "Probe | None"] | None:
         """The model, when the diagnostic loads it itself (e.g. a classifier with its own head); None: the
-        common --checkpoint/--probe resolution."""
+        common --checkpoint/--probe resolution. Called first: also the place to refuse bad options early."""
         return None
 
     def check(self, args: argparse.Namespace, encoder: Encoder) -> None:
@@ -593,7 +593,7 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     args.autocast = autocast
     data_args = argparse.Namespace(**{**vars(args), "data": None, "root": None, "split": None}) \
         if diagnostic.own_data else args
-    resolved = diagnostic.resolve_model(data_args, device)
+    resolved = diagnostic.resolve_model(args, device)
     if resolved is not None:
         encoder, probe = resolved
     elif diagnostic.needs_probe:

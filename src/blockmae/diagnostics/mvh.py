@@ -89,14 +89,16 @@ class Mvh(Diagnostic):
                                               "model's name)")
 
     def resolve_model(self, args: argparse.Namespace, device: torch.device) -> tuple[Encoder, Probe | None] | None:
+        self.check_inputs(args)  # before a model loads or a probe trains
         if not args.checkpoint:
             raise BlockMAEError("pass --model SPEC (an ImageNet classifier or an encoder)")
         if args.probe or not is_imagenet_classifier(args.checkpoint):
             return None  # an encoder: the common probe resolution
         self.classifier = load_classifier(args.checkpoint, args.subject).to(device)
+        self.classifier.autocast = bool(args.autocast)
         return self.classifier.as_encoder(), None
 
-    def check(self, args: argparse.Namespace, encoder: Encoder) -> None:
+    def check_inputs(self, args: argparse.Namespace) -> None:
         if args.subject is not None and (not args.subject or is_human(args.subject) or "/" in args.subject):
             raise BlockMAEError(f"--subject {args.subject!r}: a model's name, without '/' and not subject-XX "
                                 f"(model-vs-human's names for human observers)")

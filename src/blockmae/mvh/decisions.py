@@ -97,6 +97,7 @@ class ImageNetClassifier(DecisionMaker):
         self.std = tuple(float(s) for s in std)
         self.name, self.source = name, source
         self.categories = tuple(CATEGORIES)
+        self.autocast = False  # bf16 on request (the diagnostics' --autocast)
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +114,8 @@ class ImageNetClassifier(DecisionMaker):
         return getattr(out, "logits", out)  # transformers' output object, or a plain tensor
 
     def category_probabilities(self, images: Tensor) -> Tensor:
-        logits = self.logits(images).float()
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.logits(images).float()
         if logits.shape[-1] != IMAGENET_CLASSES:
             raise BlockMAEError(f"{self.source} gives {logits.shape[-1]} classes, not ImageNet-1k's 1000")
         return mean_category_probabilities(logits.softmax(dim=1))
