@@ -89,6 +89,17 @@ def test_texture_vs_shape_stimuli_in_their_layout(shared_data, tmp_path, capsys)
     assert capsys.readouterr().out.splitlines()[-1] == "test: 20"
 
 
+def test_real_cue_conflict_stimuli(shared_data, tmp_path, capsys):
+    root = tmp_path / "cue-conflict"
+    assert main(["data", "prepare", "mvh-cue-conflict", "--root", str(root), "--source",
+                 str(shared_data / "cue-conflict-mini"), "--workers", "0", "--image-size", "32"]) == 0
+    _, stimuli = mvh.load_stimuli("cue-conflict", root, image_size=32)
+    pngs = sorted((shared_data / "cue-conflict-mini").glob("*/*.png"))
+    assert [s.imagename for s in stimuli] == [p.name for p in pngs]
+    assert [s.category for s in stimuli] == [p.parent.name for p in pngs]
+    assert sum(s.texture == s.category for s in stimuli) == 1  # cat1-cat3.png
+
+
 def test_model_vs_human_datasets_folder_is_read_in_place(tmp_path):
     """Its own `datasets/<name>/` folder (no prepare): the dataset folder itself is a root."""
     for path, _, _ in stimulus_names("low-pass", ("0", "3", "40")):

@@ -133,7 +133,7 @@ class Mvh(Diagnostic):
         lines = [f"{maker.name} on model-vs-human's datasets: {len(maker.categories)} categories "
                  f"(chance {chance:.3f}), {maker.image_size} px input; accuracy with 95% Wilson intervals"]
         for name in ctx.args.datasets:
-            ds, stimuli = load_stimuli(name, self.dataset_root(ctx.args, name), maker.image_size, progress=False)
+            ds, stimuli = load_stimuli(name, self.dataset_root(ctx.args, name), maker.image_size)
             covered = set(maker.categories)
             keep = [i for i, s in enumerate(stimuli)
                     if s.category in covered and (s.texture is None or s.texture in covered)]
