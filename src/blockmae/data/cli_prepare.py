@@ -6,11 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict")
+from blockmae.data.mvh import DATASETS as MVH_DATASETS, PREFIX as MVH_PREFIX
+
+PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict") + tuple(
+    MVH_PREFIX + n for n in MVH_DATASETS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=PREPARABLE, help="which dataset to prepare")
+    parser.add_argument("dataset", choices=PREPARABLE, metavar="DATASET",
+                        help="which dataset to prepare: " + ", ".join(PREPARABLE[:5]) + ", or mvh-NAME for "
+                             "model-vs-human's datasets (" + ", ".join(MVH_DATASETS) + ")")
     parser.add_argument("--root", type=Path, default=None,
                         help="folder to hold the download, the extracted files and the caches "
                              "(default: $BLOCKMAE_CACHE_DIR/datasets/<dataset>)")
@@ -19,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the official download")
     parser.add_argument("--md5", default=None, help="expected md5 of a --source URL's file")
     parser.add_argument("--sha256", default=None, help="expected sha256 of a --source URL's file")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the cached square images (default 64)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="side of the cached square images (default 64; model-vs-human's datasets: 224)")
     parser.add_argument("--resize", choices=("center-crop", "stretch"), default="center-crop",
                         help="how non-square or other-size images are fitted (default center-crop: shorter side "
                              "to --image-size, centre crop)")
@@ -34,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from blockmae.data.roots import default_root, obtain
     from blockmae.errors import BlockMAEError
 
+    if args.image_size is None:
+        args.image_size = 224 if args.dataset.startswith(MVH_PREFIX) else 64
     if args.image_size < 1:
         raise BlockMAEError(f"--image-size must be positive, got {args.image_size}")
     name = args.dataset
@@ -82,6 +90,10 @@ def _dataset_facts(name: str):
         from blockmae.data import cue_conflict as m
 
         return m.OFFICIAL_ARCHIVE, m.find_data_dir, m.LAYOUT, m.STIMULI_IN_ARCHIVE, ("test",)
+    if name.startswith(MVH_PREFIX):
+        from blockmae.data import mvh as m
+
+        return m.official_archive(name), m.data_dir_finder(name), m.layout(name), None, m.SPLITS
     from functools import partial
 
     from blockmae.data import cifar as m

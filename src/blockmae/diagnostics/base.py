@@ -26,8 +26,9 @@ What the base does, so that `evaluate` does not:
   ``--data/--root/--split/--num-images`` (the evaluation images), ``--batch-size``, ``--device``,
   ``--autocast/--no-autocast`` (bf16; default on where the device has fast bf16, i.e. CUDA),
   ``--out`` (run dir), ``--output-root`` (registry root), ``--name``, ``--seed``.
-* Encoder and probe (:func:`resolve_probe`): with ``--probe`` the head is loaded and its weights hash is
-  checked against the encoder's. With only ``--checkpoint``, the standard linear probe
+* Encoder and probe (:func:`resolve_probe`; a diagnostic that loads its model itself, e.g. a classifier
+  with its own head, overrides :meth:`Diagnostic.resolve_model`): with ``--probe`` the head is loaded
+  and its weights hash is checked against the encoder's. With only ``--checkpoint``, the standard linear probe
   (``evaluation.cli_probe.run_probe``, ``ProbeConfig`` defaults or ``--probe-config`` plus
   ``--probe-set`` overrides) is trained on the dataset the checkpoint was pretrained on (its run's
   ``config.yaml``; ``--data`` overrides), unless the registry already holds a completed probe run for the
@@ -64,6 +65,7 @@ import torch
 
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import RANDOM, Encoder
+from blockmae.models.external import canonical_spec, is_foreign
 
 # A batched image transform: (images float (B, 3, H, W) in [0, 1] on the device, dataset indices (B,)) -> images.
 Transform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -101,6 +103,11 @@ class Diagnostic:
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         """Add the diagnostic's own options (the common ones are already there)."""
+
+    def resolve_model(self, args: argparse.Namespace, device: torch.device) -> tuple[Encoder, "Probe | None"] | None:
+        """The model, when the diagnostic loads it itself (e.g. a classifier with its own head); None: the
+        common --checkpoint/--probe resolution. Called first: also the place to refuse bad options early."""
+        return None
 
     def check(self, args: argparse.Namespace, encoder: Encoder) -> None:
         """Refuse bad options (BlockMAEError) once the encoder is known, before the run dir and registry row."""
@@ -348,9 +355,12 @@ def load_diagnostic_encoder(args: argparse.Namespace, device: torch.device) -> E
 
 
 def parent_run(registry: Any, checkpoint: str) -> str:
-    """The id of the registered run whose directory holds `checkpoint`, else its resolved path ('random')."""
+    """The id of the registered run whose directory holds `checkpoint`, else its resolved path ('random'; a
+    foreign model's spec with its file made absolute)."""
     if checkpoint == RANDOM:
         return RANDOM
+    if is_foreign(checkpoint):
+        return canonical_spec(checkpoint)
     path = Path(checkpoint).resolve()
     for record in registry.list_runs(kind="pretrain"):
         if record.run_dir and (path == Path(record.run_dir) or Path(record.run_dir) in path.parents):
@@ -583,7 +593,10 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     args.autocast = autocast
     data_args = argparse.Namespace(**{**vars(args), "data": None, "root": None, "split": None}) \
         if diagnostic.own_data else args
-    if diagnostic.needs_probe:
+    resolved = diagnostic.resolve_model(args, device)
+    if resolved is not None:
+        encoder, probe = resolved
+    elif diagnostic.needs_probe:
         encoder, probe = resolve_probe(data_args, device)
         print(probe.describe())
     else:
@@ -599,7 +612,7 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
               and not callable(v)}
     parent = parent_run(registry, encoder.checkpoint)
     config = {"diagnostic": diagnostic.name, "args": common, "weights_hash": encoder.weights_hash,
-              "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve()),
+              "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else canonical_spec(encoder.checkpoint),
               "probe_run": probe.run_id if probe else None, "data": ctx.data_settings(),
               "device": str(device), "autocast": autocast}
     with registry.track(diagnostic.name, run_dir, config, parent=parent, name=args.name or run_dir.name) as run:

@@ -24,6 +24,15 @@ All take and return float images (B, C, H, W) in [0, 1].
   frequency bins than the level before it, and not only the mean (docs/diagnostics.md, "Levels").
 * Amplitude-phase recombination (:func:`amplitude_swap`): an image's Fourier phase (layout, edges,
   shape) with an amplitude spectrum (texture statistics) interpolated towards a donor's.
+* The rest of model-vs-human's parametric distortions (Geirhos et al., NeurIPS 2018, its
+  image-manipulation definitions), all on the greyscale image stacked to three channels unless said:
+  contrast c: (1 - c) / 2 + c x; uniform noise of width w: contrast 0.3, plus U(-w, w) per pixel,
+  clipped; phase scrambling of width w degrees: every frequency's phase shifted by U(-w, w), the
+  conjugate frequency by the opposite (the image stays real), clipped; power equalisation: the
+  amplitude spectrum replaced by a given mean one (model-vs-human's mean over its images; here the
+  caller's), clipped; rotation by multiples of 90 degrees (counter-clockwise); false colour (colour):
+  the opponent colours L-M and S-(L+M) inverted in the DKL space through the cone matrix of their
+  monitor, clipped (their monitor's gamma table is not applied: linear).
 """
 
 from __future__ import annotations
@@ -232,3 +241,103 @@ def amplitude_swap(images: torch.Tensor, donors: torch.Tensor, alpha: float) -> 
     amplitude = (1 - alpha) * spectrum.abs() + alpha * torch.fft.fft2(donors.to(dtype)).abs()
     mixed = torch.polar(amplitude, spectrum.angle())
     return torch.fft.ifft2(mixed).real.to(images.dtype)
+
+
+# -- the rest of model-vs-human's parametric distortions ---------------------------------------------
+
+UNIFORM_NOISE_CONTRAST = 0.3  # uniform-noise images are first reduced to 30% contrast
+# false colour: RGB -> LMS cone activations of model-vs-human's monitor, its white point, and LMS -> DKL
+# opponent channels (Brainard 1996); facts of their set-up (Geirhos et al. 2018)
+RGB_TO_CONES = ((0.1619982647, 0.208049264, 0.0389347448),
+                (0.0330275785, 0.2496504557, 0.0618343518),
+                (0.0015524055, 0.0198861001, 0.1890224274))
+CONES_WHITE_POINT = (0.20449114, 0.17225619, 0.10523047)
+CONES_TO_DKL = ((9.27590805, 9.27590805, 0.0),
+                (7.86421647, -9.33587662, 0.0),
+                (-3.39709047, -3.39709047, 12.16230246))
+
+
+def grey3(images: torch.Tensor) -> torch.Tensor:
+    """The luminance image stacked to three channels (model-vs-human's greyscale stimuli)."""
+    return _stack3(greyscale(images))
+
+
+def contrast(images: torch.Tensor, level: float) -> torch.Tensor:
+    """Greyscale at contrast `level` in [0, 1]: (1 - level) / 2 + level x (1 = unchanged grey image)."""
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"contrast level must lie in [0, 1], got {level}")
+    return (1 - level) / 2 + level * grey3(images)
+
+
+def uniform_noise(images: torch.Tensor, width: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greyscale at 30% contrast plus uniform noise in [-width, width] per pixel (one draw for the three
+    channels), clipped."""
+    x = contrast(images, UNIFORM_NOISE_CONTRAST)
+    b, _, h, w = x.shape
+    noise = (torch.rand((b, 1, h, w), generator=generator, device=generator.device if generator else "cpu")
+             .to(x.device, x.dtype) * 2 - 1) * width
+    return (x + noise).clamp_(0.0, 1.0)
+
+
+def _conjugate_pairs(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat FFT indices of one frequency of each conjugate pair and of its partner (self-conjugate bins out)."""
+    ky = torch.arange(h, device=device).view(-1, 1)
+    kx = torch.arange(w, device=device).view(1, -1)
+    index = (ky * w + kx).flatten()
+    partner = (((-ky) % h) * w + (-kx) % w).flatten()
+    first = index < partner
+    return index[first], partner[first]
+
+
+def phase_scramble(images: torch.Tensor, width_degrees: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greyscale with every frequency's phase shifted by U(-width, width) degrees (its conjugate by the
+    opposite, so the image stays real; the mean and the self-conjugate frequencies keep theirs), clipped."""
+    x = greyscale(images)
+    b, _, h, w = x.shape
+    one, partner = _conjugate_pairs(h, w, x.device)
+    shifts = (torch.rand((b, one.numel()), generator=generator, device=generator.device if generator else "cpu")
+              .to(x.device, _fft_dtype(x.device)) * 2 - 1) * math.radians(width_degrees)
+    phase = torch.zeros((b, h * w), dtype=shifts.dtype, device=x.device)
+    phase[:, one] = shifts
+    phase[:, partner] = -shifts
+    spectrum = torch.fft.fft2(x.to(_fft_dtype(x.device)))
+    rotated = spectrum * torch.polar(torch.ones_like(phase), phase).view(b, 1, h, w)
+    return _stack3(torch.fft.ifft2(rotated).real.to(images.dtype).clamp_(0.0, 1.0))
+
+
+def mean_amplitude_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """(H, W) mean amplitude spectrum of the greyscale images (power equalisation's target)."""
+    return torch.fft.fft2(greyscale(images).to(_fft_dtype(images.device))).abs().mean(dim=(0, 1))
+
+
+def power_equalise(images: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+    """Greyscale with its amplitude spectrum replaced by `amplitude` (H, W), its phase kept, clipped."""
+    x = greyscale(images)
+    if tuple(amplitude.shape) != tuple(x.shape[-2:]):
+        raise ValueError(f"amplitude spectrum {tuple(amplitude.shape)} does not fit images {tuple(x.shape[-2:])}")
+    spectrum = torch.fft.fft2(x.to(_fft_dtype(x.device)))
+    mixed = torch.polar(amplitude.to(spectrum.real.dtype).expand_as(spectrum.real), spectrum.angle())
+    return _stack3(torch.fft.ifft2(mixed).real.to(images.dtype).clamp_(0.0, 1.0))
+
+
+def rotate(images: torch.Tensor, degrees: int) -> torch.Tensor:
+    """Greyscale rotated counter-clockwise by a multiple of 90 degrees."""
+    if degrees % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {degrees}")
+    return torch.rot90(grey3(images), k=(degrees // 90) % 4, dims=(-2, -1))
+
+
+def false_colour(images: torch.Tensor) -> torch.Tensor:
+    """Opponent colours: L-M and S-(L+M) inverted around the white point in DKL space, back to RGB, clipped."""
+    dtype = _fft_dtype(images.device)
+    to_cones = torch.tensor(RGB_TO_CONES, dtype=dtype, device=images.device)
+    to_dkl = torch.tensor(CONES_TO_DKL, dtype=dtype, device=images.device)
+    white = torch.tensor(CONES_WHITE_POINT, dtype=dtype, device=images.device).view(1, 3, 1, 1)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=dtype, device=images.device))
+    # one linear map on the cone differences: M^-1 N^-1 F N
+    cones_map = torch.linalg.inv(to_dkl) @ flip @ to_dkl
+    cones = torch.einsum("ij,bjhw->bihw", to_cones, images.to(dtype)) - white
+    new_cones = torch.einsum("ij,bjhw->bihw", cones_map, cones) + white
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_cones), new_cones)
+    return rgb.to(images.dtype).clamp_(0.0, 1.0)
