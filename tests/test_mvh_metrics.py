@@ -173,3 +173,17 @@ def test_published_numbers_from_the_real_trial_files(shared_data: Path) -> None:
     assert round(humans["observers_mean"], 3) == 0.958
     assert round(min(humans["observers"].values()), 3) == 0.919 and round(max(humans["observers"].values()), 3) == 0.987
     assert len(r["per_dataset"]) == 17 and all(HUMANS in v for v in r["per_dataset"].values())
+
+
+def test_common_images_compares_on_the_images_every_maker_saw(raw_dir: Path) -> None:
+    """A decision maker that saw fewer images (a probe covering some categories) beside humans who saw all."""
+    raw = read_raw_data(raw_dir)
+    raw["rotation"]["vit-x"] = [t for t in raw["rotation"]["vit-x"] if t.image_id != "n01_4.png"]
+    with pytest.raises(BlockMAEError, match="--common-images"):
+        benchmark(raw, resamples=0)
+    record = benchmark(raw, resamples=0, common_images=True)
+    assert record["datasets"]["rotation"]["common_images_only"]
+    rows = {r["condition"]: r for r in record["accuracy_by_condition"]["rotation"]["vit-x"]}
+    humans = {r["condition"]: r for r in record["accuracy_by_condition"]["rotation"][HUMANS]}
+    # condition 90 on n01_1..3: model 1,1,0 -> 2/3; humans (1,0,1) and (1,1,1) -> 5/6
+    assert rows["90"]["accuracy"] == pytest.approx(2 / 3) and humans["90"]["accuracy"] == pytest.approx(5 / 6)

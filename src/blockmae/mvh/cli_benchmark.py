@@ -48,7 +48,10 @@ def build_document(record: dict[str, Any]) -> Document:
                      else "no intervals (--resamples 0)")
     doc = Document("model-vs-human benchmark", intro=[
         f"Trial files: {record['raw_data']}. Metrics and conventions of {CITATION}; formulas in docs/mvh.md.",
-        f"Brackets: {interval_text}."])
+        f"Brackets: {interval_text}."] + ([
+        "Every dataset is compared on the images all of its decision makers saw (--common-images): numbers of "
+        "models with full trial files differ from their published ones where another maker saw fewer images."]
+        if any(d.get("common_images_only") for d in record["datasets"].values()) else []))
 
     section = doc.section("OOD robustness")
     table = Table("ood-robustness", "Out-of-distribution robustness, averaged over datasets",
@@ -132,13 +135,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=int, default=1000, metavar="N",
                         help="bootstrap resamples of the images for the 95%% intervals (0: no intervals)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--common-images", action="store_true",
+                        help="compare every decision maker of a dataset on the images all of them saw (e.g. a "
+                             "Tiny-ImageNet probe's covered categories beside humans); default: refuse files "
+                             "that saw different images")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.resamples < 0:
         raise BlockMAEError(f"--resamples must be 0 or more, not {args.resamples}")
     raw = read_raw_data(args.raw_data)
-    record = benchmark(raw, args.models, args.resamples, args.seed,
+    record = benchmark(raw, args.models, args.resamples, args.seed, common_images=args.common_images,
                        progress=lambda datasets: tqdm(datasets, desc="datasets", unit="dataset",
                                                       disable=not sys.stderr.isatty(), leave=False))
     record = {"raw_data": str(args.raw_data.resolve()), "citation": CITATION, **record}

@@ -71,9 +71,12 @@ def _condition_order(dataset: str, conditions: set[str]) -> list[str]:
     return sorted(conditions, key=key)
 
 
-def dataset_cells(dataset: str, trials_by_maker: dict[str, list[Trial]]) -> list[Cell]:
+def dataset_cells(dataset: str, trials_by_maker: dict[str, list[Trial]], common: bool = False) -> list[Cell]:
     """The cells of one dataset. Every decision maker must have seen the same images in each condition, once
-    each (as in model-vs-human's files); anything else is a BlockMAEError that says what differs."""
+    each (as in model-vs-human's files); anything else is a BlockMAEError that says what differs.
+
+    `common`: keep, in each condition, only the images every decision maker saw (a probe covering some of
+    the 16 categories beside humans who saw them all); a condition without such an image is an error."""
     seen: dict[str, dict[str, dict[str, Trial]]] = {}  # condition -> maker -> image id -> trial
     for maker, trials in trials_by_maker.items():
         for t in trials:
@@ -87,13 +90,20 @@ def dataset_cells(dataset: str, trials_by_maker: dict[str, list[Trial]]) -> list
         makers = seen[condition]
         first = next(iter(makers))
         images = tuple(sorted(makers[first]))
+        if common:
+            shared = set(images).intersection(*(set(makers.get(m, {})) for m in trials_by_maker))
+            if not shared:
+                raise BlockMAEError(f"{dataset}, condition {condition or 'all'}: no image was seen by every decision "
+                                    f"maker ({', '.join(trials_by_maker)})")
+            images = tuple(sorted(shared))
+            makers = {m: {i: t for i, t in by_image.items() if i in shared} for m, by_image in makers.items()}
         for maker in trials_by_maker:
             have = set(makers.get(maker, {}))
             if have != set(images):
                 raise BlockMAEError(
                     f"{dataset}, condition {condition or 'all'}: {maker} has {len(have - set(images))} images that "
                     f"{first} lacks and lacks {len(set(images) - have)} of its {len(images)}; every decision maker "
-                    f"of a dataset must have seen the same images")
+                    f"of a dataset must have seen the same images (--common-images compares them on those all saw)")
         categories = np.array([makers[first][i].category for i in images])
         for maker, by_image in makers.items():
             if any(by_image[i].category != c for i, c in zip(images, categories)):
@@ -217,12 +227,14 @@ def _accuracy_rows(dataset: str, cells: list[Cell], makers: dict[str, list[str]]
 
 
 def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None = None, resamples: int = 1000,
-              seed: int = 0, progress: Callable[[list[str]], Iterable[str]] = iter) -> dict[str, Any]:
+              seed: int = 0, progress: Callable[[list[str]], Iterable[str]] = iter,
+              common_images: bool = False) -> dict[str, Any]:
     """model-vs-human's benchmark on `raw` (`trials.read_raw_data`): the results.json record (see docs/mvh.md).
 
     `models`: the models to include (default: every non-human decision maker); an unknown name is a
     BlockMAEError. Intervals: `resamples` bootstrap resamples of the images, seeded per dataset by `seed`.
-    `progress` wraps the list of datasets (e.g. tqdm)."""
+    `progress` wraps the list of datasets (e.g. tqdm). `common_images`: every metric on the images all
+    decision makers of a dataset saw (`dataset_cells`); the record says how many each dataset kept."""
     found = sorted({m for makers in raw.values() for m in makers if not is_human(m)})
     if models is None:
         models = found
@@ -241,7 +253,7 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
         here = [m for m in models if m in raw[dataset]]
         if not here and not humans:
             continue
-        cells = dataset_cells(dataset, {m: raw[dataset][m] for m in [*here, *humans]})
+        cells = dataset_cells(dataset, {m: raw[dataset][m] for m in [*here, *humans]}, common=common_images)
         rng = np.random.default_rng([seed, zlib.crc32(dataset.encode())])
         weights = [resample_weights(len(c.images), resamples, rng) for c in cells]
         excluded = LEVELS[dataset].excluded if dataset in LEVELS else ()
@@ -251,7 +263,7 @@ def benchmark(raw: dict[str, dict[str, list[Trial]]], models: list[str] | None =
         per_dataset[dataset] = values
         record["datasets"][dataset] = {"conditions": [c.condition for c in cells], "excluded": list(excluded),
                                        "images": sum(len(c.images) for c in cells), "models": here,
-                                       "humans": humans}
+                                       "humans": humans, "common_images_only": common_images}
         record["per_dataset"][dataset] = {m: {k: interval(s) for k, s in v.items()} for m, v in values.items()}
         groups = {m: [m] for m in here} | ({HUMANS: humans} if humans else {})
         record["accuracy_by_condition"][dataset] = _accuracy_rows(dataset, cells, groups)
