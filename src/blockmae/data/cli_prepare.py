@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from blockmae.config import number
+
 PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict")
 
 
@@ -19,12 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the official download")
     parser.add_argument("--md5", default=None, help="expected md5 of a --source URL's file")
     parser.add_argument("--sha256", default=None, help="expected sha256 of a --source URL's file")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the cached square images (default 64)")
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=64, help="side of the cached square images (default 64)")
     parser.add_argument("--resize", choices=("center-crop", "stretch"), default="center-crop",
                         help="how non-square or other-size images are fitted (default center-crop: shorter side "
                              "to --image-size, centre crop)")
-    parser.add_argument("--partition", type=int, default=1, help="DTD partition 1..10 (default 1)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--partition", type=number(int, "1..10"), default=1, help="DTD partition 1..10 (default 1)")
+    parser.add_argument("--workers", type=number(int, ">=0"), default=None,
                         help="decoding processes (default: CPU count, at most 8; 0 = in this process)")
 
 
