@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import output_error
 
 # (command words, module, one-line help). Group commands ("data", "bench", ...) are
 # derived from the first word.
@@ -52,8 +53,15 @@ def _matching(words: Sequence[str]) -> list[tuple[tuple[str, ...], str, str]]:
     return [c for c in COMMANDS if tuple(words[: len(c[0])]) == c[0]]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as every other error of ours: one line, `blockmae: error: ...`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BlockMAEError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blockmae",
         description="Block-Masked MAE: pretraining, probes and texture-vs-shape diagnostics.",
     )
@@ -80,17 +88,20 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)
     except BlockMAEError as err:
         print(f"blockmae: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # `blockmae masks | head`: the reader left; that is not an error worth a traceback.
-        sys.stderr.close()
-        return 141
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):
+            sys.stderr.close()  # `blockmae masks | head`: the reader left; not an error worth a traceback
+            return 141
+        # A file system that refuses a write or a read (read-only, full, a file where a folder is needed):
+        # one line naming the path; each writer's atomic writes leave no partial output behind.
+        print(f"blockmae: error: {output_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("blockmae: interrupted", file=sys.stderr)
         return 130
