@@ -228,13 +228,21 @@ class Probe:
 
 
 def pretraining_data(checkpoint: str) -> dict[str, Any] | None:
-    """The `data` section of the pretraining run holding `checkpoint` (its config.yaml), or None."""
+    """The `data` section of the pretraining run holding `checkpoint` (its config.yaml, or a reference
+    folder's manifest.json, which holds the run's resolved config), or None."""
     from omegaconf import OmegaConf
 
     if checkpoint == RANDOM:
         return None
     path = Path(checkpoint).resolve()
     for folder in [path, *path.parents][:4]:
+        manifest = folder / "manifest.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))["config"]["data"]
+            except (OSError, ValueError, KeyError, TypeError):
+                data = None
+            return dict(data) if isinstance(data, dict) else None
         config = folder / "config.yaml"
         if config.is_file():
             data = OmegaConf.to_container(OmegaConf.load(config)).get("data")  # type: ignore[union-attr]

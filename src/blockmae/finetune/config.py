@@ -106,6 +106,12 @@ class FinetuneConfig:
         from blockmae.evaluation.config import EVAL_SPLITS
 
         check_numbers(self)
+        from blockmae.models.external import is_foreign
+
+        if self.checkpoint != "random" and is_foreign(self.checkpoint):
+            raise BlockMAEError(f"checkpoint={self.checkpoint}: fine-tuning reads blockmae checkpoints only, not "
+                                f"foreign encoders (timm:, mae:, hf:); probe it with `blockmae probe`, or fine-tune "
+                                f"it with timm's own scripts")
         checks = [
             (self.model.pool in POOLS, f"model.pool must be one of {', '.join(POOLS)}, not '{self.model.pool}'"),
             (0.0 <= self.model.drop_path < 1.0, "model.drop_path must be in [0, 1)"),
