@@ -191,6 +191,10 @@ def mark_output(folder: str | Path, kind: str) -> None:
     write_json_atomic(Path(folder) / OUTPUT_MARKER, {"kind": kind})
 
 
+def _a(kind: str) -> str:
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 def _file_in_the_way(path: Path, option: str) -> None:
     for parent in (path, *path.parents):
         if parent.exists() and not parent.is_dir():
@@ -201,26 +205,28 @@ def _file_in_the_way(path: Path, option: str) -> None:
             return
 
 
-def claim_output_dir(path: str | Path, kind: str, *, option: str = "--out", force: bool = False,
+def claim_output_dir(path: str | Path, kind: str, *, option: str = "--out", force: bool | None = None,
                      accept: tuple[str, ...] = ()) -> Path:
     """Check that the command `kind` may write the folder `path`: missing, empty, or written by `kind` (or
     one of `accept`) before. A folder holding another command's output (a pretraining run dir, a reference,
-    a sweep...) is always refused; any other non-empty folder only with `force` (the user's --force)."""
+    a sweep...) is always refused; any other non-empty folder only with `force` (the user's --force; None:
+    the command has no such flag)."""
     path = Path(path)
     _file_in_the_way(path, option)
     inside = output_kind(path.parent)
     if inside and inside != kind and inside not in accept and inside != "sweep":
-        raise BlockMAEError(f"{option} {path} is inside a {inside} folder ({path.parent}); {kind} never writes into "
+        raise BlockMAEError(f"{option} {path} is inside {_a(inside)} folder ({path.parent}); {kind} never writes into "
                             f"another command's output: choose another path")
     found = output_kind(path)
     if found is None or found == kind or found in accept:
         return path
     if found:
-        raise BlockMAEError(f"{option} {path} is a {found} folder; {kind} never writes into another command's "
+        raise BlockMAEError(f"{option} {path} is {_a(found)} folder; {kind} never writes into another command's "
                             f"output: choose a new or empty folder")
     if not force:
+        hint = "" if force is None else ", or pass --force to replace what it holds"
         raise BlockMAEError(f"{option} {path} is not empty and was not written by {kind}; choose a new or empty "
-                            f"folder, or pass --force to replace what it holds")
+                            f"folder{hint}")
     return path
 
 
@@ -237,7 +243,7 @@ def claim_output_file(path: str | Path, suffixes: tuple[str, ...], *, option: st
     _file_in_the_way(path.parent, option)
     found = output_kind(path.parent)
     if found and found not in accept and found != kind:
-        raise BlockMAEError(f"{option} {path} is inside a {found} folder ({path.parent}); {kind} never writes into "
+        raise BlockMAEError(f"{option} {path} is inside {_a(found)} folder ({path.parent}); {kind} never writes into "
                             f"another command's output: choose another path")
     return path
 

@@ -587,6 +587,8 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     from blockmae.registry import Registry
 
     args.command_name = diagnostic.name
+    run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
+    claim_output_dir(run_dir, diagnostic.name)  # before any work: a probe trained first would be wasted
     if args.batch_size < 1:
         raise BlockMAEError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -601,8 +603,6 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
         encoder, probe = load_diagnostic_encoder(args, device), None
     diagnostic.check(args, encoder)
     registry = Registry(args.output_root)
-    run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
-    claim_output_dir(run_dir, diagnostic.name)
     ctx = Context(args, device, autocast, encoder, probe, run_dir, data_args)
     common = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command_name"
               and not callable(v)}
