@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images to generate when no --root is given (default 100000, Tiny-ImageNet's train size)")
     parser.add_argument("--root", type=Path, default=None,
                         help="a real <class>/<image> folder to time instead of generated JPEGs")
-    parser.add_argument("--batch-size", type=number(int, ">=1"), default=256, help="batch size of both paths (default 256)")
+    parser.add_argument("--batch-size", type=number(int, ">=1"),
+                        default=256, help="batch size of both paths (default 256)")
     parser.add_argument("--workers", type=number(int, ">=0"), default=2,
                         help="DataLoader workers of the ImageFolder path, and processes for generation/caching (default 2)")
     parser.add_argument("--image-size", type=number(int, ">=1"), default=64, help="training resolution (default 64)")

@@ -20,7 +20,8 @@ from blockmae.errors import BlockMAEError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=number(int, ">=1"), default=1000, help="ShapeTex train images (default 1000)")
     parser.add_argument("--eval-images", type=number(int, ">=1"), default=250, help="ShapeTex val images (default 250)")
-    parser.add_argument("--epochs", type=number(int, ">=1"), default=20, help="probe epochs for both paths (default 20)")
+    parser.add_argument("--epochs", type=number(int, ">=1"),
+                        default=20, help="probe epochs for both paths (default 20)")
     parser.add_argument("--preset", default="vit_nano", help="encoder preset (random init; default vit_nano)")
     parser.add_argument("--image-size", type=number(int, ">=1"), default=32)
     parser.add_argument("--patch-size", type=number(int, ">=1"), default=4)

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the official download")
     parser.add_argument("--md5", default=None, help="expected md5 of a --source URL's file")
     parser.add_argument("--sha256", default=None, help="expected sha256 of a --source URL's file")
-    parser.add_argument("--image-size", type=number(int, ">=1"), default=64, help="side of the cached square images (default 64)")
+    parser.add_argument("--image-size", type=number(int, ">=1"),
+                        default=64, help="side of the cached square images (default 64)")
     parser.add_argument("--resize", choices=("center-crop", "stretch"), default="center-crop",
                         help="how non-square or other-size images are fitted (default center-crop: shorter side "
                              "to --image-size, centre crop)")

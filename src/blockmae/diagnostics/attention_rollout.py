@@ -91,7 +91,8 @@ class AttentionRollout(Diagnostic):
                             help="clean-vs-occluded map similarity outside the occluder")
         parser.add_argument("--sliding-images", type=number(int, ">=1"), default=64,
                             help="images (seeded subset) that every sliding occluder visits (default 64)")
-        parser.add_argument("--samples", type=number(int, ">=1"), default=4, help="images in the sample and trajectory figures")
+        parser.add_argument("--samples", type=number(int, ">=1"),
+                            default=4, help="images in the sample and trajectory figures")
         parser.add_argument("--trajectory-block", type=number(int, ">=1"),
                             help="occluder size of the headline stability, samples and trajectories "
                                  "(default: 2 if among --blocks, else the first)")

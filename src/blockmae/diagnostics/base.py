@@ -168,13 +168,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, several_checkpoints: b
     encoder.add_argument("--arch-from", help="checkpoint=random: copy this checkpoint's architecture")
     encoder.add_argument("--img-size", type=number(int, ">=1"), default=32, help="checkpoint=random: input size")
     encoder.add_argument("--patch-size", type=number(int, ">=1"), default=4, help="checkpoint=random: patch size")
-    encoder.add_argument("--init-seed", type=number(int, ">=0"), default=0, help="checkpoint=random: initialisation seed")
+    encoder.add_argument("--init-seed", type=number(int, ">=0"),
+                         default=0, help="checkpoint=random: initialisation seed")
     data = parser.add_argument_group("evaluation images")
     data.add_argument("--data", help="dataset (default: the probe's; without --probe: the checkpoint's pretraining "
                                      "dataset, shapetex for random)")
     data.add_argument("--root", help="dataset root (default: the probe's or the pretraining run's)")
     data.add_argument("--split", help="split evaluated (default: the probe's eval split)")
-    data.add_argument("--num-images", type=number(int, ">=1"), help="evaluate a seeded random subset of this many images")
+    data.add_argument("--num-images", type=number(int, ">=1"),
+                      help="evaluate a seeded random subset of this many images")
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=number(int, ">=1"), default=256, help="images per batch (default 256)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")

@@ -49,7 +49,8 @@ class DTDTransfer(Diagnostic):
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--partitions", type=number(int, "1..10"), default=10,
                             help="use the first N official partitions the root has (default 10; 1 = quick run)")
-        parser.add_argument("--dtd-epochs", type=number(int, ">=1"), help="linear-probe epochs on DTD (default: the object probe's)")
+        parser.add_argument("--dtd-epochs", type=number(int, ">=1"),
+                            help="linear-probe epochs on DTD (default: the object probe's)")
 
     def evaluate(self, ctx: Context) -> DiagnosticResult:
         from blockmae.data.dtd import LAYOUT, PARTITIONS, find_data_dir, list_items

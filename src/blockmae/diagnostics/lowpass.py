@@ -50,7 +50,8 @@ class Lowpass(Diagnostic):
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES),
                             help="which sweeps to run (default: all)")
-        parser.add_argument("--sigmas", nargs="+", type=number(float, ">=0"), default=list(cls.sigmas_224), metavar="SIGMA",
+        parser.add_argument("--sigmas", nargs="+", type=number(float, ">=0"),
+                            default=list(cls.sigmas_224), metavar="SIGMA",
                             help="Gaussian sigmas in pixels at 224 px, scaled x size/224; least filtered first "
                                  f"(default: model-vs-human's {' '.join(level_label(s) for s in cls.sigmas_224)})")
         parser.add_argument("--radii", nargs="+", type=_level, default=list(cls.radii), metavar="R",

@@ -203,7 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="encoder checkpoint (default: the one the probe names); 'random' too")
     parser.add_argument("--data", required=True, choices=("shapetex", "cue-conflict"), help="evaluation images")
     parser.add_argument("--root", help="cue-conflict stimuli folder (or a folder made by `blockmae data prepare`)")
-    parser.add_argument("--num-images", type=number(int, ">=1"), help="shapetex: images per split (default: its default)")
+    parser.add_argument("--num-images", type=number(int, ">=1"),
+                        help="shapetex: images per split (default: its default)")
     parser.add_argument("--output-root", default="outputs", help="registry and results root (default: outputs)")
     parser.add_argument("--name", help="run name")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")

@@ -43,11 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=_grid, default=(8, 8), help="patch grid, N or HxW (default 8: 64 px / patch 8)")
     parser.add_argument("--ratio", type=number(float, "(0..1)"), default=0.75, help="fraction of patches masked (default 0.75)")
     parser.add_argument("--family", choices=FAMILIES, default="block", help="mask family (default block)")
-    parser.add_argument("--block", type=number(int, ">=1"), default=1, help="block side b in patches (block family; default 1)")
+    parser.add_argument("--block", type=number(int, ">=1"),
+                        default=1, help="block side b in patches (block family; default 1)")
     parser.add_argument("--align", choices=ALIGNS, default=DEFAULT_ALIGN,
                         help=f"block placement: free squares, tiles of a fixed grid, or shifted tiles "
                              f"(default {DEFAULT_ALIGN})")
-    parser.add_argument("--count", type=number(int, ">=1"), default=4, help="number of masks to print or draw (default 4)")
+    parser.add_argument("--count", type=number(int, ">=1"),
+                        default=4, help="number of masks to print or draw (default 4)")
     parser.add_argument("--seed", type=number(int, ">=0"), default=0, help="random seed (default 0)")
     parser.add_argument("--stats", action="store_true",
                         help="print statistics of --draws masks instead of the masks (docs/masking.md)")

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the arms in full with the reference encoders' own recipe (no budget) and test "
                              "whether this machine reproduces them")
-    parser.add_argument("--seed", type=number(int, ">=0"), default=None, help="seed of pretraining and probes (default: the config's)")
+    parser.add_argument("--seed", type=number(int, ">=0"),
+                        default=None, help="seed of pretraining and probes (default: the config's)")
     add_config_arguments(parser, f"quickstart config: a file or a shipped name (default: {GPU_CONFIG.stem} when "
                                  f"CUDA is available, else {CPU_CONFIG.stem})",
                          "config overrides, e.g. pretrain.train.epochs=12 references=false")

@@ -333,7 +333,8 @@ def _claim_problems(ref: Reference) -> list[str]:
         problems.append(f"manifest epochs {m['epochs']} is not the last epoch in {ref.metrics_path.name} "
                         f"({last.get('epoch')})")
     if m.get("steps") is not None and m["steps"] != last.get("step"):
-        problems.append(f"manifest steps {m['steps']} is not the last step in {ref.metrics_path.name} ({last.get('step')})")
+        problems.append(f"manifest steps {m['steps']} is not the last step in {ref.metrics_path.name} "
+                        f"({last.get('step')})")
     try:
         images = int(last["step"]) * int(m["config"]["train"]["batch_size"])
     except (KeyError, TypeError, ValueError):

@@ -117,7 +117,8 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def package_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, metavar="DIR", help="a finished pretraining run dir")
-    parser.add_argument("--block", required=True, type=number(int, ">=1"), help="its mask's block size (1: random masking)")
+    parser.add_argument("--block", required=True, type=number(int, ">=1"),
+                        help="its mask's block size (1: random masking)")
     parser.add_argument("--seed", required=True, type=number(int, ">=0"), help="its run.seed")
     parser.add_argument("--command", required=True, metavar="TEXT", help="the exact command that trained it")
     parser.add_argument("--out-root", metavar="DIR", help=f"where the reference folder goes (default: {REFERENCES_DIR})")

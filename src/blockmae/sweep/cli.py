@@ -95,11 +95,14 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     local = parser.add_argument_group("local executor")
     local.add_argument("--slots", type=number(int, ">=1"), help="arms at once (default: 1 on a CPU, one per GPU place)")
     local.add_argument("--gpus", help="GPUs to use, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or all visible)")
-    local.add_argument("--arms-per-gpu", type=number(int, ">=1"), default=1, help="small arms sharing one GPU (default 1)")
+    local.add_argument("--arms-per-gpu", type=number(int, ">=1"),
+                       default=1, help="small arms sharing one GPU (default 1)")
     slurm = parser.add_argument_group("slurm executor (defaults from the spec's `slurm:` block)")
     slurm.add_argument("--partition")
-    slurm.add_argument("--timeout-min", type=number(int, ">=1"), help="per job; a timed-out arm is requeued from its checkpoint")
-    slurm.add_argument("--max-parallel", type=number(int, ">=1"), help="cap on array tasks running at once (array_parallelism)")
+    slurm.add_argument("--timeout-min", type=number(int, ">=1"),
+                       help="per job; a timed-out arm is requeued from its checkpoint")
+    slurm.add_argument("--max-parallel", type=number(int, ">=1"),
+                       help="cap on array tasks running at once (array_parallelism)")
     slurm.add_argument("--gpus-per-task", type=number(int, ">=1"), help="GPUs per arm (gpus_per_node)")
     slurm.add_argument("--cluster", choices=("slurm", "local"),
                        help="submitit cluster (default: slurm if sbatch exists); local runs the jobs here (tests)")
