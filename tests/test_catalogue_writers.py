@@ -126,7 +126,8 @@ def _edited_sweep(w: Path, t: Path) -> list:
 
 def _sweep_without_arm(w: Path, t: Path) -> list:
     shutil.copytree(w / "sweep", t / "sweep")
-    shutil.rmtree(t / "sweep" / "b2" / "s0")
+    [arm] = json.loads((t / "sweep" / "sweep.json").read_text())["arms"]
+    shutil.rmtree(t / "sweep" / arm["run_dir"])
     return ["report", "--root", t / "sweep", "--out", t / "r.html"]
 
 
@@ -217,7 +218,7 @@ CASES = [
      "is a folder"),
     ("POOR-report-out-wrong-suffix", "", lambda w, t: ["report", "--root", w / "sweep", "--out", t / "r.txt"], 2,
      "must end in .html or .htm"),
-    ("POOR-report-root-is-a-file", "", lambda w, t: ["report", "--root", _file(t)], 2, "is not a folder"),
+    ("POOR-report-root-is-a-file", "", lambda w, t: ["report", "--root", _file(t)], 2, "a file is in the way"),
     ("POOR-report-root-read-only", "", lambda w, t: ["report", "--root", _copy(w / "sweep", t / "ro" / "sweep")], 2,
      "read-only file system"),
     ("POOR-export-out-read-only", "tmp:ro", lambda w, t: ["export", w / "base", "--format", "timm", "--out", t / "ro" / "e"], 2,
@@ -474,15 +475,18 @@ def test_sigterm_to_sweep_run_stops_its_arm_and_says_so(tmp_path):
     out = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "blockmae", "sweep", "run", str(spec), "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "b2" / "s0" / "metrics.jsonl"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+    while time.monotonic() < deadline and not (out / "sweep_plan.json").is_file():
         time.sleep(0.1)
-    state = json.loads((out / "b2" / "s0" / "arm_state.json").read_text())
+    arm = out / json.loads((out / "sweep_plan.json").read_text())["arms"][0]["run_dir"]
+    while time.monotonic() < deadline and not ((arm / "metrics.jsonl").is_file()
+                                               and (arm / "metrics.jsonl").read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    state = json.loads((arm / "arm_state.json").read_text())
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted: the running arms saved a checkpoint and stopped" in err
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
-    assert json.loads((out / "b2" / "s0" / "arm_state.json").read_text())["status"] == "interrupted"
+    assert json.loads((arm / "arm_state.json").read_text())["status"] == "interrupted"

@@ -41,7 +41,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("sweep", "plan"), "blockmae.sweep.cli_plan", "list a sweep spec's arms and their cost before running"),
     (("sweep", "run"), "blockmae.sweep.cli_run", "run (or resume) every arm of a sweep spec and its evaluations"),
     (("sweep", "status"), "blockmae.sweep.cli_status", "progress of each arm and evaluation of a sweep"),
-    (("quickstart",), "blockmae.quickstart", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
+    (("quickstart",), "blockmae.quickstart.cli", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
     (("bench", "model"), "blockmae.bench.model", "time MAE training steps against HF ViTMAE"),
     (("bench", "data"), "blockmae.bench.data", "time the cached pipeline against ImageFolder"),
     (("bench", "finetune-data"), "blockmae.bench.finetune_data", "time RandAugment per sample against batched crops"),
