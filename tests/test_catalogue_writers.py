@@ -135,7 +135,9 @@ def _edited_manifest(w: Path, t: Path, key: str, value) -> list:
     shutil.copytree(w / "refs", t / "refs")
     path = t / "refs" / "quickstart-block2-s0" / "manifest.json"
     manifest = json.loads(path.read_text())
-    if key == "config":
+    if key == "parameters":
+        manifest["weights"]["parameters"] += 1
+    elif key == "config":
         manifest["config"]["train"]["epochs"] = 999
         manifest["config_sha256"] = "0" * 64
     else:
@@ -366,6 +368,8 @@ CASES = [
                                                           "--no-evaluate"], 2, "already holds other files"),
     ("manifest-config-edited", "", lambda w, t: _edited_manifest(w, t, "config", None), 1,
      "manifest config_sha256 does not match its config"),
+    ("manifest-parameters-edited", "", lambda w, t: _edited_manifest(w, t, "parameters", None), 1,
+     "manifest weights.parameters"),
     ("manifest-epochs-edited", "", lambda w, t: _edited_manifest(w, t, "epochs", 3), 1, "manifest epochs 3 is not the last"),
     ("preview-count-0", "", lambda w, t: ["data", "preview", "shapetex", "--count", "0", "--out", t / "p.png"], 2,
      "--count: must be at least 1"),
@@ -490,3 +494,20 @@ def test_sigterm_to_sweep_run_stops_its_arm_and_says_so(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
     assert json.loads((arm / "arm_state.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_reference_folder_is_a_checkpoint_for_the_diagnostics(tmp_path, shared_data):
+    """`eval lowpass` and `eval dtd` on a shipped reference folder, without --data: the pretraining data
+    comes from its manifest's config, as from a run dir's config.yaml."""
+    ref = REFERENCES / "quickstart-block2-s0"
+    probe = ["--probe-set", "linear.epochs=2", "--probe-set", "linear.warmup_epochs=0", "--probe-set",
+             "data.num_images=200", "--output-root", str(tmp_path)]
+    code, out, err = _blockmae(["eval", "lowpass", "--checkpoint", ref, "--curves", "greyscale", "--num-images", "40",
+                                "--out", tmp_path / "lowpass", *probe])
+    assert code == 0, out + err
+    assert json.loads((tmp_path / "lowpass" / "results.json").read_text())["probe"]["dataset"] == "shapetex"
+    code, out, err = _blockmae(["eval", "dtd", "--checkpoint", ref, "--root", shared_data / "dtd-mini", "--partitions",
+                                "1", "--dtd-epochs", "2", "--out", tmp_path / "dtd", *probe])
+    assert code == 0, out + err
+    assert "DTD / object:" in out

@@ -315,8 +315,9 @@ def config_sha256(config: dict[str, Any]) -> str:
 
 
 def _claim_problems(ref: Reference) -> list[str]:
-    """The manifest's numbers that metrics.jsonl (checksummed) and the config can recompute: final loss,
-    epochs, steps, images seen, the config's hash. (Its evaluation would need the probe rerun.)"""
+    """The manifest's numbers that metrics.jsonl (checksummed), the weights and the config can recompute:
+    final loss, epochs, steps, images seen, parameters, the config's hash. (Its evaluation would need the
+    probe rerun.)"""
     try:
         epochs = [r for r in _metrics_rows(ref.metrics_path) if r.get("kind") == "epoch"]
     except BlockMAEError as err:
@@ -342,6 +343,18 @@ def _claim_problems(ref: Reference) -> list[str]:
     if m.get("images_seen") is not None and images is not None and m["images_seen"] != images:
         problems.append(f"manifest images_seen {m['images_seen']} is not steps x train.batch_size = {images} "
                         f"(from {ref.metrics_path.name})")
+    claimed = m["weights"].get("parameters")
+    if claimed is not None and ref.weights_path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(ref.weights_path), framework="pt") as handle:
+                counted = sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+        except (SafetensorError, OSError, ValueError):
+            counted = claimed  # an unreadable file is reported by the architecture check
+        if counted != claimed:
+            problems.append(f"manifest weights.parameters {claimed:,} is not the {counted:,} values in "
+                            f"{ref.weights_path.name}")
     if m.get("config_sha256") is not None and m["config_sha256"] != config_sha256(m["config"]):
         problems.append("manifest config_sha256 does not match its config (the config was edited)")
     return problems

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import claim_output_file
+from blockmae.fileio import claim_output_file, output_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=2, desc="report", unit="step", leave=False) as bar:
         doc = study_document(studies, args.title)
         bar.update()
-        written = write_document(doc, out, out.with_suffix(".md"), out.parent / f"{out.stem}_tables",
-                                 out.parent / f"{out.stem}_figures")
+        with output_lock(out):  # two reports to one path would mix their tables
+            written = write_document(doc, out, out.with_suffix(".md"), out.parent / f"{out.stem}_tables",
+                                     out.parent / f"{out.stem}_figures")
         bar.update()
     if args.tensorboard:
         from blockmae.report.hparams import export_hparams
