@@ -267,7 +267,7 @@ CASES = [
                                                               w / "base", "--output-root", t], 2,
      "is a pretrain folder; lowpass never writes"),
     ("POOR-second-sweep-run-same-folder", "world:sweep", "LOCKED:sweep", 2, "is in use by pid"),
-    ("POOR-two-probes-same-run-dir", "world:probe", "LOCKED:probe", 2, "is in use by pid"),
+    ("BAD-two-probes-same-run-dir", "world:probe", "LOCKED:probe", 2, "is in use by pid"),
     # -- ours
     ("export-out-a-reference", "world:refs", lambda w, t: ["export", w / "base", "--format", "timm", "--out",
                                                           w / "refs" / "quickstart-block1-s0"], 2, "is a reference folder"),
@@ -305,7 +305,7 @@ CASES = [
      "encoder.layer must be zero or more, got -1"),
     ("probe-negative-weight-decay", "", lambda w, t: [*PROBE, "checkpoint=random", "linear.weight_decay=-1",
                                                       f"output_root={t}"], 2, "linear.weight_decay must be zero or more"),
-    ("probe-timm-export-by-its-name", "", lambda w, t: [*PROBE, f"checkpoint=timm:vit_tiny_patch16_224:"
+    ("POOR-probe-timm-export-by-its-name", "", lambda w, t: [*PROBE, f"checkpoint=timm:vit_tiny_patch16_224:"
                                                                 f"{w / 'exp' / 'model.safetensors'}", f"output_root={t}",
                                                         "kind=knn"], 0, ""),
     ("lowpass-out-an-export", "world:exp", lambda w, t: ["eval", "lowpass", "--checkpoint", w / "base", "--out", w / "exp"],

@@ -77,9 +77,9 @@ def check_identity(spec: SweepSpec, out: Path) -> None:
 def eval_settings(evaluation: dict[str, Any], probe_config: str | None, probe_overrides: list[str]) -> dict[str, Any]:
     """What an evaluation's result depends on besides its checkpoint: its spec entry and the probe settings
     (the probe config file by its contents), stored with each completed evaluation (its key)."""
+    # The file by its contents, not its path: a moved checkout is the same setting.
     sha = sha256_file(probe_config) if probe_config and Path(probe_config).is_file() else None
-    return {"evaluation": dict(evaluation), "probe_config": probe_config, "probe_config_sha256": sha,
-            "probe_overrides": list(probe_overrides)}
+    return {"evaluation": dict(evaluation), "probe_config_sha256": sha, "probe_overrides": list(probe_overrides)}
 
 
 def stale_evaluation(out: Path, run_dir: str, key: str, entry: dict[str, Any], wanted: dict[str, Any]) -> str | None:
