@@ -281,7 +281,7 @@ def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     done = _quickstart(tmp_path)
     assert done.returncode == 2
-    assert "is not a quickstart folder" in done.stderr and "Traceback" not in done.stderr
+    assert "is not empty and was not written by quickstart" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 

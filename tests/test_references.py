@@ -209,7 +209,9 @@ def test_evaluation_is_stored_and_a_failed_one_keeps_the_old_folder(run_dir, pac
     monkeypatch.setattr(quickstart, "reference_evaluation", failing, raising=False)
     args = ["weights", "package", "--run-dir", str(run_dir), "--block", "2", "--seed", "0", "--command", "x",
             "--out-root", str(root), "--work-dir", str(tmp_path / "work")]
-    assert main(args) == 2
+    assert main(args) == 2  # the reference exists: replaced only with --force
+    assert main([*args, "--force"]) == 2  # the evaluation fails
+    args.append("--force")
     assert (root / "quickstart-block2-s0" / "manifest.json").read_bytes() == before
     assert [p.name for p in root.iterdir()] == ["quickstart-block2-s0"]
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from blockmae.config import number
 from blockmae.data.mvh import DATASETS as MVH_DATASETS, PREFIX as MVH_PREFIX
 
 PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict") + tuple(
@@ -24,13 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the official download")
     parser.add_argument("--md5", default=None, help="expected md5 of a --source URL's file")
     parser.add_argument("--sha256", default=None, help="expected sha256 of a --source URL's file")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=None,
                         help="side of the cached square images (default 64; model-vs-human's datasets: 224)")
     parser.add_argument("--resize", choices=("center-crop", "stretch"), default="center-crop",
                         help="how non-square or other-size images are fitted (default center-crop: shorter side "
                              "to --image-size, centre crop)")
-    parser.add_argument("--partition", type=int, default=1, help="DTD partition 1..10 (default 1)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--partition", type=number(int, "1..10"), default=1, help="DTD partition 1..10 (default 1)")
+    parser.add_argument("--workers", type=number(int, ">=0"), default=None,
                         help="decoding processes (default: CPU count, at most 8; 0 = in this process)")
 
 
@@ -42,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.image_size is None:
         args.image_size = 224 if args.dataset.startswith(MVH_PREFIX) else 64
-    if args.image_size < 1:
-        raise BlockMAEError(f"--image-size must be positive, got {args.image_size}")
     name = args.dataset
     root = args.root if args.root is not None else default_root(name)
     workers = default_workers() if args.workers is None else args.workers

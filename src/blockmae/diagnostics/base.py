@@ -63,7 +63,10 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 
+from blockmae.config import number
+from blockmae.engine.lock import RunLock
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import claim_output_dir
 from blockmae.evaluation.features import RANDOM, Encoder
 from blockmae.models.external import canonical_spec, is_foreign
 
@@ -170,24 +173,26 @@ def add_common_arguments(parser: argparse.ArgumentParser, several_checkpoints: b
                          help="override of a probe trained here, e.g. linear.epochs=20 (repeatable)")
     encoder.add_argument("--preset", default="vit_micro", help="checkpoint=random: architecture preset")
     encoder.add_argument("--arch-from", help="checkpoint=random: copy this checkpoint's architecture")
-    encoder.add_argument("--img-size", type=int, default=32, help="checkpoint=random: input size")
-    encoder.add_argument("--patch-size", type=int, default=4, help="checkpoint=random: patch size")
-    encoder.add_argument("--init-seed", type=int, default=0, help="checkpoint=random: initialisation seed")
+    encoder.add_argument("--img-size", type=number(int, ">=1"), default=32, help="checkpoint=random: input size")
+    encoder.add_argument("--patch-size", type=number(int, ">=1"), default=4, help="checkpoint=random: patch size")
+    encoder.add_argument("--init-seed", type=number(int, ">=0"),
+                         default=0, help="checkpoint=random: initialisation seed")
     data = parser.add_argument_group("evaluation images")
     data.add_argument("--data", help="dataset (default: the probe's; without --probe: the checkpoint's pretraining "
                                      "dataset, shapetex for random)")
     data.add_argument("--root", help="dataset root (default: the probe's or the pretraining run's)")
     data.add_argument("--split", help="split evaluated (default: the probe's eval split)")
-    data.add_argument("--num-images", type=int, help="evaluate a seeded random subset of this many images")
+    data.add_argument("--num-images", type=number(int, ">=1"),
+                      help="evaluate a seeded random subset of this many images")
     run = parser.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    run.add_argument("--batch-size", type=number(int, ">=1"), default=256, help="images per batch (default 256)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                      help="bf16 autocast (default: on for CUDA with bf16, off elsewhere)")
     run.add_argument("--out", help="run directory (default: <output-root>/<diagnostic>/<checkpoint>-<time>)")
     run.add_argument("--output-root", default="outputs", help="registry and probe root (default: outputs)")
     run.add_argument("--name", help="run name (default: derived from the checkpoint)")
-    run.add_argument("--seed", type=int, default=0, help="seed of subsets, donors and bootstraps")
+    run.add_argument("--seed", type=number(int, ">=0"), default=0, help="seed of subsets, donors and bootstraps")
 
 
 def command(diagnostic: type[Diagnostic]) -> tuple[Callable[[argparse.ArgumentParser], None],
@@ -232,13 +237,21 @@ class Probe:
 
 
 def pretraining_data(checkpoint: str) -> dict[str, Any] | None:
-    """The `data` section of the pretraining run holding `checkpoint` (its config.yaml), or None."""
+    """The `data` section of the pretraining run holding `checkpoint` (its config.yaml, or a reference
+    folder's manifest.json, which holds the run's resolved config), or None."""
     from omegaconf import OmegaConf
 
     if checkpoint == RANDOM:
         return None
     path = Path(checkpoint).resolve()
     for folder in [path, *path.parents][:4]:
+        manifest = folder / "manifest.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))["config"]["data"]
+            except (OSError, ValueError, KeyError, TypeError):
+                data = None
+            return dict(data) if isinstance(data, dict) else None
         config = folder / "config.yaml"
         if config.is_file():
             data = OmegaConf.to_container(OmegaConf.load(config)).get("data")  # type: ignore[union-attr]
@@ -586,6 +599,8 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     from blockmae.registry import Registry
 
     args.command_name = diagnostic.name
+    run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
+    claim_output_dir(run_dir, diagnostic.name)  # before any work: a probe trained first would be wasted
     if args.batch_size < 1:
         raise BlockMAEError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -603,10 +618,6 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
         encoder, probe = load_diagnostic_encoder(args, device), None
     diagnostic.check(args, encoder)
     registry = Registry(args.output_root)
-    run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
-    if (run_dir / "results.json").exists():
-        raise BlockMAEError(f"{run_dir} already holds a finished diagnostic; pass another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, device, autocast, encoder, probe, run_dir, data_args)
     common = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command_name"
               and not callable(v)}
@@ -615,7 +626,11 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
               "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else canonical_spec(encoder.checkpoint),
               "probe_run": probe.run_id if probe else None, "data": ctx.data_settings(),
               "device": str(device), "autocast": autocast}
-    with registry.track(diagnostic.name, run_dir, config, parent=parent, name=args.name or run_dir.name) as run:
+    lock = RunLock(run_dir).acquire()  # one writer per run dir, as pretraining
+    if (run_dir / "results.json").exists():
+        lock.release()
+        raise BlockMAEError(f"{run_dir} already holds a finished diagnostic; pass another --out")
+    with lock, registry.track(diagnostic.name, run_dir, config, parent=parent, name=args.name or run_dir.name) as run:
         result = diagnostic.evaluate(ctx)
         run.metrics.update(result.summary)
         probe_info = None if probe is None else {

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from blockmae.config import number
 from blockmae.diagnostics import filters
 from blockmae.diagnostics.base import Context, Diagnostic, DiagnosticResult, accuracy_row, command, correct_count
 from blockmae.diagnostics.curves import (accuracy_figure, auc_intervals, curve_summary, human_auc,
@@ -52,7 +53,8 @@ class Lowpass(Diagnostic):
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES),
                             help="which sweeps to run (default: all)")
-        parser.add_argument("--sigmas", nargs="+", type=_level, default=list(cls.sigmas_224), metavar="SIGMA",
+        parser.add_argument("--sigmas", nargs="+", type=number(float, ">=0"),
+                            default=list(cls.sigmas_224), metavar="SIGMA",
                             help="Gaussian sigmas in pixels at 224 px, scaled x size/224; least filtered first "
                                  f"(default: model-vs-human's {' '.join(level_label(s) for s in cls.sigmas_224)})")
         parser.add_argument("--radii", nargs="+", type=_level, default=list(cls.radii), metavar="R",

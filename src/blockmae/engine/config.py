@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from blockmae.data.augment import INTERPOLATIONS
 from blockmae.masking import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
 from blockmae.models.mae import POS_EMBEDS
-from blockmae.config import check_finite
+from blockmae.config import check_numbers
 from blockmae.errors import BlockMAEError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -161,7 +161,7 @@ class PretrainConfig:
         return self.data.val_split or DEFAULT_VAL_SPLIT.get(self.data.dataset, "val")
 
     def validate(self) -> None:
-        check_finite(self)
+        check_numbers(self)
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("train.device", self.train.device, DEVICES)
         _choice("mask.family", self.mask.family, FAMILIES)

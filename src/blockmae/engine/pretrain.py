@@ -165,10 +165,11 @@ class Pretrainer:
         options = dict(cfg.options)
         if cfg.num_images is not None:
             options["num_images"] = cfg.num_images
-        try:
-            dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
+        try:  # rank 0 builds a missing cache, the other ranks then read it
+            dataset = dist.main_first(lambda: load_dataset(cfg.dataset, cfg.split, root=cfg.root,
+                                                           image_size=cfg.image_size, **options), self.info)
         except BlockMAEError:
-            if "num_images" not in options:
+            if "num_images" not in options or not self.info.is_main:
                 raise
             # Report a more basic problem (a missing root, ...) before the option: the dataset without it
             options.pop("num_images")
@@ -354,8 +355,8 @@ class Pretrainer:
                 epoch_images += cfg.train.batch_size
                 bar.update(1)
                 by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
-                # A single process stops at once; ranks agree on stopping at the next sync.
-                stop_here = self.stop_signal is not None and not self.info.enabled
+                # Stop after this step on a signal to any rank (all ranks agree: one tiny all-reduce per step).
+                stop_here = dist.any_rank(self.stop_signal is not None, self.device)
                 if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
                     stats = self._sync(window)
                     self._log_window(stats, bar)

@@ -200,6 +200,10 @@ def strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, igno
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
                   f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(expected[wrong[0]].shape)}")
         raise BlockMAEError(f"{source} does not fit the model it names: {detail}")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise BlockMAEError(f"{source}: {bad} holds NaN or infinite values (diverged or damaged weights); "
+                            f"use another checkpoint")
     model.load_state_dict(state)
 
 
@@ -225,11 +229,17 @@ def weights_geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, 
 def load_timm(name: str, file: Path) -> ForeignViT:
     import timm
 
+    recorded = _hf_config(file.parent) if file.is_file() else None
+    if recorded and recorded.get("architecture") == name and file.name == "model.safetensors":
+        return load_timm_dir(file.parent, recorded)  # a timm export: its config.json records the sizes
     state = read_weights(file)
     try:
         probe = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as err:  # timm: "Unknown model (...)"
         raise BlockMAEError(f"timm:{name}: {err}") from None
+    if not (hasattr(probe, "patch_embed") and hasattr(probe, "blocks")):
+        raise BlockMAEError(f"timm:{name} is not a Vision Transformer (no patch embedding and blocks); only "
+                            f"ViT-family timm models can be probed")
     geometry = weights_geometry(state, getattr(probe, "num_prefix_tokens", 1))
     current = {"patch_size": probe.patch_embed.patch_size[0], "img_size": probe.patch_embed.img_size[0],
                "depth": len(probe.blocks)}

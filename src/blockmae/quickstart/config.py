@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from blockmae.config import load_config, resolve_config_path, shipped_configs_dir
+from blockmae.config import check_numbers, load_config, resolve_config_path, shipped_configs_dir
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
@@ -42,6 +42,7 @@ class QuickstartConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # evaluation's schema; checkpoint/kind set per arm
 
     def validate(self) -> None:
+        check_numbers(self)
         if not self.blocks or any(b < 1 for b in self.blocks) or len(set(self.blocks)) != len(self.blocks):
             raise BlockMAEError(f"blocks must be distinct block sizes >= 1 (e.g. [1, 2, 4]), got {self.blocks}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:

@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import claim_output_file
 from blockmae.masking import Mask, MaskGenerator
 from blockmae.visualisation import save_figure
 
@@ -126,14 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output figure (.png or .pdf)")
     parser.add_argument("--data", default="shapetex", help="dataset the images come from (default: shapetex val)")
     parser.add_argument("--root", help="dataset root (not needed for shapetex)")
-    parser.add_argument("--images", type=int, default=4, help="number of images (default 4)")
-    parser.add_argument("--ratio", type=float, help="mask ratio (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image choice and the masks")
+    parser.add_argument("--images", type=number(int, ">=1"), default=4, help="number of images (default 4)")
+    parser.add_argument("--ratio", type=number(float, "(0..1)"), help="mask ratio (default: the model's)")
+    parser.add_argument("--seed", type=number(int, ">=0"), default=0, help="seed of the image choice and the masks")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.images < 1:
-        raise BlockMAEError("--images must be at least 1")
+    claim_output_file(args.out, (".png", ".pdf", ".svg"), kind="viz")
     path = draw_reconstructions(args.checkpoint, args.out, args.data, args.root, args.images, args.seed, args.ratio)
     print(f"wrote {path}")
     return 0
