@@ -229,7 +229,7 @@ def weights_geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, 
 def load_timm(name: str, file: Path) -> ForeignViT:
     import timm
 
-    recorded = _hf_config(file.parent) if file.is_file() else None
+    recorded = hf_config(file.parent) if file.is_file() else None
     if recorded and recorded.get("architecture") == name and file.name == "model.safetensors":
         return load_timm_dir(file.parent, recorded)  # a timm export: its config.json records the sizes
     state = read_weights(file)
