@@ -83,10 +83,12 @@ def seed_figure(arms: Mapping[str, Mapping[int, Any]], stages: Mapping[str, Any]
         if label == "shape bias":
             ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
             ax.set_ylim(0, 1.05)
-        elif "shape-only" in label and stages:
-            chance = 100 * next(iter(stages.values())).chance
-            ax.axhline(chance, color="black", linestyle=":", linewidth=1)
-            ax.axhline(2 * chance, color="black", linestyle="--", linewidth=0.8)
+        else:
+            ax.set_ylim(0, 100 if ax.get_ylim()[1] > 100 else None)  # a wide t-interval is cut at 0 and 100
+            if "shape-only" in label and stages:
+                chance = 100 * next(iter(stages.values())).chance
+                ax.axhline(chance, color="black", linestyle=":", linewidth=1)
+                ax.axhline(2 * chance, color="black", linestyle="--", linewidth=0.8)
         ax.set_title(label, fontsize=9)
         # Arm names are long ("4x4 blocks"): wrapped onto two lines and turned, so neighbours never overlap.
         ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], rotation=30, ha="right",

@@ -415,8 +415,10 @@ TITLE = "blockmae quickstart: does block masking shift a ViT from texture to sha
 INTRO = """\
 The question: pretrained as masked autoencoders with random patches hidden (1x1, standard MAE) or with
 2x2 or 4x4 blocks of patches hidden, do small ViTs decide by shape rather than texture? The answer comes
-first, from reference encoders shipped with the package (one per mask, trained far longer than a laptop
-allows), evaluated here against an untrained (random-init) encoder of the same architecture: a linear
-and a k-NN probe for the shape label on ShapeTex, the linear probe's decisions on cue-conflict images
-(shape i drawn with texture j) for the shape bias, and the texture-vs-shape diagnostics. Then your own
-run: the same three arms pretrained on this machine for what the time allows, beside the references."""
+first, from the reference encoders shipped with the package (one per mask and pretraining seed, trained
+far longer than a laptop allows), evaluated here beside untrained (random-init) encoders of the same
+architecture, one per seed index: a linear and a k-NN probe for the shape label on ShapeTex, the linear
+probe's accuracy on shape-only images and its decisions on cue-conflict images (shape i drawn with
+texture j) for the shape bias, and the texture-vs-shape diagnostics. The arms are compared seed by seed
+on the same test images, and every verdict holds across seeds or says that it does not. With --train,
+your own run follows: the same three arms pretrained on this machine for what the time allows."""
