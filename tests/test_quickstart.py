@@ -242,39 +242,134 @@ def test_reduced_quickstart_end_to_end(tmp_path, monkeypatch):
         assert packaged.returncode == 0, packaged.stderr[-2000:]
     config = yaml.safe_load(CPU_CONFIG.read_text())
     config["diagnostics"] = TINY_DIAGNOSTICS
+    config["diagnostics_seeds"] = [3]
     (tmp_path / "qs.yaml").write_text(yaml.safe_dump(config))
     out2 = tmp_path / "qs2"
-    answered = _quickstart(out2, "--seed", "3", "--config", str(tmp_path / "qs.yaml"), "budget_seconds=null",
-                           env={"BLOCKMAE_REFERENCES": str(refs)})
+    answered = _quickstart(out2, "--seed", "3", "--train", "--config", str(tmp_path / "qs.yaml"),
+                           "budget_seconds=null", env={"BLOCKMAE_REFERENCES": str(refs)})
     assert answered.returncode == 0, answered.stderr[-3000:]
     text2 = (out2 / "report.md").read_text()
     answer = parse_results_table(text2)  # the first results table is the answer's
     assert list(answer) == ["1x1 (MAE) reference (seed 3)", "2x2 blocks reference (seed 3)",
-                            "4x4 blocks reference (seed 3)", "random-init"]
+                            "4x4 blocks reference (seed 3)", "random-init (seed 3)"]
     assert text2.index("The answer") < text2.index("Your run")
     # The references are the first run's arms in half precision, scored by the same probe on the same images.
     for name, key in keys.items():
         if key != "random_init":
             mine = float(table[name]["Linear top-1 (%)"])
             assert float(answer[f"{name} reference (seed 3)"]["Linear top-1 (%)"]) == pytest.approx(mine, abs=1.0)
-    assert float(answer["random-init"]["Linear top-1 (%)"]) == float(table["random-init"]["Linear top-1 (%)"])
+    # Random init at seed index 3 is the first run's random init (weights drawn with seed 3).
+    assert float(answer["random-init (seed 3)"]["Linear top-1 (%)"]) == float(table["random-init"]["Linear top-1 (%)"])
     summary2 = json.loads((out2 / "summary.json").read_text())
     assert [r["id"] for r in summary2["references"]] == ["quickstart-block1-s3", "quickstart-block2-s3",
                                                           "quickstart-block4-s3"]
-    assert set(summary2["encoders"]) == {"ref-block1-s3", "ref-block2-s3", "ref-block4-s3", "random_init",
+    assert set(summary2["encoders"]) == {"ref-block1-s3", "ref-block2-s3", "ref-block4-s3", "random_init-s3",
                                          "block1", "block2", "block4"}
     diag = summary2["encoders"]["ref-block2-s3"]["diagnostics"]
     assert set(diag) == set(TINY_DIAGNOSTICS) and 0 <= diag["stylized"]["phase_bias"] <= 1
-    pairs = {(c["first"], c["second"], c["metric"]) for c in summary2["comparisons"]["answer"]}
+    pairs = {(c["first"], c["second"], c["metric"]) for c in summary2["comparisons"]["answer_per_seed"]}
     assert ("4x4 blocks reference (seed 3)", "1x1 (MAE) reference (seed 3)", "shape bias") in pairs
-    assert ("2x2 blocks reference (seed 3)", "random-init", "linear top-1") in pairs
+    assert ("2x2 blocks reference (seed 3)", "random-init (seed 3)", "linear top-1") in pairs
     own2 = {(c["first"], c["second"]) for c in summary2["comparisons"]["own"]}
-    assert ("2x2 blocks", "2x2 blocks reference (seed 3)") in own2 and ("2x2 blocks", "random-init") in own2
-    assert "Paired comparisons on the same test images" in text2 and "Diagnostics per encoder" in text2
+    assert ("2x2 blocks", "2x2 blocks reference (seed 3)") in own2 and ("2x2 blocks", "random-init (seed 3)") in own2
+    assert "Per-image tests per seed" in text2 and "Diagnostics per encoder" in text2
+    # One seed per arm: the verdicts rest on the per-image tests, and the report says what that covers.
+    assert {v["interval_over"] for v in summary2["verdicts"]} == {"test images"} and summary2["seed_indices"] == [3]
+    assert "one pretraining seed per arm" in text2 and "covers the sampling of test images only" in text2
     assert "test quickstart" in text2  # the references' provenance names the command that made them
     assert "(figures/reconstructions_ref-block4-s3.png)" in text2
     assert _count_kinds(out2) == {"pretrain": 3, "probe": 7, "knn": 7, "shape-bias": 7, "lowpass": 4,
                                   "stylized": 4, "attention": 4}
+
+
+def _package_tiny_references(root, tmp_path, blocks=(1, 2, 4), seeds=(0, 1)) -> dict:
+    """Tiny pretraining runs (TINY's settings) of every arm and seed, packaged as references under `root`."""
+    from blockmae.config import load_config
+    from blockmae.engine.pretrain import pretrain
+    from blockmae.quickstart import CPU_CONFIG, QuickstartConfig, arm_pretrain_config
+    from blockmae.references import package_reference, reference_id
+
+    manifests = {}
+    for seed in seeds:
+        cfg = load_config(QuickstartConfig, CPU_CONFIG, [*TINY, f"pretrain.run.seed={seed}"])
+        for block in blocks:
+            runs = tmp_path / "tiny-runs"
+            run_dir = pretrain(arm_pretrain_config(cfg.pretrain, block, runs, runs / f"block{block}-s{seed}"))
+            ref = package_reference(run_dir, root, reference_id(block, seed), "tiny test run", block=block, seed=seed)
+            manifests[(block, seed)] = ref.manifest
+    return manifests
+
+
+@pytest.mark.slow
+def test_quickstart_answers_over_two_seeds_per_arm(tmp_path):
+    """Two references per arm: random init gets the same seed indices, every pair of arms a verdict over
+    seeds (t-interval, Holm) with both arms' stage, diagnostics on seed 0 only, and no training here."""
+    import json
+    import math
+
+    from blockmae.report.stats import holm, t_interval
+
+    refs = tmp_path / "refs"
+    manifests = _package_tiny_references(refs, tmp_path)
+    out = tmp_path / "qs"
+    done = _quickstart(out, "--seed", "0", f"diagnostics={json.dumps(TINY_DIAGNOSTICS).replace(' ', '')}",
+                       env={"BLOCKMAE_REFERENCES": str(refs)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed_indices"] == [0, 1]
+    encoders = summary["encoders"]
+    assert set(encoders) == {f"ref-block{b}-s{s}" for b in (1, 2, 4) for s in (0, 1)} | {"random_init-s0",
+                                                                                         "random_init-s1"}
+    # No "your run" without --train; diagnostics on seed index 0 of every arm and of random init only.
+    assert summary["own_training"] is None and "Your run: not run" in text
+    assert _count_kinds(out) == {"probe": 8, "knn": 8, "shape-bias": 8, "lowpass": 4, "stylized": 4, "attention": 4}
+    assert all(bool(e["diagnostics"]) == (e["seed"] == 0) for e in encoders.values())
+
+    key = {"1x1 (MAE)": "ref-block1", "2x2 blocks": "ref-block2", "4x4 blocks": "ref-block4",
+           "random-init": "random_init"}
+    metric_of = {"linear top-1": lambda e: e["linear_top1"]["value"], "k-NN top-1": lambda e: e["knn_top1"]["value"],
+                 "shape-only accuracy": lambda e: e["shape_only_accuracy"],
+                 "shape bias": lambda e: e["shape_bias"]["value"]}
+    verdicts = summary["verdicts"]
+    pairs = [("2x2 blocks", "1x1 (MAE)"), ("4x4 blocks", "1x1 (MAE)"), ("4x4 blocks", "2x2 blocks"),
+             ("1x1 (MAE)", "random-init"), ("2x2 blocks", "random-init"), ("4x4 blocks", "random-init")]
+    assert [(v["first"], v["second"]) for v in verdicts[::4]] == pairs and len(verdicts) == 24
+    for v in verdicts:
+        # The per-seed paired differences are the encoders' numbers at the same seed index.
+        expected = [metric_of[v["metric"]](encoders[f"{key[v['first']]}-s{s}"])
+                    - metric_of[v["metric"]](encoders[f"{key[v['second']]}-s{s}"]) for s in (0, 1)]
+        assert v["seeds"] == [0, 1] and v["differences"] == pytest.approx(expected)
+        interval = t_interval(expected)
+        assert (v["mean"], v["low"], v["high"]) == pytest.approx((interval.value, interval.low, interval.high))
+        assert v["interval_over"] == "seeds" and set(v["stages"]) == {v["first"], v["second"]}
+        if v["verdict"] == "inside the noise":
+            assert v["low"] <= 0 <= v["high"]
+        elif v["verdict"] in ("higher", "lower"):
+            assert not v["low"] <= 0 <= v["high"] and v["p_holm"] < 0.05
+            assert (v["mean"] > 0) == (v["verdict"] == "higher")
+    tested = [v for v in verdicts if v["p_holm"] is not None]
+    assert summary["holm_family_size"] == len(tested)
+    assert [v["p_holm"] for v in tested] == pytest.approx(holm([v["p"] for v in tested]))
+    # The stage of each arm is its references' manifests; tiny runs have not learned shape, so no
+    # shape-bias verdict is given and the report says why in plain words.
+    arms = summary["arms"]
+    assert arms["2x2 blocks"]["images_seen"] == [manifests[(2, s)]["images_seen"] for s in (0, 1)]
+    assert arms["4x4 blocks"]["final_loss"] == pytest.approx([manifests[(4, s)]["final_loss"] for s in (0, 1)])
+    assert arms["random-init"]["images_seen"] == [None, None]
+    for name, arm in arms.items():
+        if not arm["learned_shape"]:
+            assert all(v["verdict"] == "no verdict: shape bias not interpretable" for v in verdicts
+                       if v["metric"] == "shape bias" and name in (v["first"], v["second"]))
+    assert not arms["random-init"]["learned_shape"] and "shape bias is not interpretable" in text
+    assert not any(math.isnan(v["mean"]) for v in verdicts)
+    # The report leads with the answer over seeds; `grep -i seed` shows the seed-level reporting.
+    seed_lines = [line for line in text.splitlines() if "seed" in line.lower()]
+    assert any("95% Student t-interval over seeds" in line for line in seed_lines)
+    assert any("random-init 2 seeds" in line for line in seed_lines)
+    assert "| Per-seed differences |" in text and "| Holm p |" in text
+    assert text.index("Verdicts over seeds") < text.index("Per-image tests per seed") < text.index("Your run")
+    assert (out / "figures" / "seed_metrics.png").is_file() and "(figures/seed_metrics.png)" in text
 
 
 def test_quickstart_refuses_a_folder_that_is_not_a_quickstart(tmp_path):
