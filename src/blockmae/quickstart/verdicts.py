@@ -19,6 +19,7 @@ given for it (`learned_shape`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -168,9 +169,10 @@ def decide(verdicts: Sequence[Verdict], stages: Mapping[str, ArmStage]) -> list[
                         "(shape-only accuracy not clearly above chance), so the 'shape' decisions on cue-conflict "
                         "images are chance hits")
             v.p = None
-        elif v.tested:
+        elif v.tested and not math.isnan(float(v.p)):
             family.append(v)
-        else:
+        else:  # no test (one seed without its per-image test) or an undefined one (a nan shape bias)
+            v.p = None
             v.verdict = not_resolved(len(v.seeds))
     for v, adjusted in zip(family, holm([float(v.p) for v in family])):
         v.p_holm = adjusted

@@ -265,6 +265,9 @@ def answer_text(results: QuickstartResults, baseline: str) -> list[str]:
     if vs_base:
         paragraphs.append("Against random init: " + " ".join(
             verdict_sentence(v) for v in sorted(vs_base, key=lambda v: order.get(v.metric, 9))))
+    elif baseline in stages:
+        paragraphs.append("Against random init: no arm differs from random init on any metric by a resolved "
+                          "verdict (see the table for each comparison's interval).")
     inside = [v for v in verdicts if v.verdict == INSIDE]
     open_ = [v for v in verdicts if v.verdict not in (HIGHER, LOWER, INSIDE, NOT_INTERPRETABLE)]
     if inside:
@@ -348,7 +351,7 @@ def own_text(results: QuickstartResults) -> list[str]:
             out.append("Against the references (a far longer pretraining), on the same test images: " + detail
                        + ". The loss curves show where this short run stands on the references' curves: the "
                          "references' probe accuracy is what the same recipe reaches after their images seen.")
-    base = [c for c in results.own_comparisons if c.metric == "linear top-1" and c.second == "random-init"]
+    base = [c for c in results.own_comparisons if c.metric == "linear top-1" and c.second.startswith("random-init")]
     if base:
         out.append("Against random init: " + "; ".join(
             f"{c.first} {_difference(c)} ({_p(c.p)}, {per_image_verdict(c)})"
