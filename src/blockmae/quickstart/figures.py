@@ -84,11 +84,12 @@ def seed_figure(arms: Mapping[str, Mapping[int, Any]], stages: Mapping[str, Any]
             ax.axhline(0.5, color="black", linestyle=":", linewidth=1)
             ax.set_ylim(0, 1.05)
         else:
-            ax.set_ylim(0, 100 if ax.get_ylim()[1] > 100 else None)  # a wide t-interval is cut at 0 and 100
             if "shape-only" in label and stages:
                 chance = 100 * next(iter(stages.values())).chance
                 ax.axhline(chance, color="black", linestyle=":", linewidth=1)
                 ax.axhline(2 * chance, color="black", linestyle="--", linewidth=0.8)
+                ax.set_ylim(top=max(ax.get_ylim()[1], 2 * chance + 5))
+            ax.set_ylim(0, min(100.0, ax.get_ylim()[1]))  # a wide t-interval is cut at 0 and 100
         ax.set_title(label, fontsize=9)
         # Arm names are long ("4x4 blocks"): wrapped onto two lines and turned, so neighbours never overlap.
         ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], rotation=30, ha="right",
@@ -97,4 +98,22 @@ def seed_figure(arms: Mapping[str, Mapping[int, Any]], stages: Mapping[str, Any]
                  "not interpretable (shape not learned); dotted: chance / no preference, dashed: 2x chance",
                  fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def reference_loss_figure(curves: Mapping[str, Mapping[int, tuple[Sequence[int], Sequence[float]]]]) -> Any:
+    """Pretraining loss against images seen of every reference: arm -> seed -> (images seen, loss); one
+    colour per arm (the other figures' order), one line style per seed."""
+    from blockmae.report.figures import arm_colour, new_figure
+
+    styles = ["-", "--", ":", "-."]
+    fig, ax = new_figure(5.6, 3.4)
+    for i, (arm, per_seed) in enumerate(curves.items()):
+        for k, (seed, (images, losses)) in enumerate(sorted(per_seed.items())):
+            ax.plot([x / 1000 for x in images], losses, color=arm_colour(i), linestyle=styles[k % len(styles)],
+                    linewidth=1.3, label=f"{arm}, seed {seed}")
+    ax.set_xlabel("images seen (thousands)")
+    ax.set_ylabel("MAE loss (masked patches)")
+    ax.set_title("Pretraining loss of every reference encoder", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, ncols=len(curves))
     return fig
