@@ -149,3 +149,61 @@ def test_human_table_recomputed_from_the_raw_trials(shared_data):
     assert [(r["experiment"], r["condition"], r["trials"], r["correct"]) for r in recomputed] == \
         [(r["experiment"], r["condition"], r["trials"], r["correct"]) for r in shipped]
     assert [r["accuracy"] for r in recomputed] == pytest.approx([r["accuracy"] for r in shipped])
+
+
+def _real_images(size: int) -> torch.Tensor:
+    from blockmae.data.shapetex import generate_shapetex
+
+    return generate_shapetex("val", image_size=size, num_images=40, seed=3).images.float() / 255
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("keep", ["low", "high"])
+def test_every_default_level_at_32_and_64_px_is_a_distinct_non_blank_image(size, keep):
+    """What the model is shown: no level equals its neighbour, none is flat (per-image std > 0)."""
+    images = _real_images(size)
+    sigmas = filters.LOWPASS_SIGMAS_224 if keep == "low" else filters.HIGHPASS_SIGMAS_224
+    kept = [s for s in sigmas if filters.gaussian_level_exists(s, size)]
+    assert kept[0] in (0, math.inf) and len(kept) >= 2
+    radii = filters.FOURIER_LOWPASS_RADII if keep == "low" else filters.FOURIER_HIGHPASS_RADII
+    kept_radii, _ = filters.fourier_levels(radii, size, keep)
+    for grey in (False, True):
+        fn = filters.gaussian_lowpass if keep == "low" else filters.gaussian_highpass
+        shown = [fn(images, s * size / 224, grey) for s in kept]
+        shown_fourier = [filters.fourier_filter(images, r, keep) for r in kept_radii]
+        for sequence in (shown, shown_fourier):
+            for previous, current in zip(sequence, sequence[1:]):
+                assert (current - previous).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+            for level in sequence:
+                assert level.std(dim=(2, 3)).amin() > 2e-4  # sigma 40 at 32 px leaves a faint blob, as at 224 px
+
+
+def test_the_levels_dropped_are_the_ones_that_filtered_nothing():
+    """Before levels were checked, sigma 1 at 32 px showed the clean image and high-pass 0.4 at 64 px a blank one."""
+    images = _real_images(32)
+    assert torch.equal(filters.gaussian_lowpass(images, 1 * 32 / 224), images)
+    assert not filters.gaussian_level_exists(1, 32) and filters.gaussian_level_exists(3, 32)
+    blank = filters.gaussian_highpass(_real_images(64), 0.4 * 64 / 224)
+    assert blank.std(dim=(2, 3)).amax() < 1e-3
+    assert not filters.gaussian_level_exists(0.4, 64) and filters.gaussian_level_exists(1.5, 64)
+    # at model-vs-human's own size every one of its levels exists
+    assert all(filters.gaussian_level_exists(s, 224) for s in filters.LOWPASS_SIGMAS_224 + filters.HIGHPASS_SIGMAS_224)
+    assert filters.nyquist_response(0) == 1.0 and filters.nyquist_response(3.0) < 1e-4
+    kept, dropped = filters.fourier_levels(filters.FOURIER_LOWPASS_RADII, 32, "low")
+    assert dropped == [(0.05, "keeps only the mean at 32 px (a flat image)")] and 0.1 in kept
+
+
+def test_auc_intervals_cover_the_auc_and_shrink_with_more_images():
+    from blockmae.diagnostics.curves import auc_intervals, curve_summary
+
+    rng = np.random.default_rng(0)
+    p = np.array([0.9, 0.7, 0.4, 0.2])
+    small = rng.random((100, 4)) < p
+    large = rng.random((2000, 4)) < p
+    for hits in (small, large):
+        s = curve_summary(list(range(4)), list(hits.mean(0)), 0.1)
+        s.update(auc_intervals(hits, 0.1))
+        assert s["auc_low"] < s["auc"] < s["auc_high"]
+        assert s["auc_normalised_low"] < s["auc_normalised"] < s["auc_normalised_high"]
+    width = lambda h: (lambda i: i["auc_high"] - i["auc_low"])(auc_intervals(h, 0.1))
+    assert width(large) < width(small) / 3

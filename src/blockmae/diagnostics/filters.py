@@ -15,6 +15,13 @@ All take and return float images (B, C, H, W) in [0, 1].
   outside (high) a circle on the centred spectrum. The radius is a fraction of the Nyquist frequency
   (0.5 cycles per pixel), so 32 px and 64 px images are filtered alike; radius >= sqrt(2) keeps every
   frequency. High-pass output gets the Gaussian high-pass's treatment: mean shifted to the grey, clipped.
+* Levels that exist at an input size (:func:`gaussian_level_exists`, :func:`fourier_levels`): a 224-px
+  sigma scaled below about half a pixel samples to a kernel that is nearly a delta, so low-pass shows the
+  clean image and high-pass a blank one; the band that level filters (finer than the image's Nyquist
+  frequency) does not exist at that size. A Gaussian level counts only where its sampled kernel changes
+  the finest frequency the image holds by at least 10% (response at Nyquist at most 0.9; the mildest of
+  model-vs-human's own levels at 224 px, high-pass sigma 0.4, changes it by 16%); a Fourier radius counts only where it keeps another set of
+  frequency bins than the level before it, and not only the mean (docs/diagnostics.md, "Levels").
 * Amplitude-phase recombination (:func:`amplitude_swap`): an image's Fourier phase (layout, edges,
   shape) with an amplitude spectrum (texture statistics) interpolated towards a donor's.
 """
@@ -37,6 +44,64 @@ HIGHPASS_SIGMAS_224: tuple[float, ...] = (math.inf, 3, 1.5, 1, 0.7, 0.55, 0.45, 
 # Fourier radii as fractions of Nyquist; the first level keeps everything (the clean image).
 FOURIER_LOWPASS_RADII: tuple[float, ...] = (math.inf, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
 FOURIER_HIGHPASS_RADII: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75)
+
+
+# A Gaussian level exists at a size when its kernel's response to the Nyquist frequency is at most this
+# (every one of model-vs-human's levels does at 224 px: the mildest, high-pass sigma 0.4, responds 0.84).
+NYQUIST_RESPONSE_LIMIT = 0.9
+
+
+def nyquist_response(sigma: float) -> float:
+    """Response of scipy's sampled Gaussian (sigma in pixels) to the finest frequency an image holds,
+    0.5 cycles per pixel (alternating pixels): sum_k w_k (-1)^k. 1 = passed unchanged, 0 = removed."""
+    if sigma == 0:
+        return 1.0
+    if math.isinf(sigma):
+        return 0.0
+    kernel = gaussian_kernel(sigma)
+    radius = (kernel.numel() - 1) // 2
+    signs = 1.0 - 2.0 * (torch.arange(-radius, radius + 1, dtype=torch.float64).abs() % 2)
+    return float((kernel * signs).sum())
+
+
+def gaussian_level_exists(sigma_224: float, size: int) -> bool:
+    """Whether model-vs-human's level `sigma_224` (pixels at 224 px) filters anything at `size` px.
+
+    The unfiltered levels (0 for low-pass, inf for high-pass) always exist. A filtered level exists when
+    the scaled kernel (sigma_224 x size / 224) responds to the Nyquist frequency with at most
+    NYQUIST_RESPONSE_LIMIT: the low-pass removes, the high-pass keeps, at least a tenth of the finest detail."""
+    if sigma_224 == 0 or math.isinf(sigma_224):
+        return True
+    return nyquist_response(scale_levels([sigma_224], size)[0]) <= NYQUIST_RESPONSE_LIMIT
+
+
+def smallest_existing_sigma_224(size: int) -> float:
+    """The smallest sigma at 224 px that exists at `size` px (to two decimals, rounded up)."""
+    sigma = 0.01
+    while not gaussian_level_exists(sigma, size):
+        sigma = round(sigma + 0.01, 2)
+    return sigma
+
+
+def fourier_levels(radii: Sequence[float], size: int, keep: str) -> tuple[list[float], list[tuple[float, str]]]:
+    """The radii (fractions of Nyquist) that filter distinctly at `size` px, and the others with why.
+
+    A radius is dropped when the frequency bins it keeps equal those of the last level kept (the images
+    would be identical) or, for a low-pass, when it keeps only the mean (a flat image)."""
+    rho = frequency_radius(size, size)
+    kept: list[float] = []
+    dropped: list[tuple[float, str]] = []
+    previous = None
+    for radius in radii:
+        bins = rho <= radius if keep == "low" else rho > radius
+        if keep == "low" and int(bins.sum()) <= 1:
+            dropped.append((radius, f"keeps only the mean at {size} px (a flat image)"))
+        elif previous is not None and torch.equal(bins, previous):
+            dropped.append((radius, f"keeps the same frequencies as radius {kept[-1]:g} at {size} px"))
+        else:
+            kept.append(radius)
+            previous = bins
+    return kept, dropped
 
 
 def scale_levels(sigmas_224: Sequence[float], size: int) -> list[float]:

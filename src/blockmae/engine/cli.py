@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    from blockmae.engine.pretrain import pretrain
+    from blockmae.evaluation.monitor import pretrain_monitored as pretrain
 
     run_dir = pretrain(cfg)
     from blockmae.engine.distributed import torchrun_env

@@ -28,6 +28,7 @@ FREE_KEYS = frozenset({
     "run.dir", "run.output_root", "run.name", "run.resume", "run.registry", "run.allow_changes", "run.log_every",
     "run.ckpt_every_minutes", "run.ckpt_every_steps", "run.recon_images", "run.deterministic",
     "train.device", "train.cpu_threads", "train.compile", "data.root", "data.workers", "data.val_split",
+    "monitor.every", "monitor.num_images", "monitor.k", "monitor.temperature",
 })
 # Splits used for the fixed reconstruction images when `data.val_split` is not set.
 DEFAULT_VAL_SPLIT = {"cifar10": "test", "cifar100": "test"}
@@ -124,6 +125,16 @@ class RunConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The online monitor (blockmae.evaluation.monitor): k-NN and linear accuracy on held-out images."""
+
+    every: int = 0  # epochs between measurements (and one before training, one at the end); 0 = off
+    num_images: int = 1000  # labelled training images for the classifiers, and as many held-out per split
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -131,6 +142,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
     def img_size(self) -> int:
@@ -161,6 +173,12 @@ class PretrainConfig:
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.accum_steps", self.train.accum_steps)
         _positive("run.log_every", self.run.log_every)
+        if self.monitor.every < 0:
+            raise BlockMAEError(f"monitor.every must be >= 0 (0 = off), got {self.monitor.every}")
+        _positive("monitor.num_images", self.monitor.num_images)
+        _positive("monitor.k", self.monitor.k)
+        if not self.monitor.temperature > 0:
+            raise BlockMAEError(f"monitor.temperature must be > 0, got {self.monitor.temperature}")
         if self.train.cpu_threads is not None:
             _positive("train.cpu_threads", self.train.cpu_threads)
         _positive("data.image_size", self.data.image_size)

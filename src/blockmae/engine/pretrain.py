@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,6 +42,10 @@ from blockmae.fileio import output_error, write_json_atomic, write_text_atomic, 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
+
+
+# What the loop calls at the end of a monitored epoch: the bare model -> metrics of that moment.
+Monitor = Callable[[torch.nn.Module], dict[str, float]]
 
 
 class NonFiniteLossError(BlockMAEError):
@@ -78,8 +82,10 @@ def _map_mask(mask: Any, fn) -> Any:
 class Pretrainer:
     """One pretraining run (one process of it under torchrun)."""
 
-    def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> None:
+    def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device,
+                 monitor: Monitor | None = None) -> None:
         self.cfg, self.info, self.device = cfg, info, device
+        self.monitor = monitor if info.is_main and cfg.monitor.every else None
         self.precision = resolve_precision(cfg.train.precision, device)
         if cfg.train.cpu_threads:
             torch.set_num_threads(cfg.train.cpu_threads)
@@ -303,6 +309,8 @@ class Pretrainer:
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if self.step == 0:
+                self._measure()  # the learning curve starts at the initial weights
             while self.epoch < cfg.train.epochs:
                 self._run_epoch()
         finally:
@@ -373,6 +381,8 @@ class Pretrainer:
             self.logger.write({"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": epoch_loss,
                                "lr": self._lr(), "img_per_s": epoch_images / seconds,
                                "epoch_time_s": seconds, "memory_mb": memory_mb(self.device)}, self.step)
+        if self.epoch % max(cfg.monitor.every, 1) == 0 or self.epoch == cfg.train.epochs:
+            self._measure()
         self._save_last()
         if self.epoch in self.cfg.run.milestones:
             self._save(ckpt.checkpoints_dir(self.run_dir) / ckpt.milestone_name(self.epoch))
@@ -380,6 +390,18 @@ class Pretrainer:
             self._draw_reconstructions()
         if stopping and self.epoch < cfg.train.epochs:
             self._stop(save=False)  # `last` holds the end of this epoch
+
+    def _measure(self) -> None:
+        """The online monitor's record at this point (rank 0; the other ranks wait at the next all-reduce)."""
+        if self.monitor is None or self.logger is None:
+            return
+        start = time.perf_counter()
+        record = {"kind": "monitor", "epoch": self.epoch, "step": self.step,
+                  "images_seen": self.step * self.cfg.train.batch_size, **self.monitor(self.model)}
+        record["monitor_time_s"] = time.perf_counter() - start
+        self.logger.write(record, self.step)
+        print("monitor " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in record.items() if k != "kind"), flush=True)
 
     def _lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
@@ -577,7 +599,7 @@ class RunLogger:
             with contextlib.suppress(OSError):  # no half line left for the reader (and the resume) to trip on
                 self.file.truncate(start)
             raise output_error(err, self.path) from None
-        prefix = "epoch" if record["kind"] == "epoch" else "train"
+        prefix = record["kind"] if record["kind"] in ("epoch", "monitor") else "train"
         for key, value in record.items():
             if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
                 self.tb.add_scalar(f"{prefix}/{key}", value, step)
@@ -600,14 +622,18 @@ def progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
                 disable=not (enabled and sys.stderr.isatty()))
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) one pretraining run; returns its run directory."""
+def pretrain(cfg: PretrainConfig, monitor: Monitor | None = None) -> Path:
+    """Run (or resume) one pretraining run; returns its run directory.
+
+    `monitor(model) -> {name: value}` is called on rank 0 every `cfg.monitor.every` epochs (and before the
+    first step and after the last) when that is set; its record goes to metrics.jsonl and TensorBoard
+    (`blockmae.evaluation.monitor.pretrain_monitored` supplies the online k-NN / linear monitor)."""
     info = dist.torchrun_env()
     device = dist.resolve_device(cfg.train.device, info)
     dist.init_distributed(info, device)
     trainer = None
     try:
-        trainer = Pretrainer(cfg, info, device)
+        trainer = Pretrainer(cfg, info, device, monitor)
         finished = trainer.epoch >= cfg.train.epochs
         if finished or not (info.is_main and cfg.run.registry):
             return trainer.run()

@@ -78,7 +78,7 @@ def _pretrain_run_id(registry: Any, run_dir: Path) -> str:
 
 def pretrain_arms(cfg: QuickstartConfig, out: Path, stages: Stages, progress: Progress, registry: Any) -> None:
     """Pretrain every arm (a completed arm is skipped; an interrupted one resumes from its checkpoint)."""
-    from blockmae.engine.pretrain import pretrain
+    from blockmae.evaluation.monitor import pretrain_monitored as pretrain
 
     for block in cfg.blocks:
         stage = f"pretrain/{arm_key(block)}"

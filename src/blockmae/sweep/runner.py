@@ -73,7 +73,7 @@ def run_arm(task_path: str | Path) -> str:
 
 def _run(task: dict[str, Any], out: Path, state: dict[str, Any], registry: Registry, save: Any) -> str:
     from blockmae.engine import checkpoint as ckpt
-    from blockmae.engine.pretrain import pretrain
+    from blockmae.evaluation.monitor import pretrain_monitored as pretrain
 
     try:
         ckpt_dirs: dict[int, Path] = {}
