@@ -16,15 +16,18 @@ QUICKSTART_KIND = "quickstart"  # fileio.output_kind's name for a quickstart fol
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/quickstart", help="output folder (default: outputs/quickstart)")
+    parser.add_argument("--train", action="store_true",
+                        help="after the answer, also pretrain the three arms here (your run) and compare them with "
+                             "the references (default: off on a CPU, so the answer alone fits about 5 minutes)")
     parser.add_argument("--budget-seconds", type=number(float, ">0"), default=None,
-                        help="fit your arms' pretraining (epochs and images, never above the config's) to what this "
-                             "total budget leaves after the answer (default: the config's budget_seconds; "
+                        help="with --train: fit your arms' pretraining (epochs and images, never above the config's) "
+                             "so that your run takes about this long (default: the config's budget_seconds; "
                              "budget_seconds=null disables it)")
     parser.add_argument("--from-scratch", action="store_true",
-                        help="train the arms in full with the reference encoders' own recipe (no budget) and test "
-                             "whether this machine reproduces them")
-    parser.add_argument("--seed", type=number(int, ">=0"),
-                        default=None, help="seed of pretraining and probes (default: the config's)")
+                        help="train the arms in full with the reference encoders' own recipe (implies --train, no "
+                             "budget) and test whether this machine reproduces them")
+    parser.add_argument("--seed", type=number(int, ">=0"), default=None,
+                        help="seed of pretraining and probes (default: the config's)")
     add_config_arguments(parser, f"quickstart config: a file or a shipped name (default: {GPU_CONFIG.stem} when "
                                  f"CUDA is available, else {CPU_CONFIG.stem})",
                          "config overrides, e.g. pretrain.train.epochs=12 references=false")

@@ -3,6 +3,7 @@
 - :func:`wilson_interval`: a proportion measured on n images (one run's accuracy).
 - :func:`t_interval`: the mean of a few seeds, with Student's t quantile for n - 1 degrees of freedom.
 - :func:`paired_t_test` and :func:`sign_flip_test`: per-seed deltas between two arms that share seeds.
+- :func:`holm`: Holm-adjusted p-values of a family of comparisons (family-wise error control).
 - :func:`mcnemar_test`: per-image correctness of two arms evaluated on the same images, and
   :func:`accuracy_difference_interval` the interval of their accuracy difference.
 - :func:`bootstrap`: any per-image statistic (an area under an accuracy curve, say), resampling images;
@@ -129,6 +130,24 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval | None:
         return None
     half = t_quantile(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
     return Interval(mean, mean - half, mean + half)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    Sorted ascending, the k-th smallest p (k = 1..m) is multiplied by m - k + 1, capped at 1 and made
+    non-decreasing along the sorted order; rejecting every hypothesis whose adjusted p is below alpha
+    keeps the family-wise error rate at alpha (Holm 1979), for any dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        if not 0 <= p_values[i] <= 1:
+            raise ValueError(f"p-values must be in [0, 1], got {p_values[i]}")
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 @dataclass(frozen=True)
