@@ -441,8 +441,8 @@ def test_default_settings_follow_the_device(monkeypatch, capsys):
     assert {k: v for k, v in a["pretrain"]["data"].items() if k != "num_images"} == \
         {k: v for k, v in b["pretrain"]["data"].items() if k != "num_images"}
     assert gpu.budget_seconds is None and gpu.pretrain.train.precision == "auto"
-    cpu_images, gpu_images = (c.pretrain.train.epochs * c.pretrain.data.num_images for c in (cpu, gpu))
-    assert gpu_images >= 30 * cpu_images
+    # the CPU's run has the same recipe, cut to its budget when it runs; the GPU's runs it in full and monitored
+    assert cpu.budget_seconds is not None and (cpu.pretrain.monitor.every, gpu.pretrain.monitor.every) == (0, 1)
 
 
 @pytest.mark.parametrize("images, expected", [
@@ -626,7 +626,23 @@ def test_from_scratch_trains_with_the_references_recipe_and_no_budget():
     assert cfg.from_scratch and cfg.train and cfg.budget_seconds is None
     manifest_config = to_dict(load_config(QuickstartConfig, GPU_CONFIG).pretrain)
     manifest_config["run"]["seed"] = 0
+    manifest_config["train"]["epochs"] = 3  # a recipe unlike the CPU settings, to see which one is used
     recipe = reference_recipe(cfg, manifest_config)
-    assert (recipe.pretrain.train.epochs, recipe.pretrain.data.num_images, recipe.pretrain.train.batch_size) == (45, 20000, 512)
+    assert (recipe.pretrain.train.epochs, recipe.pretrain.data.num_images, recipe.pretrain.train.batch_size) == (3, 20000, 64)
     assert recipe.pretrain.run.seed == 5 and recipe.budget_seconds is None
-    assert cfg.pretrain.train.epochs == 6  # the settings themselves are untouched
+    assert cfg.pretrain.train.epochs == 8  # the settings themselves are untouched
+
+
+def test_the_gpu_quickstart_trains_the_references_recipe():
+    """configs/quickstart_gpu.yaml's pretraining is configs/pretrain_shapetex.yaml (the shipped references'
+    recipe) but for the mask, which each arm sets, and where it runs; `--from-scratch` compares against it."""
+    from blockmae.config import load_config
+    from blockmae.engine.config import PretrainConfig
+    from blockmae.quickstart.config import GPU_CONFIG, QuickstartConfig
+
+    gpu = load_config(QuickstartConfig, GPU_CONFIG).pretrain
+    recipe = load_config(PretrainConfig, GPU_CONFIG.parent / "pretrain_shapetex.yaml")
+    for section in ("model", "data", "optim"):
+        assert getattr(gpu, section) == getattr(recipe, section), section
+    assert (gpu.train.epochs, gpu.train.batch_size) == (recipe.train.epochs, recipe.train.batch_size)
+    assert gpu.mask.ratio == recipe.mask.ratio and gpu.mask.align == recipe.mask.align
