@@ -101,19 +101,32 @@ def seed_figure(arms: Mapping[str, Mapping[int, Any]], stages: Mapping[str, Any]
     return fig
 
 
-def reference_loss_figure(curves: Mapping[str, Mapping[int, tuple[Sequence[int], Sequence[float]]]]) -> Any:
+def reference_loss_figure(curves: Mapping[str, Mapping[int, tuple[Sequence[int], Sequence[float]]]],
+                          shape_curves: Mapping[str, Mapping[int, tuple[Sequence[int], Sequence[float]]]] | None = None,
+                          chance: float = 0.1) -> Any:
     """Pretraining loss against images seen of every reference: arm -> seed -> (images seen, loss); one
-    colour per arm (the other figures' order), one line style per seed."""
+    colour per arm (the other figures' order), one line style per seed. With `shape_curves` (the online
+    monitor's shape-only accuracy, same layout), a second panel shows them beside chance and 2x chance."""
     from blockmae.report.figures import arm_colour, new_figure
 
     styles = ["-", "--", ":", "-."]
-    fig, ax = new_figure(5.6, 3.4)
-    for i, (arm, per_seed) in enumerate(curves.items()):
-        for k, (seed, (images, losses)) in enumerate(sorted(per_seed.items())):
-            ax.plot([x / 1000 for x in images], losses, color=arm_colour(i), linestyle=styles[k % len(styles)],
-                    linewidth=1.3, label=f"{arm}, seed {seed}")
-    ax.set_xlabel("images seen (thousands)")
-    ax.set_ylabel("MAE loss (masked patches)")
-    ax.set_title("Pretraining loss of every reference encoder", fontsize=10)
-    ax.legend(fontsize=7, frameon=False, ncols=len(curves))
+    panels = [(curves, "MAE loss (masked patches)", "Pretraining loss")]
+    if shape_curves and any(x for per_seed in shape_curves.values() for x, _ in per_seed.values()):
+        panels.append((shape_curves, "shape-only top-1 (monitor's linear probe)", "Shape read from the features"))
+    fig, axes = new_figure(5.6 * len(panels), 3.6, ncols=len(panels))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    for ax, (data, ylabel, title) in zip(axes, panels):
+        for i, (arm, per_seed) in enumerate(data.items()):
+            for k, (seed, (images, values)) in enumerate(sorted(per_seed.items())):
+                ax.plot([x / 1000 for x in images], values, color=arm_colour(i), linestyle=styles[k % len(styles)],
+                        linewidth=1.3, marker="." if data is not curves else None,
+                        label=f"{arm}, seed {seed}")
+        ax.set_xlabel("images seen (thousands)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        if data is not curves:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
+            ax.axhline(2 * chance, color="grey", linestyle=":", linewidth=1)
+    axes[0].legend(fontsize=7, frameon=False, ncols=len(curves))
+    fig.tight_layout()
     return fig

@@ -188,7 +188,7 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
     from blockmae.quickstart.budget import resolve_sizes
     from blockmae.quickstart.comparisons import compare, per_image
     from blockmae.quickstart.figures import own_loss_curves, reconstructions, reference_loss_figure, seed_figure
-    from blockmae.references import loss_curve
+    from blockmae.references import loss_curve, monitor_curve
     from blockmae.registry import Registry
     from blockmae.report.document import Figure
     from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure
@@ -299,13 +299,16 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
         for spec in answer_specs:
             by_arm.setdefault(spec.arm, {})[int(spec.seed or 0)] = arms[spec.key]
         curves: dict[str, dict[int, Any]] = {}
+        shape_curves: dict[str, dict[int, Any]] = {}
         for r in refs:
             curves.setdefault(arm_name(r.block), {})[r.seed] = loss_curve(r)
+            shape_curves.setdefault(arm_name(r.block), {})[r.seed] = monitor_curve(r)
         answer_figures = [
             Figure("seed_metrics", "Every metric per arm: one dot per seed, the bar is the mean over seeds with "
                    "its 95% t-interval (one seed: no interval)", seed_figure(by_arm, arm_stages)),
-            Figure("reference_loss", "Pretraining loss of every reference encoder (from its metrics.jsonl): "
-                   "where each arm's loss leaves the plateau, if it does", reference_loss_figure(curves)),
+            Figure("reference_loss", "Every reference encoder's pretraining (its metrics.jsonl): the loss, and "
+                   "the online monitor's shape-only accuracy against images seen (dashed: chance; dotted: 2x chance)",
+                   reference_loss_figure(curves, shape_curves)),
             *[recon[s.key] for s in first_refs]]
     own_figures: list[Any] = []
     if trains:

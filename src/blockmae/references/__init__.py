@@ -178,6 +178,13 @@ def loss_curve(ref: Reference) -> tuple[list[int], list[float]]:
     return curve_of(_metrics_rows(ref.metrics_path), int(ref.manifest["config"]["train"]["batch_size"]))
 
 
+def monitor_curve(ref: Reference, key: str = "linear_top1_shape_only") -> tuple[list[int], list[float]]:
+    """(images seen, value) of one online-monitor metric of the reference's training run (empty when the run
+    was not monitored): its learning curve, e.g. shape-only accuracy against images seen."""
+    rows = [r for r in _metrics_rows(ref.metrics_path) if r.get("kind") == "monitor" and key in r]
+    return [int(r["images_seen"]) for r in rows], [float(r[key]) for r in rows]
+
+
 def _metrics_rows(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
