@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from blockmae.config import load_config, resolve_config_path, shipped_config_names, shipped_configs_dir
+from blockmae.config import (
+    check_numbers, load_config, number, resolve_config_path, shipped_config_names, shipped_configs_dir,
+)
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from wheel_install import install_wheel
@@ -86,3 +91,35 @@ def test_an_installed_wheel_finds_its_configs(tmp_path):
     assert plan.returncode == 0, plan.stderr
     missing = blockmae("pretrain", "--config", "nope", "--print-config")
     assert missing.returncode == 2 and "shipped: " in missing.stderr and "Traceback" not in missing.stderr
+
+
+@dataclass
+class _Inner:
+    k: int = 1
+    RANGES: ClassVar[dict[str, str]] = {"k": ">=1"}
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=_Inner)
+    lr: float = 0.1
+
+
+def test_number_options_and_declared_ranges():
+    """config.number: NaN, infinity and out-of-range values refused naming the rule; RANGES checked by
+    check_numbers with the dotted key."""
+    ratio = number(float, "(0..1)")
+    assert ratio("0.5") == 0.5
+    for text, message in (("1", r"in \(0, 1\)"), ("0", r"in \(0, 1\)"), ("nan", "finite"), ("inf", "finite"),
+                          ("x", "a number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            ratio(text)
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1, got 0"):
+        number(int, ">=1")("0")
+    assert number(int, "1..10")("10") == 10
+
+    check_numbers(_Outer())
+    with pytest.raises(BlockMAEError, match=r"inner.k must be at least 1, got 0"):
+        check_numbers(_Outer(_Inner(0)))
+    with pytest.raises(BlockMAEError, match=r"lr must be a finite number"):
+        check_numbers(_Outer(lr=float("nan")))

@@ -8,56 +8,13 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from blockmae.data.download import RemoteFile, download, extract
 from blockmae.errors import BlockMAEError
-
-
-class _RangeHandler(BaseHTTPRequestHandler):
-    """Serves server.files[path]; honours `Range: bytes=N-`; server.cut[path] = bytes to send before hanging up."""
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        requested = self.headers.get("Range")
-        self.server.requests.append((self.path, requested))
-        start = int(requested.removeprefix("bytes=").split("-")[0]) if requested else 0
-        if start >= len(body) and requested:
-            self.send_response(416)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        payload = body[start:]
-        self.send_response(206 if requested else 200)
-        if requested:
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        cut = self.server.cut.pop(self.path, None)
-        self.wfile.write(payload if cut is None else payload[:cut])
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture()
-def http_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    server.files, server.requests, server.cut = {}, [], {}
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def _remote(server, name: str, body: bytes, **facts) -> RemoteFile:

@@ -187,7 +187,11 @@ def test_empty_folder_tree_is_a_wrong_layout(tmp_path):
 # ---- dispatch --------------------------------------------------------------------------------------------
 
 def test_load_dataset_names_and_options(shared_data):
-    assert DATASETS == ("shapetex", "tiny-imagenet", "cifar10", "cifar100", "dtd", "folder", "cue-conflict")
+    from blockmae.data.mvh import DATASETS as MVH_DATASETS
+
+    assert DATASETS == ("shapetex", "tiny-imagenet", "cifar10", "cifar100", "dtd", "folder", "cue-conflict",
+                        *(f"mvh-{name}" for name in MVH_DATASETS))
+    assert len(MVH_DATASETS) == 17
     with pytest.raises(BlockMAEError, match="unknown dataset 'imagenet'; choose one of shapetex, tiny-imagenet"):
         load_dataset("imagenet", "train")
     with pytest.raises(BlockMAEError, match="dataset 'dtd' has no option 'partiton'; valid options: .*partition"):

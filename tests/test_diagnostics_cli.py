@@ -38,7 +38,7 @@ def smoke(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pretrain_id = Registry(outputs).list_runs(kind="pretrain")[0].id
     smoke = run_dir, outputs, pretrain_id
-    out, _, results = _diagnose("lowpass", smoke, "--curves", "fourier", "--radii", "inf")
+    out, _, results = _diagnose("lowpass", smoke, "--curves", "fourier", "--radii", "inf", "0.5")
     assert "probe trained" in out and results["probe"]["origin"] == "trained"
     return smoke
 
@@ -70,11 +70,16 @@ def test_lowpass_script_writes_curves_auc_figures_and_a_registry_row(smoke):
     levels = results["levels"]
     assert set(levels) == {"colour", "greyscale", "fourier"}
     grey = levels["greyscale"]
-    assert [r["sigma_224"] for r in grey] == [0, 1, 3, 5, 7, 10, 15, 40]
+    # sigma 1 (at 224 px) scales to 0.14 px at 32 px, a delta kernel: left out, with a note
+    assert [r["sigma_224"] for r in grey] == [0, 3, 5, 7, 10, 15, 40]
+    assert any(note.startswith("sigma 1 (at 224 px) dropped") for note in results["settings"]["dropped_levels"])
+    assert "note: sigma 1 (at 224 px) dropped" in out
     assert grey[-1]["level"] == pytest.approx(40 * 32 / 224)  # scaled to the 32 px input
     assert all(r["n"] == 60 and r["top1_low"] <= r["top1"] <= r["top1_high"] for r in grey)
     for curve in levels:
-        assert 0 <= results["summary"][f"{curve}_auc"] <= 1
+        summary = results["summary"]
+        assert 0 <= summary[f"{curve}_auc_low"] <= summary[f"{curve}_auc"] <= summary[f"{curve}_auc_high"] <= 1
+    assert summary["human_auc_normalised_low"] < summary["human_auc_normalised"] < summary["human_auc_normalised_high"]
     assert "human_auc_normalised" in results["summary"]
     assert set(results["figures"]) == {"figures/lowpass_gaussian.png", "figures/lowpass_fourier.png",
                                        "figures/lowpass_vs_human.png"}
@@ -90,7 +95,18 @@ def test_highpass_reuses_the_probe_and_starts_unfiltered(smoke):
     assert "probe reused" in out
     assert results["levels"]["greyscale"][0]["sigma_224"] == float("inf")
     assert results["levels"]["fourier"][0]["radius_nyquist"] == 0.0
+    # at 32 px only sigma 3 of model-vs-human's high-pass levels filters anything; radius 0.05 keeps what 0 keeps
+    assert [r["sigma_224"] for r in results["levels"]["greyscale"]] == [float("inf"), 3]
+    assert 0.05 not in [r["radius_nyquist"] for r in results["levels"]["fourier"]]
     _check_common(results, run_path, smoke, "highpass")
+
+
+def test_a_level_that_filters_nothing_is_refused_when_asked_for(smoke):
+    run_dir, outputs, _ = smoke
+    proc = _run("eval/lowpass.py", "--checkpoint", str(run_dir), "--output-root", str(outputs), *QUICK,
+                "--curves", "greyscale", "--sigmas", "0", "1", "5")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--sigmas 1: at 32 px" in proc.stderr and "use sigmas >= 2.6" in proc.stderr
 
 
 def test_stylized_built_in_and_from_a_folder(smoke, tmp_path):

@@ -149,3 +149,138 @@ def test_human_table_recomputed_from_the_raw_trials(shared_data):
     assert [(r["experiment"], r["condition"], r["trials"], r["correct"]) for r in recomputed] == \
         [(r["experiment"], r["condition"], r["trials"], r["correct"]) for r in shipped]
     assert [r["accuracy"] for r in recomputed] == pytest.approx([r["accuracy"] for r in shipped])
+
+
+def _real_images(size: int) -> torch.Tensor:
+    from blockmae.data.shapetex import generate_shapetex
+
+    return generate_shapetex("val", image_size=size, num_images=40, seed=3).images.float() / 255
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("keep", ["low", "high"])
+def test_every_default_level_at_32_and_64_px_is_a_distinct_non_blank_image(size, keep):
+    """What the model is shown: no level equals its neighbour, none is flat (per-image std > 0)."""
+    images = _real_images(size)
+    sigmas = filters.LOWPASS_SIGMAS_224 if keep == "low" else filters.HIGHPASS_SIGMAS_224
+    kept = [s for s in sigmas if filters.gaussian_level_exists(s, size)]
+    assert kept[0] in (0, math.inf) and len(kept) >= 2
+    radii = filters.FOURIER_LOWPASS_RADII if keep == "low" else filters.FOURIER_HIGHPASS_RADII
+    kept_radii, _ = filters.fourier_levels(radii, size, keep)
+    for grey in (False, True):
+        fn = filters.gaussian_lowpass if keep == "low" else filters.gaussian_highpass
+        shown = [fn(images, s * size / 224, grey) for s in kept]
+        shown_fourier = [filters.fourier_filter(images, r, keep) for r in kept_radii]
+        for sequence in (shown, shown_fourier):
+            for previous, current in zip(sequence, sequence[1:]):
+                assert (current - previous).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+            for level in sequence:
+                assert level.std(dim=(1, 2, 3)).amin() > 2e-4  # sigma 40 at 32 px leaves a faint blob, as at 224 px
+
+
+def test_the_levels_dropped_are_the_ones_that_filtered_nothing():
+    """Before levels were checked, sigma 1 at 32 px showed the clean image and high-pass 0.4 at 64 px a blank one."""
+    images = _real_images(32)
+    assert torch.equal(filters.gaussian_lowpass(images, 1 * 32 / 224), images)
+    assert not filters.gaussian_level_exists(1, 32) and filters.gaussian_level_exists(3, 32)
+    blank = filters.gaussian_highpass(_real_images(64), 0.4 * 64 / 224)
+    assert blank.std(dim=(2, 3)).amax() < 1e-3
+    assert not filters.gaussian_level_exists(0.4, 64) and filters.gaussian_level_exists(1.5, 64)
+    # at model-vs-human's own size every one of its levels exists
+    assert all(filters.gaussian_level_exists(s, 224) for s in filters.LOWPASS_SIGMAS_224 + filters.HIGHPASS_SIGMAS_224)
+    assert filters.nyquist_response(0) == 1.0 and filters.nyquist_response(3.0) < 1e-4
+    kept, dropped = filters.fourier_levels(filters.FOURIER_LOWPASS_RADII, 32, "low")
+    assert dropped == [(0.05, "keeps only the mean at 32 px (a flat image)")] and 0.1 in kept
+
+
+def test_auc_intervals_cover_the_auc_and_shrink_with_more_images():
+    from blockmae.diagnostics.curves import auc_intervals, curve_summary
+
+    rng = np.random.default_rng(0)
+    p = np.array([0.9, 0.7, 0.4, 0.2])
+    small = rng.random((100, 4)) < p
+    large = rng.random((2000, 4)) < p
+    for hits in (small, large):
+        s = curve_summary(list(range(4)), list(hits.mean(0)), 0.1)
+        s.update(auc_intervals(hits, 0.1))
+        assert s["auc_low"] < s["auc"] < s["auc_high"]
+        assert s["auc_normalised_low"] < s["auc_normalised"] < s["auc_normalised_high"]
+    width = lambda h: (lambda i: i["auc_high"] - i["auc_low"])(auc_intervals(h, 0.1))
+    assert width(large) < width(small) / 3
+
+# -- the rest of model-vs-human's distortions ---------------------------------------------------------
+
+
+def test_contrast_and_uniform_noise_follow_their_formulas():
+    x = _images(2, 16, 16, seed=0)
+    grey = filters.greyscale(x)
+    assert torch.allclose(filters.contrast(x, 0.1), (0.45 + 0.1 * grey).expand(-1, 3, -1, -1))
+    assert torch.allclose(filters.contrast(x, 1.0), grey.expand(-1, 3, -1, -1))
+    assert torch.allclose(filters.uniform_noise(x, 0.0), filters.contrast(x, 0.3))
+    a = filters.uniform_noise(x, 0.2, torch.Generator().manual_seed(1))
+    b = filters.uniform_noise(x, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(a[:, 0], a[:, 2])  # seeded; one draw for the three channels
+    noise = a - filters.contrast(x, 0.3)  # 30% contrast lies in [0.35, 0.65]: w = 0.2 never clips
+    assert noise.abs().max() <= 0.2 and noise.abs().max() > 0.15 and abs(float(noise.mean())) < 0.03
+    with pytest.raises(ValueError):
+        filters.contrast(x, 1.5)
+
+
+def test_phase_scrambling_keeps_the_amplitude_spectrum_and_the_mean():
+    x = 0.45 + 0.1 * _images(2, 16, 16, seed=2)  # low contrast: the scrambled image stays in [0, 1], unclipped
+    assert torch.allclose(filters.phase_scramble(x, 0.0), filters.grey3(x))
+    out = filters.phase_scramble(x, 180.0, torch.Generator().manual_seed(0))
+    spectrum = lambda im: torch.fft.fft2(im[:, :1])  # noqa: E731
+    assert torch.allclose(spectrum(out).abs(), spectrum(filters.grey3(x)).abs(), atol=1e-9)
+    assert torch.allclose(out.mean(dim=(2, 3)), filters.greyscale(x).mean(dim=(2, 3)))
+    assert (out - filters.grey3(x)).abs().max() > 0.02  # the layout is scrambled
+    for size in (15, 16):  # conjugate pairs cover every frequency but the self-conjugate ones, once
+        one, partner = filters._conjugate_pairs(size, size, torch.device("cpu"))
+        assert len(set(one.tolist()) | set(partner.tolist())) == size * size - (4 if size % 2 == 0 else 1)
+
+
+def test_power_equalisation_sets_the_amplitude_spectrum():
+    x = 0.45 + 0.1 * _images(2, 16, 16, seed=3)
+    target = filters.mean_amplitude_spectrum(x)
+    out = filters.power_equalise(x, target)
+    assert torch.allclose(torch.fft.fft2(out[:, 0]).abs(), target.expand(2, -1, -1), atol=1e-9)
+    assert torch.allclose(torch.fft.fft2(out[:, 0]).angle()[:, 1:, 1:],
+                          torch.fft.fft2(filters.greyscale(x)[:, 0]).angle()[:, 1:, 1:], atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        filters.power_equalise(x, target[:8])
+
+
+def test_rotation_and_false_colour():
+    x = _images(2, 16, 16, seed=4)
+    grey = filters.greyscale(x)[:, 0].numpy()
+    for degrees in (0, 90, 180, 270):
+        assert np.allclose(filters.rotate(x, degrees)[:, 1].numpy(), np.rot90(grey, k=degrees // 90, axes=(1, 2)))
+    with pytest.raises(ValueError):
+        filters.rotate(x, 45)
+    mid = 0.4 + 0.2 * x  # inside the gamut both ways: no clipping
+    assert torch.allclose(filters.false_colour(filters.false_colour(mid)), mid, atol=1e-9)  # an involution
+    white = torch.full((1, 3, 2, 2), 0.5, dtype=torch.float64)  # about the white point: nearly unchanged
+    assert torch.allclose(filters.false_colour(white), white, atol=2e-3)
+    assert (filters.false_colour(mid) - mid).abs().max() > 0.05
+
+
+def test_distortions_at_model_vs_humans_levels():
+    from blockmae.errors import BlockMAEError
+    from blockmae.mvh.conditions import LEVELS
+    from blockmae.mvh.distortions import DISTORTIONS, distort, levels, needs_amplitude
+
+    x = _images(2, 32, 32, seed=5).float()
+    amplitude = filters.mean_amplitude_spectrum(x)
+    for name in DISTORTIONS:
+        assert levels(name) == LEVELS[name].conditions
+        for condition in levels(name):
+            out = distort(name, condition, x, torch.Generator().manual_seed(0),
+                          amplitude if needs_amplitude(name, condition) else None)
+            assert out.shape == x.shape and torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(distort("colour", "cr", x), x) and torch.equal(distort("false-colour", "True", x), x)
+    # Gaussian sigmas are given at 224 px: sigma 3 at 32 px is 3 x 32 / 224
+    assert torch.allclose(distort("low-pass", "3", x), filters.gaussian_lowpass(x, 3 * 32 / 224, grey=True))
+    with pytest.raises(BlockMAEError, match="Eidolon"):
+        levels("eidolonI")
+    with pytest.raises(BlockMAEError, match="no level '7'"):
+        distort("rotation", "7", x)

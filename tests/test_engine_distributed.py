@@ -1,8 +1,11 @@
 """DDP: rank layout, and 2 ranks x B/2 == 1 rank x B (gloo on the CPU)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,62 @@ def test_two_ranks_match_one_rank_on_the_folder_loader(shared_data, tmp_path):
 
     assert len(losses(tmp_path / "two")) == 4 + 1
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
+# Runs blockmae under torchrun with the ShapeTex cache writer counted (a line per build in $BUILD_LOG) and
+# each rank's pid recorded (in $PID_DIR/<rank>), so a test can see who built and signal one rank.
+_COUNTING_WRAPPER = """
+import os, sys
+from pathlib import Path
+from blockmae.data import shapetex
+write = shapetex._write_cache
+def counted(*args, **kwargs):
+    with open(os.environ["BUILD_LOG"], "a") as log:
+        log.write(os.environ.get("RANK", "?") + "\\n")
+    return write(*args, **kwargs)
+shapetex._write_cache = counted
+Path(os.environ["PID_DIR"], os.environ.get("RANK", "0")).write_text(str(os.getpid()))
+from blockmae.cli import main
+sys.exit(main())
+"""
+
+
+def _torchrun_counted(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    (tmp_path / "counted.py").write_text(_COUNTING_WRAPPER)
+    (tmp_path / "pids").mkdir()
+    env = {**os.environ, "BLOCKMAE_CACHE_DIR": str(tmp_path / "cache"), "BUILD_LOG": str(tmp_path / "builds.log"),
+           "PID_DIR": str(tmp_path / "pids"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(tmp_path / "counted.py"), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_ranks_without_a_cache_build_it_once_and_both_train(tmp_path):
+    """No dataset cache: rank 0 builds it, rank 1 waits and reads it; both ranks train to the end."""
+    proc = _torchrun_counted(tmp_path, ["pretrain", "--config", str(SMOKE), "data.num_images=128", "train.epochs=1",
+                                        "run.recon_images=0", "run.registry=false", "train.cpu_threads=1",
+                                        f"run.dir={tmp_path / 'run'}"])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert (tmp_path / "builds.log").read_text().split() == ["0"]  # one build, by rank 0
+    assert "2 rank(s)" in out and len(list((tmp_path / "cache").rglob("*.pt"))) == 1
+    assert json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())["complete"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_both_after_the_step(tmp_path):
+    """SIGTERM to rank 1 alone, with logging (the ranks' regular sync) far away: both ranks stop after the
+    step under way and `last` holds that step, not the end of the epoch."""
+    proc = _torchrun_counted(tmp_path, ["pretrain", "--config", str(SMOKE), "data.num_images=2048",
+                                        "train.batch_size=16", "train.epochs=1", "run.log_every=100000",
+                                        "run.recon_images=0", "run.registry=false", "train.cpu_threads=1",
+                                        "run.ckpt_every_minutes=0", f"run.dir={tmp_path / 'run'}"])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (tmp_path / "run" / "env.json").is_file():
+        time.sleep(0.1)
+    time.sleep(3)  # some steps in (128 per epoch)
+    os.kill(int((tmp_path / "pids" / "1").read_text()), signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())
+    assert not meta["complete"] and 0 < meta["step"] < 128, out + err

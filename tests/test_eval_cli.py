@@ -253,7 +253,7 @@ def test_probe_num_images_is_a_class_balanced_subset_of_a_real_dataset(tmp_path,
     assert "linear" not in pred and pred["subset_seed"] == 2 and pred["num_images"] == 30
     assert sum(p == y for p, y in zip(pred["knn"], pred["labels"])) / 30 == rec.metrics["knn_top1"]
     assert main([*args, "data.num_images=0"]) == 2
-    assert "data.num_images must be positive" in capsys.readouterr().err
+    assert "data.num_images must be at least 1, got 0" in capsys.readouterr().err
     # A second probe in the same second gets its own folder (the default run dir is stamped to the second).
     assert main([*args, "data.num_images=20"]) == 0
     assert len({r.run_dir for r in Registry(tmp_path / "out").list_runs(kind="knn")}) == 2

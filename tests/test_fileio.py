@@ -26,3 +26,38 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_the_writer_rule_tells_kinds_and_owners(tmp_path):
+    """claim_output_dir: new, empty or own folders pass; another command's output never; other files only
+    with --force (and the message offers --force only where the command has it)."""
+    import pytest
+
+    from blockmae.errors import BlockMAEError
+    from blockmae.fileio import claim_output_dir, claim_output_file, mark_output, output_kind
+
+    assert output_kind(tmp_path / "none") is None and output_kind(tmp_path) is None
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert output_kind(run) == "pretrain"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    mark_output(mine, "export")
+    assert output_kind(mine) == "export" and claim_output_dir(mine, "export") == mine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep").write_text("x")
+    assert output_kind(other) == ""
+    with pytest.raises(BlockMAEError, match="is a pretrain folder"):
+        claim_output_dir(run, "export", force=True)
+    with pytest.raises(BlockMAEError, match="is inside a pretrain folder"):
+        claim_output_dir(run / "sub", "export")
+    with pytest.raises(BlockMAEError, match="or pass --force"):
+        claim_output_dir(other, "export", force=False)
+    with pytest.raises(BlockMAEError, match=r"empty folder$"):
+        claim_output_dir(other, "lowpass")
+    assert claim_output_dir(other, "export", force=True) == other
+    with pytest.raises(BlockMAEError, match="must end in .html"):
+        claim_output_file(tmp_path / "r.txt", (".html",))
+    with pytest.raises(BlockMAEError, match="is inside a pretrain folder"):
+        claim_output_file(run / "r.html", (".html",), kind="report")

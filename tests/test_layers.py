@@ -17,16 +17,22 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # High to low: a module may import its own layer and the ones below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("blockmae.cli", "blockmae.__main__", "blockmae.references.cli", "blockmae.references.cli_list",
-             "blockmae.references.cli_verify", "blockmae.references.cli_package", "blockmae.visualisation.cli")),
-    ("apps", ("blockmae.quickstart", "blockmae.sweep", "blockmae.report", "blockmae.bench")),
-    ("diagnostics, finetune", ("blockmae.diagnostics", "blockmae.finetune")),
+             "blockmae.references.cli_verify", "blockmae.references.cli_package", "blockmae.visualisation.cli",
+             # `blockmae pretrain` runs the online monitor (evaluation) around the engine's pretraining
+             "blockmae.engine.cli", "blockmae.mvh.cli_benchmark")),
+    ("apps", ("blockmae.quickstart", "blockmae.sweep", "blockmae.report", "blockmae.bench", "blockmae.mvh.figures")),
+    # model-vs-human: decision makers run encoders (diagnostics' preprocessing); distortions are image filters
+    ("diagnostics, finetune", ("blockmae.diagnostics", "blockmae.finetune", "blockmae.mvh.decisions",
+                               "blockmae.mvh.distortions")),
     ("evaluation, references", ("blockmae.evaluation", "blockmae.references")),
     ("engine", ("blockmae.engine",)),
-    ("models, data", ("blockmae.models", "blockmae.data", "blockmae.visualisation.reconstructions")),
+    # blockmae.mvh: trials, conditions, categories and metrics are pure data-level code
+    ("models, data", ("blockmae.models", "blockmae.data", "blockmae.visualisation.reconstructions", "blockmae.mvh")),
     # report.stats: pure statistics (no imports of its own), used from the diagnostics up
+    # engine.lock: the run-dir lock (errors, fileio, registry below it); fileio.output_lock guards commands' outputs
     ("foundations", ("blockmae.masking", "blockmae.config", "blockmae.fileio", "blockmae.errors", "blockmae.registry",
                      "blockmae.text", "blockmae.normalisation", "blockmae.visualisation", "blockmae.report.stats",
-                     "blockmae")),
+                     "blockmae.engine.lock", "blockmae")),
 ]
 HEAVY_OPTIONAL = ("transformers", "matplotlib", "submitit", "playwright", "scipy")
 # Internal imports still inside a function, each with the reason it is not at the top yet.
@@ -35,6 +41,8 @@ ALLOWED_LOCAL = {
     ("blockmae.sweep.spec", "blockmae.sweep.evaluations"),
     # `weights package` evaluates a packaged run with the quickstart's evaluation (heavy for `weights list`)
     ("blockmae.references.cli", "blockmae.quickstart"),
+    # fileio.output_lock takes the run-dir lock, whose module imports fileio (and engine's __init__ is heavy)
+    ("blockmae.fileio", "blockmae.engine.lock"),
 }
 
 

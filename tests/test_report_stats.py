@@ -7,6 +7,7 @@ import math
 import pytest
 
 from blockmae.report.stats import (
+    holm,
     mcnemar_test,
     paired_comparison,
     sign_flip_test,
@@ -85,3 +86,18 @@ def test_mcnemar_exact_matches_scipy_binomtest():
 def test_wilson_interval_matches_known_values():
     iv = wilson_interval(0.5, 100)
     assert iv.low == pytest.approx(0.4038, abs=1e-4) and iv.high == pytest.approx(0.5962, abs=1e-4)
+
+
+def test_holm_adjusts_by_rank_and_keeps_the_order():
+    # By hand, m = 4: sorted 0.01, 0.02, 0.03, 0.04 -> 4 x 0.01 = 0.04, 3 x 0.02 = 0.06, 2 x 0.03 = 0.06,
+    # 1 x 0.04 = 0.04 -> made non-decreasing: 0.04, 0.06, 0.06, 0.06; returned in the order given.
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # 3 x 0.001, 2 x 0.4 = 0.8, then 1 x 0.5 lifted to 0.8; 2 x 0.6 is capped at 1.
+    assert holm([0.5, 0.4, 0.001]) == pytest.approx([0.8, 0.8, 0.003])
+    assert holm([0.6, 0.7, 0.001]) == pytest.approx([1.0, 1.0, 0.003])
+    # A single test is unchanged; an empty family is empty.
+    assert holm([0.2]) == [0.2] and holm([]) == []
+    # A p of 0.02 passes 0.05 alone and fails it in a family of three equal ones (3 x 0.02 = 0.06).
+    assert holm([0.02, 0.02, 0.02]) == pytest.approx([0.06, 0.06, 0.06])
+    with pytest.raises(ValueError):
+        holm([0.1, 1.5])

@@ -386,3 +386,21 @@ def test_phase_amplitude_bias_separates_shape_only_and_texture_classifiers(
         print(f"{name}: phase bias {b['phase_bias']:.3f} [{b['phase_bias_low']:.3f}, {b['phase_bias_high']:.3f}] "
               f"phase {b['frac_phase']:.3f} amplitude {b['frac_amplitude']:.3f} neither {b['frac_neither']:.3f}")
     assert shape["phase_bias_low"] > texture["phase_bias_high"]  # separated, the shape classifier following phase
+
+
+def test_background_contrast_sets_the_ground_and_is_validated():
+    n = 64
+    alpha = _silhouettes("cue_conflict", n, 5)
+    outside = alpha < 0.01
+    flat = generate_shapetex("cue_conflict", num_images=n, seed=5).images.float()  # default: flat ground
+    textured = generate_shapetex("cue_conflict", num_images=n, seed=5, background_contrast=0.5).images.float()
+
+    def ground_spread(img):  # the largest per-image, per-channel spread over the ground's pixels
+        return max(img[i][:, outside[i]].std(1).max() for i in range(n))
+
+    assert ground_spread(flat) < 1.0 < 10 < ground_spread(textured)
+    inside = alpha > 0.99
+    assert torch.equal(flat.permute(0, 2, 3, 1)[inside].mean(0).round(), textured.permute(0, 2, 3, 1)[inside].mean(0).round())
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(BlockMAEError, match="background_contrast"):
+            generate_shapetex("train", num_images=10, background_contrast=bad)

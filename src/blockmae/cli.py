@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from blockmae.diagnostics import DIAGNOSTICS
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import output_error
 
 # (command words, module, one-line help). Group commands ("data", "bench", ...) are
 # derived from the first word.
@@ -34,10 +35,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("weights", "verify"), "blockmae.references.cli_verify", "check reference encoders against their manifests"),
     (("weights", "package"), "blockmae.references.cli_package", "package a finished pretraining run as a float16 reference encoder"),
     (("report",), "blockmae.report.cli", "HTML/markdown report of a sweep or of the runs in an output root"),
+    (("mvh", "benchmark"), "blockmae.mvh.cli_benchmark", "model-vs-human's benchmark tables from its trial files, humans included"),
     (("sweep", "plan"), "blockmae.sweep.cli_plan", "list a sweep spec's arms and their cost before running"),
     (("sweep", "run"), "blockmae.sweep.cli_run", "run (or resume) every arm of a sweep spec and its evaluations"),
     (("sweep", "status"), "blockmae.sweep.cli_status", "progress of each arm and evaluation of a sweep"),
-    (("quickstart",), "blockmae.quickstart", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
+    (("quickstart",), "blockmae.quickstart.cli", "the main job on ShapeTex: 1x1 vs 2x2 vs 4x4 masking"),
     (("bench", "model"), "blockmae.bench.model", "time MAE training steps against HF ViTMAE"),
     (("bench", "data"), "blockmae.bench.data", "time the cached pipeline against ImageFolder"),
     (("bench", "finetune-data"), "blockmae.bench.finetune_data", "time RandAugment per sample against batched crops"),
@@ -49,8 +51,15 @@ def _matching(words: Sequence[str]) -> list[tuple[tuple[str, ...], str, str]]:
     return [c for c in COMMANDS if tuple(words[: len(c[0])]) == c[0]]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as every other error of ours: one line, `blockmae: error: ...`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BlockMAEError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blockmae",
         description="Block-Masked MAE: pretraining, probes and texture-vs-shape diagnostics.",
     )
@@ -77,17 +86,20 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)
     except BlockMAEError as err:
         print(f"blockmae: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # `blockmae masks | head`: the reader left; that is not an error worth a traceback.
-        sys.stderr.close()
-        return 141
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):
+            sys.stderr.close()  # `blockmae masks | head`: the reader left; not an error worth a traceback
+            return 141
+        # A file system that refuses a write or a read (read-only, full, a file where a folder is needed):
+        # one line naming the path; each writer's atomic writes leave no partial output behind.
+        print(f"blockmae: error: {output_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("blockmae: interrupted", file=sys.stderr)
         return 130

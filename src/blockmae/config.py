@@ -8,6 +8,7 @@ package (`smoke`, `ablations/block_size`), so an installed wheel works outside a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.resources
 import math
@@ -85,6 +86,16 @@ def resolve_config_path(text: str | Path, what: str = "config") -> Path:
                         f"{', '.join(shipped_config_names())})")
 
 
+def _refuse_empty_mappings(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """`key={}` merges nothing into a mapping that has entries (OmegaConf merges mappings key by key): refuse
+    it rather than keep the entries the user meant to clear."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value.strip() == "{}" and OmegaConf.select(cfg, key.strip(), default=None):
+            raise BlockMAEError(f"override '{override}' changes nothing: an empty mapping merges into {key.strip()}'s "
+                                f"entries; use {key.strip()}=null for none, or set its entries one by one")
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Schema defaults <- YAML file <- `key.sub=value` overrides; returns a checked schema instance."""
     cfg = OmegaConf.structured(schema)
@@ -99,12 +110,11 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         if bad:
             raise BlockMAEError(f"override '{bad[0]}' is not of the form key=value (e.g. train.epochs=50)")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        _refuse_empty_mappings(cfg, overrides)
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise _explain(err, schema, source) from None
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
+    _check(obj)
     return obj  # type: ignore[return-value]
 
 
@@ -114,10 +124,81 @@ def from_dict(schema: type[T], data: Mapping[str, Any], source: str = "a stored 
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), dict(data)))
     except OmegaConfBaseException as err:
         raise _explain(err, schema, source) from None
+    _check(obj)
+    return obj  # type: ignore[return-value]
+
+
+def _check(obj: Any) -> None:
+    """The checks every loaded config gets: finite numbers, the ranges its classes declare, its validate()."""
+    if dataclasses.is_dataclass(obj):
+        check_numbers(obj)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
-    return obj  # type: ignore[return-value]
+
+
+# A config dataclass declares the ranges of its numeric keys as `RANGES: ClassVar[dict[str, str]] =
+# {"epochs": ">=1", "base_lr": ">0", "mixup": "0..1"}` (`..`: both ends included); null is always allowed.
+_BOUNDS = {">=": lambda v, b: v >= b, ">": lambda v, b: v > b, "<=": lambda v, b: v <= b, "<": lambda v, b: v < b}
+
+
+def in_range(value: float, rule: str) -> bool:
+    if rule.startswith("("):  # "(0..1)": both ends excluded
+        low, high = (float(x) for x in rule[1:-1].split(".."))
+        return low < value < high
+    if ".." in rule:
+        low, high = (float(x) for x in rule.split(".."))
+        return low <= value <= high
+    op = rule[:2] if rule[:2] in _BOUNDS else rule[:1]
+    return _BOUNDS[op](value, float(rule[len(op):]))
+
+
+def range_text(rule: str) -> str:
+    if rule.startswith("("):
+        low, high = rule[1:-1].split("..")
+        return f"in ({low}, {high})"
+    if ".." in rule:
+        low, high = rule.split("..")
+        return f"in [{low}, {high}]"
+    return {">=1": "at least 1", ">0": "positive", ">=0": "zero or more"}.get(rule.replace(" ", ""), rule)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """BlockMAEError naming the first key of a config dataclass outside the range its class declares."""
+    rules = getattr(type(obj), "RANGES", {})
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+        elif f.name in rules and value is not None:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(not in_range(float(v), rules[f.name]) for v in items):
+                raise BlockMAEError(f"{key} must be {range_text(rules[f.name])}, got {value}")
+
+
+def number(kind: type = float, rule: str | None = None) -> Any:
+    """An argparse `type=` for a number option: NaN and infinity refused, and `rule` (as in RANGES: ">0",
+    ">=1", "0..1") checked, each in one line naming the option (cli.main prints argparse's errors so)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if rule is not None and not in_range(value, rule):
+            raise argparse.ArgumentTypeError(f"must be {range_text(rule)}, got {text}")
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+def check_numbers(obj: Any) -> None:
+    """Every number of a config dataclass finite and in its declared range (see RANGES), else one line naming it."""
+    check_finite(obj)
+    check_ranges(obj)
 
 
 def check_finite(obj: Any, prefix: str = "") -> None:

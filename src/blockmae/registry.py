@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
 from blockmae.text import table as text_table
@@ -192,10 +193,19 @@ def parse_condition(expr: str) -> tuple[str, str, str]:
                 if key and value[:1] in ("=", "<", ">", "!", "~"):
                     raise BlockMAEError(f"--where '{expr}': unknown operator; use one of = != > >= < <= "
                                         f"(e.g. --where mask.block=2, --where top1>=0.5)")
+                if key and op in ("<", "<=", ">", ">=") and not _is_number(value):
+                    raise BlockMAEError(f"--where '{expr}': {op} compares numbers, and {value!r} is not one")
                 if key:
                     return key, op, value
                 break
     raise BlockMAEError(f"--where '{expr}' is not of the form key=value (also != > >= < <=), e.g. --where mask.block=2")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _coerce(text: str) -> Any:
@@ -668,7 +678,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--where", action="append", default=[], metavar="KEY=VALUE",
         help="filter on a dotted config key, a metric or a column (also != > >= < <=); repeatable, all must hold",
     )
-    parser.add_argument("--last", type=int, metavar="N", help="only the N most recent matching runs")
+    parser.add_argument("--last", type=number(int, ">=1"), metavar="N", help="only the N most recent matching runs")
     parser.add_argument("--json", action="store_true", help="print the runs as a JSON list")
     parser.add_argument("--reindex", action="store_true",
                         help="rebuild registry.sqlite from the run_record.json files under --root (keeps the old file)")

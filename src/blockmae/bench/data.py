@@ -25,24 +25,26 @@ from tqdm.auto import tqdm
 from blockmae.data.augment import BatchAugment
 from blockmae.data.cache import build_image_cache
 from blockmae.data.loader import TensorBatchLoader, make_folder_dataloader
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 
 NUM_CLASSES = 200  # Tiny-ImageNet's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=100_000,
+    parser.add_argument("--images", type=number(int, ">=1"), default=100_000,
                         help="images to generate when no --root is given (default 100000, Tiny-ImageNet's train size)")
     parser.add_argument("--root", type=Path, default=None,
                         help="a real <class>/<image> folder to time instead of generated JPEGs")
-    parser.add_argument("--batch-size", type=int, default=256, help="batch size of both paths (default 256)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--batch-size", type=number(int, ">=1"),
+                        default=256, help="batch size of both paths (default 256)")
+    parser.add_argument("--workers", type=number(int, ">=0"), default=2,
                         help="DataLoader workers of the ImageFolder path, and processes for generation/caching (default 2)")
-    parser.add_argument("--image-size", type=int, default=64, help="training resolution (default 64)")
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=64, help="training resolution (default 64)")
     parser.add_argument("--interpolation", choices=("bilinear", "bicubic"), default="bilinear",
                         help="resize filter of both paths (default bilinear)")
     parser.add_argument("--device", default=None, help="device of the batches (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=number(int, ">=0"), default=0)
 
 
 def _write_jpegs(job: tuple[str, int, int, int, int]) -> int:

@@ -15,17 +15,20 @@ from blockmae.bench.data import _time_epoch
 from blockmae.config import load_config
 from blockmae.data import load_dataset
 from blockmae.engine.distributed import DistInfo
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.finetune.config import FinetuneConfig
 from blockmae.finetune.engine import _AugmentedBatches
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=4096, help="ShapeTex images to time (default 4096)")
-    parser.add_argument("--image-size", type=int, default=64, help="resolution (default 64)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the per-sample path (default 2)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--images", type=number(int, ">=1"),
+                        default=4096, help="ShapeTex images to time (default 4096)")
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=64, help="resolution (default 64)")
+    parser.add_argument("--batch-size", type=number(int, ">=1"), default=128, help="batch size (default 128)")
+    parser.add_argument("--workers", type=number(int, ">=0"),
+                        default=2, help="DataLoader workers of the per-sample path (default 2)")
+    parser.add_argument("--threads", type=number(int, ">=1"), default=1,
                         help="torch CPU threads of the main process (default 1: the shared-machine setting)")
     parser.add_argument("--rand-augment", default=None, help="timm RandAugment spec (default: the fine-tuning config's)")
 

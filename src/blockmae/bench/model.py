@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.masking import MaskGenerator
 from blockmae.models import build_mae
@@ -36,8 +37,10 @@ say = partial(print, flush=True)  # results appear as they are measured, also wh
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no torch.compile (under a minute)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: 32 on CPU, 256 on GPU)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default: 3 quick, 10)")
+    parser.add_argument("--batch-size", type=number(int, ">=1"),
+                        default=None, help="images per step (default: 32 on CPU, 256 on GPU)")
+    parser.add_argument("--rounds", type=number(int, ">=1"),
+                        default=None, help="timed rounds per variant (default: 3 quick, 10)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table of our fp32 step (where the time goes) and stop")

@@ -13,6 +13,7 @@ import argparse
 import time
 
 from blockmae.data import load_dataset
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import LinearConfig
 from blockmae.evaluation.features import extract_features, load_encoder, resolve_device
@@ -20,13 +21,14 @@ from blockmae.evaluation.linear import train_linear_probe, train_linear_probe_fo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=1000, help="ShapeTex train images (default 1000)")
-    parser.add_argument("--eval-images", type=int, default=250, help="ShapeTex val images (default 250)")
-    parser.add_argument("--epochs", type=int, default=20, help="probe epochs for both paths (default 20)")
+    parser.add_argument("--images", type=number(int, ">=1"), default=1000, help="ShapeTex train images (default 1000)")
+    parser.add_argument("--eval-images", type=number(int, ">=1"), default=250, help="ShapeTex val images (default 250)")
+    parser.add_argument("--epochs", type=number(int, ">=1"),
+                        default=20, help="probe epochs for both paths (default 20)")
     parser.add_argument("--preset", default="vit_nano", help="encoder preset (random init; default vit_nano)")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--patch-size", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=32)
+    parser.add_argument("--patch-size", type=number(int, ">=1"), default=4)
+    parser.add_argument("--batch-size", type=number(int, ">=1"), default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="500 images, 100 eval images, 20 epochs")
 

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import torch
+from blockmae.data.mvh import DATASETS as MVH_DATASETS, PREFIX as MVH_PREFIX
 
 from blockmae.data.base import ImageTensorDataset
 from blockmae.errors import BlockMAEError
@@ -26,6 +27,8 @@ _LOADERS = {
     "folder": ("blockmae.data.folders", "load_folder"),
     "cue-conflict": ("blockmae.data.cue_conflict", "load_cue_conflict"),
 }
+# model-vs-human's 17 datasets as mvh-<name> (blockmae.data.mvh imports no torch)
+_LOADERS.update({MVH_PREFIX + n: ("blockmae.data.mvh", "load_mvh") for n in MVH_DATASETS})
 DATASETS = tuple(_LOADERS)
 
 
@@ -35,7 +38,8 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, i
 
     Options by dataset: shapetex (num_images, texture_correlation, seed, cache_dir); tiny-imagenet, dtd,
     folder, cue-conflict (cache_dir, resize, workers, progress; dtd: partition; folder: mapping,
-    target_wnids, skip_unmapped; cue-conflict: keep_agreeing); cifar10/cifar100 (download, progress).
+    target_wnids, skip_unmapped; cue-conflict: keep_agreeing); cifar10/cifar100 (download, progress);
+    mvh-<name>, model-vs-human's datasets (cache_dir, resize, workers, progress).
     `root` is a folder prepared by `blockmae data prepare` or the dataset's own folder (see docs/data.md).
     """
     if name not in _LOADERS:
@@ -48,7 +52,7 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None, i
             arguments["cache_dir"] = root
     else:
         arguments["root"] = root
-    if name in ("cifar10", "cifar100"):
+    if name in ("cifar10", "cifar100") or name.startswith(MVH_PREFIX):
         arguments["variant"] = name
     accepted = inspect.signature(loader).parameters
     for key in options:

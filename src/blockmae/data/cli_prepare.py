@@ -7,16 +7,20 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from blockmae.data import cifar, cue_conflict, dtd, load_dataset, tiny_imagenet
+from blockmae.config import number
+from blockmae.data import cifar, cue_conflict, dtd, load_dataset, mvh, tiny_imagenet
 from blockmae.data.cache import default_workers
+from blockmae.data.mvh import DATASETS as MVH_DATASETS, PREFIX as MVH_PREFIX
 from blockmae.data.roots import default_root, obtain
-from blockmae.errors import BlockMAEError
 
-PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict")
+PREPARABLE = ("tiny-imagenet", "cifar10", "cifar100", "dtd", "cue-conflict") + tuple(
+    MVH_PREFIX + n for n in MVH_DATASETS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=PREPARABLE, help="which dataset to prepare")
+    parser.add_argument("dataset", choices=PREPARABLE, metavar="DATASET",
+                        help="which dataset to prepare: " + ", ".join(PREPARABLE[:5]) + ", or mvh-NAME for "
+                             "model-vs-human's datasets (" + ", ".join(MVH_DATASETS) + ")")
     parser.add_argument("--root", type=Path, default=None,
                         help="folder to hold the download, the extracted files and the caches "
                              "(default: $BLOCKMAE_CACHE_DIR/datasets/<dataset>)")
@@ -25,18 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the official download")
     parser.add_argument("--md5", default=None, help="expected md5 of a --source URL's file")
     parser.add_argument("--sha256", default=None, help="expected sha256 of a --source URL's file")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the cached square images (default 64)")
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=None,
+                        help="side of the cached square images (default 64; model-vs-human's datasets: 224)")
     parser.add_argument("--resize", choices=("center-crop", "stretch"), default="center-crop",
                         help="how non-square or other-size images are fitted (default center-crop: shorter side "
                              "to --image-size, centre crop)")
-    parser.add_argument("--partition", type=int, default=1, help="DTD partition 1..10 (default 1)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--partition", type=number(int, "1..10"), default=1, help="DTD partition 1..10 (default 1)")
+    parser.add_argument("--workers", type=number(int, ">=0"), default=None,
                         help="decoding processes (default: CPU count, at most 8; 0 = in this process)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.image_size < 1:
-        raise BlockMAEError(f"--image-size must be positive, got {args.image_size}")
+    if args.image_size is None:
+        args.image_size = 224 if args.dataset.startswith(MVH_PREFIX) else 64
     name = args.dataset
     root = args.root if args.root is not None else default_root(name)
     workers = default_workers() if args.workers is None else args.workers
@@ -79,4 +84,6 @@ def _dataset_facts(name: str):
     if name == "cue-conflict":
         return (cue_conflict.OFFICIAL_ARCHIVE, cue_conflict.find_data_dir, cue_conflict.LAYOUT,
                 cue_conflict.STIMULI_IN_ARCHIVE, ("test",))
+    if name.startswith(MVH_PREFIX):
+        return mvh.official_archive(name), mvh.data_dir_finder(name), mvh.layout(name), None, mvh.SPLITS
     return (cifar.official_archive(name), partial(cifar.find_data_dir, name), cifar.layout(name), None, cifar.SPLITS)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from blockmae.config import number
 from blockmae.data.base import ImageTensorDataset
 from blockmae.data import load_dataset
 from blockmae.data.shapetex import TEXTURE_CLASSES
@@ -20,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to draw from (shapetex: train, val, cue_conflict, "
                         "shape_only, texture_only; default: train)")
     parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    parser.add_argument("--count", type=int, default=32, help="number of images (default: 32)")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    parser.add_argument("--count", type=number(int, ">=1"), default=32, help="number of images (default: 32)")
+    parser.add_argument("--image-size", type=number(int, ">=1"), default=32, help="image side in pixels (default: 32)")
+    parser.add_argument("--seed", type=number(int, ">=0"), default=0, help="dataset seed (default: 0)")
     parser.add_argument("--root", type=Path, default=None, help="dataset root, for datasets read from disk")
 
 

@@ -12,6 +12,7 @@ DIAGNOSTICS: tuple[tuple[str, str, str], ...] = (
     ("highpass", "blockmae.diagnostics.highpass", "accuracy under Gaussian and Fourier high-pass filtering"),
     ("stylized", "blockmae.diagnostics.stylized", "stylised transfer: Stylized-ImageNet or amplitude-phase swaps"),
     ("dtd", "blockmae.diagnostics.dtd", "DTD texture transfer beside the object-dataset probe"),
+    ("mvh", "blockmae.diagnostics.mvh", "model-vs-human's datasets: trial files, 16-class accuracy, shape bias"),
     ("attention", "blockmae.diagnostics.attention_rollout",
      "attention rollout under occlusion: stability, entropy, distance"),
 )

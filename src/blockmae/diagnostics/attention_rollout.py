@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from blockmae.config import number
 from blockmae.diagnostics import attention as att, attention_figures as figs, occlusion as occ
 from blockmae.diagnostics.base import (
     Context, Diagnostic, DiagnosticResult, accuracy_row, command, take_subset, to_unit, write_figure,
@@ -77,24 +78,25 @@ class AttentionRollout(Diagnostic):
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 4],
+        parser.add_argument("--blocks", type=number(int, ">=1"), nargs="+", default=[1, 2, 4],
                             help="sliding occluder sizes in patches (default 1 2 4)")
-        parser.add_argument("--drop-fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS),
+        parser.add_argument("--drop-fractions", type=number(float, "0..1"), nargs="+", default=list(DEFAULT_FRACTIONS),
                             help="PatchDrop fractions of the patches (default 0.1 .. 0.9)")
         parser.add_argument("--fill", choices=occ.FILLS, default="mean",
                             help="occluded pixels: the dataset's mean colour, or noise of its statistics")
         parser.add_argument("--head-fusion", choices=att.HEAD_FUSIONS, default="mean", help="rollout head fusion")
-        parser.add_argument("--discard-ratio", type=float, default=0.0,
+        parser.add_argument("--discard-ratio", type=number(float, "0..1"), default=0.0,
                             help="rollout: drop this fraction of the weakest patch-to-patch weights per image")
         parser.add_argument("--rollout-source", choices=("auto", *att.ROLLOUT_SOURCES), default="auto",
                             help="rollout rows read as the map: cls row, or the mean of the patch rows "
                                  "(auto: patches for an avg-pooled probe, else cls)")
         parser.add_argument("--similarity", choices=att.SIMILARITIES, default="spearman",
                             help="clean-vs-occluded map similarity outside the occluder")
-        parser.add_argument("--sliding-images", type=int, default=64,
+        parser.add_argument("--sliding-images", type=number(int, ">=1"), default=64,
                             help="images (seeded subset) that every sliding occluder visits (default 64)")
-        parser.add_argument("--samples", type=int, default=4, help="images in the sample and trajectory figures")
-        parser.add_argument("--trajectory-block", type=int,
+        parser.add_argument("--samples", type=number(int, ">=1"),
+                            default=4, help="images in the sample and trajectory figures")
+        parser.add_argument("--trajectory-block", type=number(int, ">=1"),
                             help="occluder size of the headline stability, samples and trajectories "
                                  "(default: 2 if among --blocks, else the first)")
 

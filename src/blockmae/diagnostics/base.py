@@ -26,8 +26,9 @@ What the base does, so that `evaluate` does not:
   ``--data/--root/--split/--num-images`` (the evaluation images), ``--batch-size``, ``--device``,
   ``--autocast/--no-autocast`` (bf16; default on where the device has fast bf16, i.e. CUDA),
   ``--out`` (run dir), ``--output-root`` (registry root), ``--name``, ``--seed``.
-* Encoder and probe (:func:`resolve_probe`): with ``--probe`` the head is loaded and its weights hash is
-  checked against the encoder's. With only ``--checkpoint``, the standard linear probe
+* Encoder and probe (:func:`resolve_probe`; a diagnostic that loads its model itself, e.g. a classifier
+  with its own head, overrides :meth:`Diagnostic.resolve_model`): with ``--probe`` the head is loaded
+  and its weights hash is checked against the encoder's. With only ``--checkpoint``, the standard linear probe
   (``evaluation.cli_probe.run_probe``, ``ProbeConfig`` defaults or ``--probe-config`` plus
   ``--probe-set`` overrides) is trained on the dataset the checkpoint was pretrained on (its run's
   ``config.yaml``; ``--data`` overrides), unless the registry already holds a completed probe run for the
@@ -65,9 +66,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from blockmae.config import load_config, to_dict
+from blockmae.config import load_config, number, to_dict
 from blockmae.data import load_dataset, subset
 from blockmae.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from blockmae.engine.lock import RunLock
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.cli_probe import run_probe
 from blockmae.evaluation.cli_shape_bias import encoder_for_head
@@ -75,7 +77,8 @@ from blockmae.evaluation.config import EVAL_SPLITS, ProbeConfig
 from blockmae.evaluation.features import RANDOM, Encoder, encode_batch, load_encoder, resolve_device
 from blockmae.evaluation.linear import load_head
 from blockmae.evaluation.metrics import topk_correct
-from blockmae.fileio import write_json_atomic, write_text_atomic
+from blockmae.fileio import claim_output_dir, write_json_atomic, write_text_atomic
+from blockmae.models.external import canonical_spec, is_foreign
 from blockmae.models.io import load_mae
 from blockmae.registry import Registry
 from blockmae.report.stats import wilson_interval
@@ -117,6 +120,11 @@ class Diagnostic:
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         """Add the diagnostic's own options (the common ones are already there)."""
+
+    def resolve_model(self, args: argparse.Namespace, device: torch.device) -> tuple[Encoder, "Probe | None"] | None:
+        """The model, when the diagnostic loads it itself (e.g. a classifier with its own head); None: the
+        common --checkpoint/--probe resolution. Called first: also the place to refuse bad options early."""
+        return None
 
     def check(self, args: argparse.Namespace, encoder: Encoder) -> None:
         """Refuse bad options (BlockMAEError) once the encoder is known, before the run dir and registry row."""
@@ -173,24 +181,26 @@ def add_common_arguments(parser: argparse.ArgumentParser, several_checkpoints: b
                          help="override of a probe trained here, e.g. linear.epochs=20 (repeatable)")
     encoder.add_argument("--preset", default="vit_micro", help="checkpoint=random: architecture preset")
     encoder.add_argument("--arch-from", help="checkpoint=random: copy this checkpoint's architecture")
-    encoder.add_argument("--img-size", type=int, default=32, help="checkpoint=random: input size")
-    encoder.add_argument("--patch-size", type=int, default=4, help="checkpoint=random: patch size")
-    encoder.add_argument("--init-seed", type=int, default=0, help="checkpoint=random: initialisation seed")
+    encoder.add_argument("--img-size", type=number(int, ">=1"), default=32, help="checkpoint=random: input size")
+    encoder.add_argument("--patch-size", type=number(int, ">=1"), default=4, help="checkpoint=random: patch size")
+    encoder.add_argument("--init-seed", type=number(int, ">=0"),
+                         default=0, help="checkpoint=random: initialisation seed")
     data = parser.add_argument_group("evaluation images")
     data.add_argument("--data", help="dataset (default: the probe's; without --probe: the checkpoint's pretraining "
                                      "dataset, shapetex for random)")
     data.add_argument("--root", help="dataset root (default: the probe's or the pretraining run's)")
     data.add_argument("--split", help="split evaluated (default: the probe's eval split)")
-    data.add_argument("--num-images", type=int, help="evaluate a seeded random subset of this many images")
+    data.add_argument("--num-images", type=number(int, ">=1"),
+                      help="evaluate a seeded random subset of this many images")
     run = parser.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    run.add_argument("--batch-size", type=number(int, ">=1"), default=256, help="images per batch (default 256)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                      help="bf16 autocast (default: on for CUDA with bf16, off elsewhere)")
     run.add_argument("--out", help="run directory (default: <output-root>/<diagnostic>/<checkpoint>-<time>)")
     run.add_argument("--output-root", default="outputs", help="registry and probe root (default: outputs)")
     run.add_argument("--name", help="run name (default: derived from the checkpoint)")
-    run.add_argument("--seed", type=int, default=0, help="seed of subsets, donors and bootstraps")
+    run.add_argument("--seed", type=number(int, ">=0"), default=0, help="seed of subsets, donors and bootstraps")
 
 
 def command(diagnostic: type[Diagnostic]) -> tuple[Callable[[argparse.ArgumentParser], None],
@@ -235,11 +245,19 @@ class Probe:
 
 
 def pretraining_data(checkpoint: str) -> dict[str, Any] | None:
-    """The `data` section of the pretraining run holding `checkpoint` (its config.yaml), or None."""
+    """The `data` section of the pretraining run holding `checkpoint` (its config.yaml, or a reference
+    folder's manifest.json, which holds the run's resolved config), or None."""
     if checkpoint == RANDOM:
         return None
     path = Path(checkpoint).resolve()
     for folder in [path, *path.parents][:4]:
+        manifest = folder / "manifest.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))["config"]["data"]
+            except (OSError, ValueError, KeyError, TypeError):
+                data = None
+            return dict(data) if isinstance(data, dict) else None
         config = folder / "config.yaml"
         if config.is_file():
             data = OmegaConf.to_container(OmegaConf.load(config)).get("data")  # type: ignore[union-attr]
@@ -343,9 +361,12 @@ def load_diagnostic_encoder(args: argparse.Namespace, device: torch.device) -> E
 
 
 def parent_run(registry: Any, checkpoint: str) -> str:
-    """The id of the registered run whose directory holds `checkpoint`, else its resolved path ('random')."""
+    """The id of the registered run whose directory holds `checkpoint`, else its resolved path ('random'; a
+    foreign model's spec with its file made absolute)."""
     if checkpoint == RANDOM:
         return RANDOM
+    if is_foreign(checkpoint):
+        return canonical_spec(checkpoint)
     path = Path(checkpoint).resolve()
     for record in registry.list_runs(kind="pretrain"):
         if record.run_dir and (path == Path(record.run_dir) or Path(record.run_dir) in path.parents):
@@ -552,6 +573,8 @@ def run_several(diagnostic: type[Diagnostic], args: argparse.Namespace, checkpoi
 def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[str, Path, DiagnosticResult]:
     """Resolve encoder and probe, run `diagnostic.evaluate`, write results.json, record the run."""
     args.command_name = diagnostic.name
+    run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
+    claim_output_dir(run_dir, diagnostic.name)  # before any work: a probe trained first would be wasted
     if args.batch_size < 1:
         raise BlockMAEError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -559,26 +582,29 @@ def run_diagnostic(diagnostic: Diagnostic, args: argparse.Namespace) -> tuple[st
     args.autocast = autocast
     data_args = argparse.Namespace(**{**vars(args), "data": None, "root": None, "split": None}) \
         if diagnostic.own_data else args
-    if diagnostic.needs_probe:
+    resolved = diagnostic.resolve_model(args, device)
+    if resolved is not None:
+        encoder, probe = resolved
+    elif diagnostic.needs_probe:
         encoder, probe = resolve_probe(data_args, device)
         print(probe.describe())
     else:
         encoder, probe = load_diagnostic_encoder(args, device), None
     diagnostic.check(args, encoder)
     registry = Registry(args.output_root)
-    run_dir = Path(args.out) if args.out else default_run_dir(args, diagnostic.name)
-    if (run_dir / "results.json").exists():
-        raise BlockMAEError(f"{run_dir} already holds a finished diagnostic; pass another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, device, autocast, encoder, probe, run_dir, data_args)
     common = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command_name"
               and not callable(v)}
     parent = parent_run(registry, encoder.checkpoint)
     config = {"diagnostic": diagnostic.name, "args": common, "weights_hash": encoder.weights_hash,
-              "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve()),
+              "checkpoint": encoder.checkpoint if encoder.checkpoint == RANDOM else canonical_spec(encoder.checkpoint),
               "probe_run": probe.run_id if probe else None, "data": ctx.data_settings(),
               "device": str(device), "autocast": autocast}
-    with registry.track(diagnostic.name, run_dir, config, parent=parent, name=args.name or run_dir.name) as run:
+    lock = RunLock(run_dir).acquire()  # one writer per run dir, as pretraining
+    if (run_dir / "results.json").exists():
+        lock.release()
+        raise BlockMAEError(f"{run_dir} already holds a finished diagnostic; pass another --out")
+    with lock, registry.track(diagnostic.name, run_dir, config, parent=parent, name=args.name or run_dir.name) as run:
         result = diagnostic.evaluate(ctx)
         run.metrics.update(result.summary)
         probe_info = None if probe is None else {

@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from blockmae.report.stats import bootstrap
+
 
 def normalised(accuracies: Sequence[float], clean: float, chance: float) -> list[float]:
     """(acc - chance) / (clean - chance): 1 at clean accuracy, 0 at chance (nan when clean <= chance)."""
@@ -65,6 +67,51 @@ def curve_summary(levels: Sequence[float], accuracies: Sequence[float], chance: 
         "mean_relative": float(np.mean(relative[1:])) if len(relative) > 1 else math.nan,
         "last_relative": relative[-1],
     }
+
+
+def _areas(accuracies: np.ndarray) -> np.ndarray:
+    """Trapezoid area over equally spaced positions of each row of (rows, levels) accuracies."""
+    if accuracies.shape[-1] == 1:
+        return accuracies[..., 0]
+    return ((accuracies[..., 1:] + accuracies[..., :-1]) / 2).sum(axis=-1) / (accuracies.shape[-1] - 1)
+
+
+def auc_intervals(correct: np.ndarray, chance: float, seed: int = 0) -> dict[str, float]:
+    """95% bootstrap intervals (over images) of a curve's auc and auc_normalised.
+
+    `correct`: (images, levels) top-1 hits of the same images at every level; each resample draws images
+    with replacement and keeps their whole row, so the levels stay paired."""
+    hits = np.asarray(correct, dtype=np.float32)
+
+    def auc(rows: np.ndarray) -> np.ndarray:
+        return _areas(rows.mean(axis=1))
+
+    def auc_norm(rows: np.ndarray) -> np.ndarray:
+        acc = rows.mean(axis=1)
+        span = acc[:, :1] - chance
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(span[:, 0] > 0, _areas((acc - chance) / np.where(span > 0, span, 1)), math.nan)
+
+    out = {}
+    for key, statistic in (("auc", auc), ("auc_normalised", auc_norm)):
+        result = bootstrap(statistic, hits, num_samples=2000, seed=seed, vectorised=True)
+        out[f"{key}_low"], out[f"{key}_high"] = result.interval.low, result.interval.high
+    return out
+
+
+def human_auc(rows: Sequence[Mapping[str, Any]], num_samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Humans' auc_normalised at the model's levels, with a 95% interval from resampling their trials
+    (binomial per level: the shipped table holds trial and correct counts per level, not per image)."""
+    trials = np.array([r["human_trials"] for r in rows])
+    accuracy = np.array([r["human_accuracy"] for r in rows])
+    chance = rows[0]["human_chance"]
+    rng = np.random.default_rng(seed)
+    draws = rng.binomial(trials, accuracy, size=(num_samples, len(rows))) / trials
+    span = draws[:, :1] - chance
+    values = _areas((draws - chance) / np.where(span > 0, span, math.nan))
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return {"human_auc_normalised": _area(normalised(list(accuracy), accuracy[0], chance)),
+            "human_auc_normalised_low": float(low), "human_auc_normalised_high": float(high)}
 
 
 def level_label(level: float) -> str:

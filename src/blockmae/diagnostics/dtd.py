@@ -22,6 +22,7 @@ import torch
 
 from blockmae.data.dtd import LAYOUT, PARTITIONS, find_data_dir, list_items
 from blockmae.data.roots import resolve_root
+from blockmae.config import number
 from blockmae.diagnostics.base import Context, Diagnostic, DiagnosticResult, accuracy_row, command
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import LinearConfig
@@ -51,9 +52,10 @@ class DTDTransfer(Diagnostic):
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--partitions", type=int, default=10,
+        parser.add_argument("--partitions", type=number(int, "1..10"), default=10,
                             help="use the first N official partitions the root has (default 10; 1 = quick run)")
-        parser.add_argument("--dtd-epochs", type=int, help="linear-probe epochs on DTD (default: the object probe's)")
+        parser.add_argument("--dtd-epochs", type=number(int, ">=1"),
+                            help="linear-probe epochs on DTD (default: the object probe's)")
 
     def evaluate(self, ctx: Context) -> DiagnosticResult:
         args = ctx.args

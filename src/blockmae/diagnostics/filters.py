@@ -15,8 +15,24 @@ All take and return float images (B, C, H, W) in [0, 1].
   outside (high) a circle on the centred spectrum. The radius is a fraction of the Nyquist frequency
   (0.5 cycles per pixel), so 32 px and 64 px images are filtered alike; radius >= sqrt(2) keeps every
   frequency. High-pass output gets the Gaussian high-pass's treatment: mean shifted to the grey, clipped.
+* Levels that exist at an input size (:func:`gaussian_level_exists`, :func:`fourier_levels`): a 224-px
+  sigma scaled below about half a pixel samples to a kernel that is nearly a delta, so low-pass shows the
+  clean image and high-pass a blank one; the band that level filters (finer than the image's Nyquist
+  frequency) does not exist at that size. A Gaussian level counts only where its sampled kernel changes
+  the finest frequency the image holds by at least 10% (response at Nyquist at most 0.9; the mildest of
+  model-vs-human's own levels at 224 px, high-pass sigma 0.4, changes it by 16%); a Fourier radius counts only where it keeps another set of
+  frequency bins than the level before it, and not only the mean (docs/diagnostics.md, "Levels").
 * Amplitude-phase recombination (:func:`amplitude_swap`): an image's Fourier phase (layout, edges,
   shape) with an amplitude spectrum (texture statistics) interpolated towards a donor's.
+* The rest of model-vs-human's parametric distortions (Geirhos et al., NeurIPS 2018, its
+  image-manipulation definitions), all on the greyscale image stacked to three channels unless said:
+  contrast c: (1 - c) / 2 + c x; uniform noise of width w: contrast 0.3, plus U(-w, w) per pixel,
+  clipped; phase scrambling of width w degrees: every frequency's phase shifted by U(-w, w), the
+  conjugate frequency by the opposite (the image stays real), clipped; power equalisation: the
+  amplitude spectrum replaced by a given mean one (model-vs-human's mean over its images; here the
+  caller's), clipped; rotation by multiples of 90 degrees (counter-clockwise); false colour (colour):
+  the opponent colours L-M and S-(L+M) inverted in the DKL space through the cone matrix of their
+  monitor, clipped (their monitor's gamma table is not applied: linear).
 """
 
 from __future__ import annotations
@@ -37,6 +53,64 @@ HIGHPASS_SIGMAS_224: tuple[float, ...] = (math.inf, 3, 1.5, 1, 0.7, 0.55, 0.45, 
 # Fourier radii as fractions of Nyquist; the first level keeps everything (the clean image).
 FOURIER_LOWPASS_RADII: tuple[float, ...] = (math.inf, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
 FOURIER_HIGHPASS_RADII: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75)
+
+
+# A Gaussian level exists at a size when its kernel's response to the Nyquist frequency is at most this
+# (every one of model-vs-human's levels does at 224 px: the mildest, high-pass sigma 0.4, responds 0.84).
+NYQUIST_RESPONSE_LIMIT = 0.9
+
+
+def nyquist_response(sigma: float) -> float:
+    """Response of scipy's sampled Gaussian (sigma in pixels) to the finest frequency an image holds,
+    0.5 cycles per pixel (alternating pixels): sum_k w_k (-1)^k. 1 = passed unchanged, 0 = removed."""
+    if sigma == 0:
+        return 1.0
+    if math.isinf(sigma):
+        return 0.0
+    kernel = gaussian_kernel(sigma)
+    radius = (kernel.numel() - 1) // 2
+    signs = 1.0 - 2.0 * (torch.arange(-radius, radius + 1, dtype=torch.float64).abs() % 2)
+    return float((kernel * signs).sum())
+
+
+def gaussian_level_exists(sigma_224: float, size: int) -> bool:
+    """Whether model-vs-human's level `sigma_224` (pixels at 224 px) filters anything at `size` px.
+
+    The unfiltered levels (0 for low-pass, inf for high-pass) always exist. A filtered level exists when
+    the scaled kernel (sigma_224 x size / 224) responds to the Nyquist frequency with at most
+    NYQUIST_RESPONSE_LIMIT: the low-pass removes, the high-pass keeps, at least a tenth of the finest detail."""
+    if sigma_224 == 0 or math.isinf(sigma_224):
+        return True
+    return nyquist_response(scale_levels([sigma_224], size)[0]) <= NYQUIST_RESPONSE_LIMIT
+
+
+def smallest_existing_sigma_224(size: int) -> float:
+    """The smallest sigma at 224 px that exists at `size` px (to two decimals, rounded up)."""
+    sigma = 0.01
+    while not gaussian_level_exists(sigma, size):
+        sigma = round(sigma + 0.01, 2)
+    return sigma
+
+
+def fourier_levels(radii: Sequence[float], size: int, keep: str) -> tuple[list[float], list[tuple[float, str]]]:
+    """The radii (fractions of Nyquist) that filter distinctly at `size` px, and the others with why.
+
+    A radius is dropped when the frequency bins it keeps equal those of the last level kept (the images
+    would be identical) or, for a low-pass, when it keeps only the mean (a flat image)."""
+    rho = frequency_radius(size, size)
+    kept: list[float] = []
+    dropped: list[tuple[float, str]] = []
+    previous = None
+    for radius in radii:
+        bins = rho <= radius if keep == "low" else rho > radius
+        if keep == "low" and int(bins.sum()) <= 1:
+            dropped.append((radius, f"keeps only the mean at {size} px (a flat image)"))
+        elif previous is not None and torch.equal(bins, previous):
+            dropped.append((radius, f"keeps the same frequencies as radius {kept[-1]:g} at {size} px"))
+        else:
+            kept.append(radius)
+            previous = bins
+    return kept, dropped
 
 
 def scale_levels(sigmas_224: Sequence[float], size: int) -> list[float]:
@@ -167,3 +241,103 @@ def amplitude_swap(images: torch.Tensor, donors: torch.Tensor, alpha: float) -> 
     amplitude = (1 - alpha) * spectrum.abs() + alpha * torch.fft.fft2(donors.to(dtype)).abs()
     mixed = torch.polar(amplitude, spectrum.angle())
     return torch.fft.ifft2(mixed).real.to(images.dtype)
+
+
+# -- the rest of model-vs-human's parametric distortions ---------------------------------------------
+
+UNIFORM_NOISE_CONTRAST = 0.3  # uniform-noise images are first reduced to 30% contrast
+# false colour: RGB -> LMS cone activations of model-vs-human's monitor, its white point, and LMS -> DKL
+# opponent channels (Brainard 1996); facts of their set-up (Geirhos et al. 2018)
+RGB_TO_CONES = ((0.1619982647, 0.208049264, 0.0389347448),
+                (0.0330275785, 0.2496504557, 0.0618343518),
+                (0.0015524055, 0.0198861001, 0.1890224274))
+CONES_WHITE_POINT = (0.20449114, 0.17225619, 0.10523047)
+CONES_TO_DKL = ((9.27590805, 9.27590805, 0.0),
+                (7.86421647, -9.33587662, 0.0),
+                (-3.39709047, -3.39709047, 12.16230246))
+
+
+def grey3(images: torch.Tensor) -> torch.Tensor:
+    """The luminance image stacked to three channels (model-vs-human's greyscale stimuli)."""
+    return _stack3(greyscale(images))
+
+
+def contrast(images: torch.Tensor, level: float) -> torch.Tensor:
+    """Greyscale at contrast `level` in [0, 1]: (1 - level) / 2 + level x (1 = unchanged grey image)."""
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"contrast level must lie in [0, 1], got {level}")
+    return (1 - level) / 2 + level * grey3(images)
+
+
+def uniform_noise(images: torch.Tensor, width: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greyscale at 30% contrast plus uniform noise in [-width, width] per pixel (one draw for the three
+    channels), clipped."""
+    x = contrast(images, UNIFORM_NOISE_CONTRAST)
+    b, _, h, w = x.shape
+    noise = (torch.rand((b, 1, h, w), generator=generator, device=generator.device if generator else "cpu")
+             .to(x.device, x.dtype) * 2 - 1) * width
+    return (x + noise).clamp_(0.0, 1.0)
+
+
+def _conjugate_pairs(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat FFT indices of one frequency of each conjugate pair and of its partner (self-conjugate bins out)."""
+    ky = torch.arange(h, device=device).view(-1, 1)
+    kx = torch.arange(w, device=device).view(1, -1)
+    index = (ky * w + kx).flatten()
+    partner = (((-ky) % h) * w + (-kx) % w).flatten()
+    first = index < partner
+    return index[first], partner[first]
+
+
+def phase_scramble(images: torch.Tensor, width_degrees: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greyscale with every frequency's phase shifted by U(-width, width) degrees (its conjugate by the
+    opposite, so the image stays real; the mean and the self-conjugate frequencies keep theirs), clipped."""
+    x = greyscale(images)
+    b, _, h, w = x.shape
+    one, partner = _conjugate_pairs(h, w, x.device)
+    shifts = (torch.rand((b, one.numel()), generator=generator, device=generator.device if generator else "cpu")
+              .to(x.device, _fft_dtype(x.device)) * 2 - 1) * math.radians(width_degrees)
+    phase = torch.zeros((b, h * w), dtype=shifts.dtype, device=x.device)
+    phase[:, one] = shifts
+    phase[:, partner] = -shifts
+    spectrum = torch.fft.fft2(x.to(_fft_dtype(x.device)))
+    rotated = spectrum * torch.polar(torch.ones_like(phase), phase).view(b, 1, h, w)
+    return _stack3(torch.fft.ifft2(rotated).real.to(images.dtype).clamp_(0.0, 1.0))
+
+
+def mean_amplitude_spectrum(images: torch.Tensor) -> torch.Tensor:
+    """(H, W) mean amplitude spectrum of the greyscale images (power equalisation's target)."""
+    return torch.fft.fft2(greyscale(images).to(_fft_dtype(images.device))).abs().mean(dim=(0, 1))
+
+
+def power_equalise(images: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+    """Greyscale with its amplitude spectrum replaced by `amplitude` (H, W), its phase kept, clipped."""
+    x = greyscale(images)
+    if tuple(amplitude.shape) != tuple(x.shape[-2:]):
+        raise ValueError(f"amplitude spectrum {tuple(amplitude.shape)} does not fit images {tuple(x.shape[-2:])}")
+    spectrum = torch.fft.fft2(x.to(_fft_dtype(x.device)))
+    mixed = torch.polar(amplitude.to(spectrum.real.dtype).expand_as(spectrum.real), spectrum.angle())
+    return _stack3(torch.fft.ifft2(mixed).real.to(images.dtype).clamp_(0.0, 1.0))
+
+
+def rotate(images: torch.Tensor, degrees: int) -> torch.Tensor:
+    """Greyscale rotated counter-clockwise by a multiple of 90 degrees."""
+    if degrees % 90:
+        raise ValueError(f"rotation must be a multiple of 90 degrees, got {degrees}")
+    return torch.rot90(grey3(images), k=(degrees // 90) % 4, dims=(-2, -1))
+
+
+def false_colour(images: torch.Tensor) -> torch.Tensor:
+    """Opponent colours: L-M and S-(L+M) inverted around the white point in DKL space, back to RGB, clipped."""
+    dtype = _fft_dtype(images.device)
+    to_cones = torch.tensor(RGB_TO_CONES, dtype=dtype, device=images.device)
+    to_dkl = torch.tensor(CONES_TO_DKL, dtype=dtype, device=images.device)
+    white = torch.tensor(CONES_WHITE_POINT, dtype=dtype, device=images.device).view(1, 3, 1, 1)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=dtype, device=images.device))
+    # one linear map on the cone differences: M^-1 N^-1 F N
+    cones_map = torch.linalg.inv(to_dkl) @ flip @ to_dkl
+    cones = torch.einsum("ij,bjhw->bihw", to_cones, images.to(dtype)) - white
+    new_cones = torch.einsum("ij,bjhw->bihw", cones_map, cones) + white
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_cones), new_cones)
+    return rgb.to(images.dtype).clamp_(0.0, 1.0)

@@ -4,7 +4,8 @@ Three curves (filters in `blockmae.diagnostics.filters`, summaries in `blockmae.
 ``colour`` (Gaussian blur of each channel), ``greyscale`` (model-vs-human's protocol: luminance,
 blur with constant padding at the mean grey, clipped, stacked to three channels) and ``fourier`` (ideal
 low-pass on the centred spectrum, radius as a fraction of Nyquist; Wang et al., CVPR 2020). The
-Gaussian sigmas are model-vs-human's, given at 224 px and scaled to the encoder's input size. The
+Gaussian sigmas are model-vs-human's, given at 224 px and scaled to the encoder's input size; a level that
+filters nothing at that size is left out with a note (`filters.gaussian_level_exists`). The
 greyscale curve is drawn beside the human one on a normalised footing. `highpass.py` reuses this class.
 """
 
@@ -16,11 +17,14 @@ from typing import Any, Callable
 
 import torch
 
+from blockmae.config import number
 from blockmae.diagnostics import filters
 from blockmae.diagnostics.base import Context, Diagnostic, DiagnosticResult, accuracy_row, command, correct_count
-from blockmae.diagnostics.curves import accuracy_figure, curve_summary, human_comparison_figure, level_label, normalised
+from blockmae.diagnostics.curves import (accuracy_figure, auc_intervals, curve_summary, human_auc,
+                                        human_comparison_figure, level_label, normalised)
 from blockmae.diagnostics.human_reference import human_curve
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.metrics import top1_predictions
 
 CURVES = ("colour", "greyscale", "fourier")
 
@@ -49,7 +53,8 @@ class Lowpass(Diagnostic):
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES),
                             help="which sweeps to run (default: all)")
-        parser.add_argument("--sigmas", nargs="+", type=_level, default=list(cls.sigmas_224), metavar="SIGMA",
+        parser.add_argument("--sigmas", nargs="+", type=number(float, ">=0"),
+                            default=list(cls.sigmas_224), metavar="SIGMA",
                             help="Gaussian sigmas in pixels at 224 px, scaled x size/224; least filtered first "
                                  f"(default: model-vs-human's {' '.join(level_label(s) for s in cls.sigmas_224)})")
         parser.add_argument("--radii", nargs="+", type=_level, default=list(cls.radii), metavar="R",
@@ -66,27 +71,68 @@ class Lowpass(Diagnostic):
         ds = ctx.dataset()
         chance = 1.0 / ctx.num_classes
         size = ctx.image_size
-        sigmas_px = filters.scale_levels(args.sigmas, size)
+        sigmas, radii, notes = self._levels_at(size, args.sigmas, args.radii, args.curves)
+        sigmas_px = filters.scale_levels(sigmas, size)
         levels: dict[str, list[dict[str, Any]]] = {}
+        correct: dict[str, torch.Tensor] = {}  # per curve: (images, levels) top-1 hits, for the AUC intervals
         for curve in args.curves:
             if curve == "fourier":
-                steps = [(r, {"radius_nyquist": r}, self._fourier(r)) for r in args.radii]
+                if len(radii) < 2:
+                    continue
+                steps = [(r, {"radius_nyquist": r}, self._fourier(r)) for r in radii]
             else:
+                if len(sigmas) < 2:
+                    continue
                 grey = curve == "greyscale"
                 steps = [(s_px, {"sigma_224": s224, "fraction_of_side": s_px / size}, self._gauss(s_px, grey))
-                         for s224, s_px in zip(args.sigmas, sigmas_px)]
-            rows = []
+                         for s224, s_px in zip(sigmas, sigmas_px)]
+            rows, hits = [], []
             for level, extra, transform in steps:
                 scores = ctx.scores(ds, transform, desc=f"{self.name} {curve} {level_label(level)}")
-                rows.append(accuracy_row(level, correct_count(scores, ds.labels), len(ds),
+                hits.append(top1_predictions(scores) == ds.labels.cpu())
+                rows.append(accuracy_row(level, int(hits[-1].sum()), len(ds),
                                          top5=correct_count(scores, ds.labels, 5) / len(ds), curve=curve, **extra))
             levels[curve] = rows
-        summary, lines = self._summarise(levels, chance, ds, size)
+            correct[curve] = torch.stack(hits, dim=1)
+        if not levels:
+            raise BlockMAEError(f"no {self.name} curve has a filtered level at {size} px: " + "; ".join(notes))
+        summary, lines = self._summarise(levels, correct, chance, ds, size, notes)
         self._figures(ctx, levels, chance, summary)
-        settings = {"filter": self.keep, "curves": list(args.curves), "sigmas_224": list(args.sigmas),
-                    "sigmas_px": sigmas_px, "radii_nyquist": list(args.radii), "image_size": size,
-                    "num_images": len(ds), "chance": chance, "mean_grey": filters.MEAN_GREY}
+        settings = {"filter": self.keep, "curves": list(levels), "sigmas_224": sigmas, "sigmas_px": sigmas_px,
+                    "radii_nyquist": radii, "dropped_levels": notes, "image_size": size, "num_images": len(ds),
+                    "chance": chance, "mean_grey": filters.MEAN_GREY}
         return DiagnosticResult(settings, levels, summary, lines)
+
+    def _levels_at(self, size: int, sigmas: list[float], radii: list[float],
+                   curves: list[str]) -> tuple[list[float], list[float], list[str]]:
+        """The levels that filter something at `size` px, and a note per level left out.
+
+        A default level without a counterpart at this size is dropped with a note; a level the user asked
+        for (not the defaults) is refused in one line, as it would show the model the clean (low-pass) or a
+        blank (high-pass) image and report it as filtered."""
+        notes: list[str] = []
+        kept_sigmas = [s for s in sigmas if filters.gaussian_level_exists(s, size)]
+        missing = [s for s in sigmas if s not in kept_sigmas]
+        gaussian_curves = [c for c in curves if c != "fourier"]
+        if missing and gaussian_curves:
+            floor = filters.smallest_existing_sigma_224(size)
+            if list(sigmas) != list(self.sigmas_224):
+                raise BlockMAEError(
+                    f"--sigmas {' '.join(level_label(s) for s in missing)}: at {size} px these scale below "
+                    f"{floor * size / 224:.2f} px and filter nothing (the clean image for a low-pass, a blank one for a "
+                    f"high-pass); use sigmas >= {floor:g} at this size (docs/diagnostics.md, 'Levels')")
+            notes.append(f"sigma {', '.join(level_label(s) for s in missing)} (at 224 px) dropped: below {floor:g} it "
+                         f"scales to under {floor * size / 224:.2f} px at {size} px and changes the finest detail by "
+                         f"less than 10%")
+        if len(kept_sigmas) < 2 and gaussian_curves:
+            notes.append(f"no filtered Gaussian level exists at {size} px: the {', '.join(gaussian_curves)} "
+                         f"curve{'s' if len(gaussian_curves) > 1 else ''} left out")
+        kept_radii, dropped_radii = filters.fourier_levels(radii, size, self.keep)
+        if dropped_radii and "fourier" in curves:
+            if list(radii) != list(self.radii):
+                raise BlockMAEError("--radii " + "; ".join(f"{r:g} {why}" for r, why in dropped_radii))
+            notes += [f"radius {r:g} dropped: {why}" for r, why in dropped_radii]
+        return kept_sigmas, kept_radii, notes
 
     def _gauss(self, sigma: float, grey: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return lambda images, index: self.gaussian(images, sigma, grey)
@@ -94,17 +140,23 @@ class Lowpass(Diagnostic):
     def _fourier(self, radius: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return lambda images, index: filters.fourier_filter(images, radius, self.keep)
 
-    def _summarise(self, levels: dict[str, list[dict[str, Any]]], chance: float, ds: Any,
-                   size: int) -> tuple[dict[str, Any], list[str]]:
+    def _summarise(self, levels: dict[str, list[dict[str, Any]]], correct: dict[str, torch.Tensor], chance: float,
+                   ds: Any, size: int, notes: list[str]) -> tuple[dict[str, Any], list[str]]:
         summary: dict[str, Any] = {}
         lines = [f"{self.name} on {len(ds)} {ds.name} images at {size} px, chance {chance:.3f} "
-                 f"(top-1, 95% Wilson interval; auc_norm: area of (acc - chance)/(clean - chance), 1 = no loss)"]
+                 f"(top-1, 95% Wilson interval; auc_norm: area of (acc - chance)/(clean - chance), 1 = no loss; "
+                 f"AUC intervals: bootstrap over images)"]
+        lines += [f"  note: {note}" for note in notes]
         for curve, rows in levels.items():
             s = curve_summary([r["level"] for r in rows], [r["top1"] for r in rows], chance)
+            s.update(auc_intervals(correct[curve].numpy(), chance))
             for row, norm in zip(rows, normalised([r["top1"] for r in rows], s["clean"], chance)):
                 row["relative"] = row["top1"] / s["clean"] if s["clean"] > 0 else math.nan
                 row["normalised"] = norm
             summary.update({f"{curve}_auc": s["auc"], f"{curve}_auc_normalised": s["auc_normalised"],
+                            f"{curve}_auc_low": s["auc_low"], f"{curve}_auc_high": s["auc_high"],
+                            f"{curve}_auc_normalised_low": s["auc_normalised_low"],
+                            f"{curve}_auc_normalised_high": s["auc_normalised_high"],
                             f"{curve}_clean": s["clean"], f"{curve}_half_level": s["half_level"],
                             f"{curve}_half_fraction": s["half_level"] / size if curve != "fourier" else s["half_level"],
                             f"{curve}_mean_relative": s["mean_relative"], f"{curve}_last_relative": s["last_relative"]})
@@ -116,14 +168,16 @@ class Lowpass(Diagnostic):
                 half = f"sigma {s['half_level']:.3g} px = {s['half_level'] / size:.4f} of the side"
             lines.append(f"  {curve:9s} " + "  ".join(
                 f"{level_label(r.get('sigma_224', r['level']))}:{r['top1']:.3f}[{r['top1_low']:.3f},{r['top1_high']:.3f}]"
-                for r in rows) + f"   auc {s['auc']:.3f}  auc_norm {s['auc_normalised']:.3f}  half-way at {half}")
+                for r in rows) + f"   auc {s['auc']:.3f} [{s['auc_low']:.3f}, {s['auc_high']:.3f}]  auc_norm "
+                f"{s['auc_normalised']:.3f} [{s['auc_normalised_low']:.3f}, {s['auc_normalised_high']:.3f}]  half-way at {half}")
         human = self._human_rows(levels)
         if human is not None:
-            summary["human_auc_normalised"] = curve_summary(
-                [r["level"] for r in human], [r["human_accuracy"] for r in human], human[0]["human_chance"]
-            )["auc_normalised"]
-            lines.append(f"  humans (normalised, same levels as fractions of the side): auc_norm "
-                         f"{summary['human_auc_normalised']:.3f} vs greyscale {summary['greyscale_auc_normalised']:.3f}")
+            h = human_auc(human)
+            summary.update(h)
+            lines.append(f"  humans at the same levels (normalised, levels as fractions of the side): auc_norm "
+                         f"{h['human_auc_normalised']:.3f} [{h['human_auc_normalised_low']:.3f}, "
+                         f"{h['human_auc_normalised_high']:.3f}] vs greyscale {summary['greyscale_auc_normalised']:.3f} "
+                         f"[{summary['greyscale_auc_normalised_low']:.3f}, {summary['greyscale_auc_normalised_high']:.3f}]")
         first = next(iter(levels))
         ordered = {"clean_top1": levels[first][0]["top1"]}
         ordered.update({k: summary[k] for k in summary if k.endswith("auc_normalised")})

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from blockmae.config import number
 from blockmae.diagnostics import filters
 from blockmae.diagnostics.base import (
     Context, Diagnostic, DiagnosticResult, accuracy_row, command, correct_count, to_unit,
@@ -88,7 +89,8 @@ class Stylized(Diagnostic):
         parser.add_argument("--donor", choices=("val", "dtd"), default="val",
                             help="amplitude donors of the alpha sweep: other evaluation images (default) or DTD")
         parser.add_argument("--donor-root", help="DTD root for --donor dtd")
-        parser.add_argument("--alphas", nargs="+", type=float, default=list(DEFAULT_ALPHAS), metavar="A",
+        parser.add_argument("--alphas", nargs="+", type=number(float, "0..1"),
+                            default=list(DEFAULT_ALPHAS), metavar="A",
                             help="amplitude interpolation strengths in [0, 1] (default: 0 0.25 0.5 0.75 1)")
 
     def evaluate(self, ctx: Context) -> DiagnosticResult:

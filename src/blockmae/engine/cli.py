@@ -7,7 +7,7 @@ import argparse
 from blockmae.config import add_config_arguments, load_config, to_yaml
 from blockmae.engine.config import PretrainConfig
 from blockmae.engine.distributed import torchrun_env
-from blockmae.engine.pretrain import pretrain
+from blockmae.evaluation.monitor import pretrain_monitored
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-
-    run_dir = pretrain(cfg)
+    run_dir = pretrain_monitored(cfg)
 
     if torchrun_env().is_main:
         print(f"done: {run_dir}")

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from blockmae.config import number
 from blockmae.engine.checkpoint import find_checkpoint
 from blockmae.errors import BlockMAEError
 from blockmae.models.io import resolve_weights_path
@@ -79,7 +80,7 @@ def compare_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> C
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", metavar="A", help="run dir, checkpoint dir or .safetensors file")
     parser.add_argument("b", metavar="B", help="run dir, checkpoint dir or .safetensors file")
-    parser.add_argument("--atol", type=float, default=0.0,
+    parser.add_argument("--atol", type=number(float, ">=0"), default=0.0,
                         help="differences up to this are reported as 'close' instead of 'different' (default 0)")
     parser.add_argument("--check", action="store_true", help="exit 1 when the weights differ by more than --atol")
 

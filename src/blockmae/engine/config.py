@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from blockmae.config import check_finite
+from blockmae.config import check_numbers
 from blockmae.data.augment import INTERPOLATIONS
 from blockmae.errors import BlockMAEError
 from blockmae.masking import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
@@ -29,6 +29,7 @@ FREE_KEYS = frozenset({
     "run.dir", "run.output_root", "run.name", "run.resume", "run.registry", "run.allow_changes", "run.log_every",
     "run.ckpt_every_minutes", "run.ckpt_every_steps", "run.recon_images", "run.deterministic",
     "train.device", "train.cpu_threads", "train.compile", "data.root", "data.workers", "data.val_split",
+    "monitor.every", "monitor.num_images", "monitor.k", "monitor.temperature",
 })
 # Splits used for the fixed reconstruction images when `data.val_split` is not set.
 DEFAULT_VAL_SPLIT = {"cifar10": "test", "cifar100": "test"}
@@ -125,6 +126,16 @@ class RunConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The online monitor (blockmae.evaluation.monitor): k-NN and linear accuracy on held-out images."""
+
+    every: int = 0  # epochs between measurements (and one before training, one at the end); 0 = off
+    num_images: int = 1000  # labelled training images for the classifiers, and as many held-out per split
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -132,6 +143,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
     def img_size(self) -> int:
@@ -150,7 +162,7 @@ class PretrainConfig:
         return self.data.val_split or DEFAULT_VAL_SPLIT.get(self.data.dataset, "val")
 
     def validate(self) -> None:
-        check_finite(self)
+        check_numbers(self)
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("train.device", self.train.device, DEVICES)
         _choice("mask.family", self.mask.family, FAMILIES)
@@ -162,6 +174,12 @@ class PretrainConfig:
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.accum_steps", self.train.accum_steps)
         _positive("run.log_every", self.run.log_every)
+        if self.monitor.every < 0:
+            raise BlockMAEError(f"monitor.every must be >= 0 (0 = off), got {self.monitor.every}")
+        _positive("monitor.num_images", self.monitor.num_images)
+        _positive("monitor.k", self.monitor.k)
+        if not self.monitor.temperature > 0:
+            raise BlockMAEError(f"monitor.temperature must be > 0, got {self.monitor.temperature}")
         if self.train.cpu_threads is not None:
             _positive("train.cpu_threads", self.train.cpu_threads)
         _positive("data.image_size", self.data.image_size)

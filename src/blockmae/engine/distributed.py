@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from blockmae.data.loader import rank_rows
 from blockmae.errors import BlockMAEError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,33 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def main_first(fn: Callable[[], T], info: "DistInfo") -> T:
+    """`fn()` on rank 0, then on the other ranks (e.g. loading a dataset whose cache rank 0 builds and the
+    others then read, instead of every rank building it and swapping the folder). An error on rank 0 is
+    raised on every rank, the others not running `fn`."""
+    if not info.enabled:
+        return fn()
+    if info.is_main:
+        try:
+            result = fn()
+        except BaseException as err:
+            broadcast_object({"error": str(err) if isinstance(err, BlockMAEError) else "rank 0 failed"})
+            raise
+        broadcast_object({})
+        return result
+    answer = broadcast_object(None)
+    if "error" in answer:
+        raise BlockMAEError(answer["error"])
+    return fn()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on some rank (one one-number all-reduce; `flag` itself in a single process)."""
+    if not dist.is_initialized():
+        return flag
+    return all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0
 
 
 def barrier() -> None:

@@ -51,9 +51,12 @@ def _alive_here(holder: dict[str, Any]) -> bool:
 class RunLock:
     """`lock = RunLock(run_dir).acquire()` ... `lock.release()`; BlockMAEError naming the holder if taken."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, lock_name: str = LOCK_NAME, what: str | None = None) -> None:
+        """`lock_name` and `what` (the locked thing, in messages) serve outputs locked from beside them."""
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / lock_name
+        self.what = what or f"run dir {self.run_dir}"
+        self.label = what or str(self.run_dir)
         self.fd: int | None = None
         self.created_dir = False
 
@@ -67,7 +70,7 @@ class RunLock:
                     flocked = self._flock(fd)
                     previous = _read_holder(fd)
                     if not flocked and previous and _alive_here(previous):
-                        raise BlockMAEError(f"run dir {self.run_dir} is in use by {_holder_text(previous)}; wait "
+                        raise BlockMAEError(f"{self.what} is in use by {_holder_text(previous)}; wait "
                                             f"for it to finish, or use another run.dir (if that process is gone, "
                                             f"delete {self.path})")
                     # The holder before us may have removed the file after we opened it: lock the one in place.
@@ -83,7 +86,7 @@ class RunLock:
                     raise
                 break
             if previous:
-                print(f"taking over the lock of {self.run_dir} from {_holder_text(previous)}, which is no longer "
+                print(f"taking over the lock of {self.label} from {_holder_text(previous)}, which is no longer "
                       f"running", file=sys.stderr, flush=True)
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": process_start_time(os.getpid()),
                       "started_at": _dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv}
@@ -101,7 +104,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            raise BlockMAEError(f"run dir {self.run_dir} is in use by {_holder_text(_read_holder(fd))}; wait for "
+            raise BlockMAEError(f"{self.what} is in use by {_holder_text(_read_holder(fd))}; wait for "
                                 f"it to finish, or use another run.dir") from None
         except OSError as err:
             if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
@@ -128,7 +131,7 @@ class RunLock:
                 pass
 
     def __enter__(self) -> "RunLock":
-        return self.acquire()
+        return self if self.fd is not None else self.acquire()  # `with` on a held lock: released at the end
 
     def __exit__(self, *exc: Any) -> None:
         self.release()

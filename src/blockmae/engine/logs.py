@@ -77,7 +77,7 @@ class RunLogger:
             with contextlib.suppress(OSError):  # no half line left for the reader (and the resume) to trip on
                 self.file.truncate(start)
             raise output_error(err, self.path) from None
-        prefix = "epoch" if record["kind"] == "epoch" else "train"
+        prefix = record["kind"] if record["kind"] in ("epoch", "monitor") else "train"
         for key, value in record.items():
             if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
                 self.tb.add_scalar(f"{prefix}/{key}", value, step)

@@ -53,15 +53,15 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def started(loop: type[TrainingLoop], cfg: Any) -> Iterator[TrainingLoop]:
-    """This process's run of `loop` (one rank under torchrun, or alone), its run dir claimed; the lock and the
-    process group are given back however the run ends."""
+def started(loop: type[TrainingLoop], cfg: Any, **options: Any) -> Iterator[TrainingLoop]:
+    """This process's run of `loop(cfg, info, device, **options)` (one rank under torchrun, or alone), its run
+    dir claimed; the lock and the process group are given back however the run ends."""
     info = dist.torchrun_env()
     device = dist.resolve_device(cfg.train.device, info)
     dist.init_distributed(info, device)
     trainer = None
     try:
-        trainer = loop(cfg, info, device)
+        trainer = loop(cfg, info, device, **options)
         yield trainer
     finally:
         if trainer is not None:
@@ -337,8 +337,8 @@ class TrainingLoop:
                 epoch_images += cfg.train.batch_size
                 bar.update(1)
                 by_steps = cfg.run.ckpt_every_steps and self.step % cfg.run.ckpt_every_steps == 0
-                # A single process stops at once; ranks agree on stopping at the next sync.
-                stop_here = self.stop_signal is not None and not self.info.enabled
+                # Stop after this step on a signal to any rank (all ranks agree: one tiny all-reduce per step).
+                stop_here = dist.any_rank(self.stop_signal is not None, self.device)
                 if self.step % cfg.run.log_every == 0 or by_steps or stop_here:
                     stats = self._sync(window)
                     self._log_window(stats, bar)

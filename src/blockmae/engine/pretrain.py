@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -39,6 +40,9 @@ from blockmae.visualisation.reconstructions import reconstruction_figure
 
 FIGURE_SEED = 1234  # fixed masks for the figures, so that milestones are comparable
 
+# What the loop calls at the end of a monitored epoch: the bare model -> metrics of that moment.
+Monitor = Callable[[torch.nn.Module], dict[str, float]]
+
 
 def _map_mask(mask: Any, fn) -> Any:
     """Apply `fn` to every tensor field of a Mask (moving it, taking rows)."""
@@ -53,7 +57,9 @@ class Pretrainer(TrainingLoop):
 
     kind = "pretrain"
 
-    def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device) -> None:
+    def __init__(self, cfg: PretrainConfig, info: dist.DistInfo, device: torch.device,
+                 monitor: Monitor | None = None) -> None:
+        self.monitor = monitor if info.is_main and cfg.monitor.every else None
         if cfg.run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -93,10 +99,11 @@ class Pretrainer(TrainingLoop):
         options = dict(cfg.options)
         if cfg.num_images is not None:
             options["num_images"] = cfg.num_images
-        try:
-            dataset = load_dataset(cfg.dataset, cfg.split, root=cfg.root, image_size=cfg.image_size, **options)
+        try:  # rank 0 builds a missing cache, the other ranks then read it
+            dataset = dist.main_first(lambda: load_dataset(cfg.dataset, cfg.split, root=cfg.root,
+                                                           image_size=cfg.image_size, **options), self.info)
         except BlockMAEError:
-            if "num_images" not in options:
+            if "num_images" not in options or not self.info.is_main:
                 raise
             # Report a more basic problem (a missing root, ...) before the option: the dataset without it
             options.pop("num_images")
@@ -160,12 +167,31 @@ class Pretrainer(TrainingLoop):
 
     def before_epochs(self) -> None:
         self.figure_batch = self._figure_images() if self.info.is_main and self.cfg.run.recon_images else None
+        if self.step == 0:
+            self._measure()  # the learning curve starts at the initial weights
+
+    def end_of_epoch(self, record: dict[str, Any]) -> None:
+        # Before `last` is saved, so that a resume keeps the monitor's line
+        if self.epoch % max(self.cfg.monitor.every, 1) == 0 or self.epoch == self.cfg.train.epochs:
+            self._measure()
 
     def after_epoch_saved(self) -> None:
         if self.epoch in self.cfg.run.milestones:
             self._save(ckpt.checkpoints_dir(self.run_dir) / ckpt.milestone_name(self.epoch))
         if self.epoch in self.cfg.run.milestones or self.epoch == self.cfg.train.epochs:
             self._draw_reconstructions()
+
+    def _measure(self) -> None:
+        """The online monitor's record at this point (rank 0; the other ranks wait at the next all-reduce)."""
+        if self.monitor is None or self.logger is None:
+            return
+        start = time.perf_counter()
+        record = {"kind": "monitor", "epoch": self.epoch, "step": self.step,
+                  "images_seen": self.step * self.cfg.train.batch_size, **self.monitor(self.model)}
+        record["monitor_time_s"] = time.perf_counter() - start
+        self.logger.write(record, self.step)
+        print("monitor " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in record.items() if k != "kind"), flush=True)
 
     def _figure_images(self) -> torch.Tensor | None:
         cfg = self.cfg.data
@@ -232,9 +258,13 @@ class _FolderBatches:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) one pretraining run; returns its run directory."""
-    with started(Pretrainer, cfg) as trainer:
+def pretrain(cfg: PretrainConfig, monitor: Monitor | None = None) -> Path:
+    """Run (or resume) one pretraining run; returns its run directory.
+
+    `monitor(model) -> {name: value}` is called on rank 0 every `cfg.monitor.every` epochs (and before the
+    first step and after the last) when that is set; its record goes to metrics.jsonl and TensorBoard
+    (`blockmae.evaluation.monitor.pretrain_monitored` supplies the online k-NN / linear monitor)."""
+    with started(Pretrainer, cfg, monitor=monitor) as trainer:
         finished = trainer.epoch >= cfg.train.epochs
         if finished or not (trainer.info.is_main and cfg.run.registry):
             return trainer.run()

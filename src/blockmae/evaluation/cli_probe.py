@@ -23,13 +23,14 @@ from blockmae.config import add_config_arguments, load_config, to_dict, to_yaml
 from blockmae.data import load_dataset, subset
 from blockmae.data.roots import resolve_root
 from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
+from blockmae.engine.lock import RunLock
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
 from blockmae.evaluation.knn import knn_classify
 from blockmae.evaluation.linear import load_head, save_head, train_linear_probe, train_linear_probe_forward
 from blockmae.evaluation.metrics import NO_DECISION, read_run_output
-from blockmae.fileio import write_json_atomic
+from blockmae.fileio import claim_output_dir, write_json_atomic
 from blockmae.models.external import canonical_spec
 from blockmae.models.io import load_mae
 from blockmae.registry import Registry, flatten
@@ -83,6 +84,7 @@ def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
 
 
 # Settings that do not make a different probe: a rerun that changes only these may replace the results.
+PROBE_KINDS = ("probe", "knn")
 _RERUN_KEYS_FREE = ("name", "run_dir", "output_root", "device")
 
 
@@ -131,12 +133,17 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
             run_dir.name + (f"-{i}" if i > 1 else ""))).exists())
     config = to_dict(cfg)
     config["weights_hash"] = encoder.weights_hash
-    check_run_dir(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
     kind = "knn" if cfg.kind == "knn" else "probe"
+    claim_output_dir(run_dir, kind, option="run_dir", accept=PROBE_KINDS)
+    lock = RunLock(run_dir).acquire()  # one probe at a time per folder: two would mix their files
+    try:
+        check_run_dir(run_dir, config)
+    except BaseException:
+        lock.release()
+        raise
     registry = Registry(root)
     head_path = None
-    with registry.track(kind, run_dir, config, parent=parent_of(cfg.checkpoint), name=name) as run:
+    with lock, registry.track(kind, run_dir, config, parent=parent_of(cfg.checkpoint), name=name) as run:
         train_ds = load_split(cfg, cfg.data.train_split, encoder.image_size)
         eval_ds = load_split(cfg, cfg.data.eval_split, encoder.image_size)
         cache = root / "feature_cache" if cfg.data.cache_features else None

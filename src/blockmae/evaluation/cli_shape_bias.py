@@ -19,6 +19,7 @@ import torch
 
 from blockmae.data import load_dataset
 from blockmae.data.cue_conflict import load_category_mapping
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
 from blockmae.evaluation.linear import LinearProbeHead, head_scores, load_head
@@ -196,12 +197,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="encoder checkpoint (default: the one the probe names); 'random' too")
     parser.add_argument("--data", required=True, choices=("shapetex", "cue-conflict"), help="evaluation images")
     parser.add_argument("--root", help="cue-conflict stimuli folder (or a folder made by `blockmae data prepare`)")
-    parser.add_argument("--num-images", type=int, help="shapetex: images per split (default: its default)")
+    parser.add_argument("--num-images", type=number(int, ">=1"),
+                        help="shapetex: images per split (default: its default)")
     parser.add_argument("--output-root", default="outputs", help="registry and results root (default: outputs)")
     parser.add_argument("--name", help="run name")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--batch-size", type=number(int, ">=1"), default=256)
+    parser.add_argument("--seed", type=number(int, ">=0"), default=0, help="bootstrap seed")
 
 
 def run(args: argparse.Namespace) -> int:

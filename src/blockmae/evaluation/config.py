@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
+from blockmae.config import check_numbers
 from blockmae.errors import BlockMAEError
 
 POOLS = ("cls", "avg", "both")
@@ -24,6 +25,8 @@ class EncoderConfig:
     layer: Optional[int] = None  # features after this encoder block (None: the final normed output)
     seed: int = 0  # init seed of checkpoint=random
 
+    RANGES: ClassVar[dict[str, str]] = {"img_size": ">=1", "patch_size": ">=1", "layer": ">=0", "seed": ">=0"}
+
 
 @dataclass
 class DataConfig:
@@ -38,6 +41,8 @@ class DataConfig:
     options: Dict[str, Any] = field(default_factory=dict)  # more load_dataset options (texture_correlation, ...)
     batch_size: int = 256  # feature extraction batch
     cache_features: bool = True  # cache extracted features under output_root/feature_cache
+
+    RANGES: ClassVar[dict[str, str]] = {"num_images": ">=1", "seed": ">=0", "batch_size": ">=1"}
 
 
 EVAL_SPLITS = {"cifar10": "test", "cifar100": "test", "dtd": "test"}
@@ -58,6 +63,9 @@ class LinearConfig:
     augment: bool = False  # True: MAE path, encoder forward with augmentation every epoch (slow)
     seed: int = 0
 
+    RANGES: ClassVar[dict[str, str]] = {"epochs": ">=1", "batch_size": ">=2", "base_lr": ">0", "weight_decay": ">=0",
+                                        "momentum": "0..1", "trust_coeff": ">0", "warmup_epochs": ">=0", "seed": ">=0"}
+
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise BlockMAEError(f"linear.optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'")
@@ -73,6 +81,8 @@ class LinearConfig:
 class KNNConfig:
     k: int = 20
     temperature: float = 0.07
+
+    RANGES: ClassVar[dict[str, str]] = {"k": ">=1", "temperature": ">0"}
 
 
 @dataclass
@@ -92,6 +102,7 @@ class ProbeConfig:
     knn: KNNConfig = field(default_factory=KNNConfig)
 
     def validate(self) -> None:
+        check_numbers(self)
         if self.kind not in PROBE_KINDS:
             raise BlockMAEError(f"kind must be one of {', '.join(PROBE_KINDS)}, not '{self.kind}'")
         if self.encoder.pool not in POOLS:

@@ -143,8 +143,9 @@ def fit_head(
     bar = tqdm(range(cfg.epochs), desc=desc, unit="ep", disable=not sys.stderr.isatty(), leave=False)
     for epoch in bar:
         head.train()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen, bad_features = 0.0, 0, False
         for features, labels in epoch_batches(epoch):
+            bad_features = bad_features or not bool(torch.isfinite(features).all())
             scheduler.step_update(step)
             loss = F.cross_entropy(head(features.float()), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -154,7 +155,11 @@ def fit_head(
             loss_sum += float(loss.detach()) * len(labels)
             seen += len(labels)
         if not torch.isfinite(torch.tensor(loss_sum)):
-            raise BlockMAEError(f"linear probe loss became non-finite at epoch {epoch}; lower linear.base_lr")
+            if bad_features:  # the cause is upstream of the head: no learning rate fixes it
+                raise BlockMAEError(f"the encoder's features hold NaN or infinite values (epoch {epoch}): its "
+                                    f"weights, or an overflow under autocast (try autocast=false)")
+            raise BlockMAEError(f"linear probe loss became non-finite at epoch {epoch} with finite features; lower "
+                                f"linear.base_lr (now {cfg.base_lr})")
         acc = evaluate(head)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), **acc}
         history.append(record)

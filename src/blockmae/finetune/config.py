@@ -9,11 +9,13 @@ RandAugment (9, 0.5), random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
+from blockmae.config import check_numbers
 from blockmae.engine.config import DEVICES, PRECISIONS, OptimConfig, TrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import EVAL_SPLITS
+from blockmae.models.external import is_foreign
 
 POOLS = ("avg", "cls")
 
@@ -47,6 +49,9 @@ class FinetuneDataConfig:
     workers: int = 4  # per-sample PIL augmentation runs in DataLoader workers
     eval_batch_size: int = 256
 
+    RANGES: ClassVar[dict[str, str]] = {"num_images": ">=1", "workers": ">=0", "eval_batch_size": ">=1",
+                                        "crop_scale": "0..1", "reprob": "0..1"}
+
 
 @dataclass
 class MixConfig:
@@ -55,6 +60,8 @@ class MixConfig:
     prob: float = 1.0  # probability of mixing a batch
     switch_prob: float = 0.5  # mixup <-> cutmix
     label_smoothing: float = 0.1
+
+    RANGES: ClassVar[dict[str, str]] = {"mixup": ">=0", "cutmix": ">=0", "prob": "0..1", "switch_prob": "0..1"}
 
 
 @dataclass
@@ -99,6 +106,11 @@ class FinetuneConfig:
     run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
 
     def validate(self) -> None:
+        check_numbers(self)
+        if self.checkpoint != "random" and is_foreign(self.checkpoint):
+            raise BlockMAEError(f"checkpoint={self.checkpoint}: fine-tuning reads blockmae checkpoints only, not "
+                                f"foreign encoders (timm:, mae:, hf:); probe it with `blockmae probe`, or fine-tune "
+                                f"it with timm's own scripts")
         checks = [
             (self.model.pool in POOLS, f"model.pool must be one of {', '.join(POOLS)}, not '{self.model.pool}'"),
             (0.0 <= self.model.drop_path < 1.0, "model.drop_path must be in [0, 1)"),

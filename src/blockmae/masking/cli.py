@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import claim_output_file
 from blockmae.masking.generators import ALIGNS, DEFAULT_ALIGN, FAMILIES, MaskGenerator
 from blockmae.masking.stats import CHUNK_ELEMENTS, MaskStats, mask_stats, max_draws
 from blockmae.visualisation import save_figure
@@ -33,19 +35,23 @@ def _grid(text: str) -> tuple[int, int]:
         sizes = []
     if len(sizes) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected N or HxW patches, got {text!r}")
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"a grid needs at least 1x1 patches, got {text!r}")
     return (sizes[0], sizes[-1])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", type=_grid, default=(8, 8), help="patch grid, N or HxW (default 8: 64 px / patch 8)")
-    parser.add_argument("--ratio", type=float, default=0.75, help="fraction of patches masked (default 0.75)")
+    parser.add_argument("--ratio", type=number(float, "(0..1)"), default=0.75, help="fraction of patches masked (default 0.75)")
     parser.add_argument("--family", choices=FAMILIES, default="block", help="mask family (default block)")
-    parser.add_argument("--block", type=int, default=1, help="block side b in patches (block family; default 1)")
+    parser.add_argument("--block", type=number(int, ">=1"),
+                        default=1, help="block side b in patches (block family; default 1)")
     parser.add_argument("--align", choices=ALIGNS, default=DEFAULT_ALIGN,
                         help=f"block placement: free squares, tiles of a fixed grid, or shifted tiles "
                              f"(default {DEFAULT_ALIGN})")
-    parser.add_argument("--count", type=int, default=4, help="number of masks to print or draw (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--count", type=number(int, ">=1"),
+                        default=4, help="number of masks to print or draw (default 4)")
+    parser.add_argument("--seed", type=number(int, ">=0"), default=0, help="random seed (default 0)")
     parser.add_argument("--stats", action="store_true",
                         help="print statistics of --draws masks instead of the masks (docs/masking.md)")
     parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
@@ -114,8 +120,13 @@ def _check_size(args: argparse.Namespace) -> None:
                             f"(memory for the distinct-mask count), got {args.draws}")
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def run(args: argparse.Namespace) -> int:
     _check_size(args)
+    if args.png is not None:
+        claim_output_file(args.png, FIGURE_SUFFIXES, option="--png", kind="masks")
     masks = MaskGenerator(args.grid, args.ratio, family=args.family, block=args.block, align=args.align)
     if args.stats:
         print(f"{masks.describe()}: statistics of {args.draws} masks")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import replace_dir
+from blockmae.fileio import claim_output_dir, mark_output, output_lock, staged_dir
 from blockmae.models.hf import _HF_RENAMES, build_hf_vitmae, quiet_transformers, require_transformers
 from blockmae.models.io import load_mae
 from blockmae.models.mae import MaskedAutoencoderViT
@@ -36,6 +35,7 @@ _TIMM_NAMES = {(192, 12, 3): "vit_tiny_patch16_224", (384, 12, 6): "vit_small_pa
                (768, 12, 12): "vit_base_patch16_224", (1024, 24, 16): "vit_large_patch16_224"}
 TIMM_GLOBAL_POOL = {"cls": "token", "avg": "avg"}
 FORMATS = ("timm", "hf")
+EXPORT_KIND = "export"
 
 
 ROPE_TIMM_NAME = "vit_small_patch16_rope_224"  # timm's Eva with axial RoPE; sizes given in the model args
@@ -108,15 +108,14 @@ def export_timm(model: MaskedAutoencoderViT, out_dir: str | Path, pool: str = "c
     ``pretrained_cfg_overlay=dict(file=DIR/model.safetensors)`` load it."""
     vit = to_timm_vit(model, pool)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    _fresh(tmp)
     size = model.arch["img_size"]
     # On the model's own pretrained_cfg, which every timm >= 1.0 writes to config.json (save_for_hf's
     # `data_config` and its merging of model_config's pretrained_cfg are newer than the declared floor).
     vit.pretrained_cfg = {**vit.pretrained_cfg, "tag": "blockmae", "input_size": (model.arch["in_chans"], size, size),
                           "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 1.0}
-    save_for_hf(vit, str(tmp), model_args=timm_model_args(model.arch, pool), safe_serialization=True)
-    _swap_in(tmp, out_dir)
+    with staged_dir(out_dir) as tmp:
+        save_for_hf(vit, str(tmp), model_args=timm_model_args(model.arch, pool), safe_serialization=True)
+        mark_output(tmp, EXPORT_KIND)
     return out_dir
 
 
@@ -179,21 +178,10 @@ def to_hf(model: MaskedAutoencoderViT) -> nn.Module:
 def export_hf(model: MaskedAutoencoderViT, out_dir: str | Path) -> Path:
     hf = to_hf(model)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    _fresh(tmp)
-    with quiet_transformers():
+    with staged_dir(out_dir) as tmp, quiet_transformers():
         hf.save_pretrained(str(tmp), safe_serialization=True)
-    _swap_in(tmp, out_dir)
+        mark_output(tmp, EXPORT_KIND)
     return out_dir
-
-
-def _fresh(tmp: Path) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    replace_dir(tmp, out_dir, out_dir.with_name(out_dir.name + ".old"))
 
 
 # ------------------------------------------------------------------------------------------ command
@@ -234,14 +222,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "Prints the largest difference between the exported model's features and blockmae's.")
     parser.add_argument("checkpoint", help="a .safetensors file, a checkpoint dir or a run dir (its checkpoints/last)")
     parser.add_argument("--format", choices=FORMATS, required=True, dest="fmt")
-    parser.add_argument("--out", required=True, help="output directory (replaced whole)")
+    parser.add_argument("--out", required=True,
+                        help="output directory: new, empty or an earlier export (replaced whole); never a run dir")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a non-empty --out that is not an earlier export (its contents are deleted)")
     parser.add_argument("--pool", choices=tuple(TIMM_GLOBAL_POOL), default="cls",
                         help="timm: the global_pool the exported model is configured with (default cls)")
 
 
 def run(args: argparse.Namespace) -> int:
+    claim_output_dir(args.out, EXPORT_KIND, force=args.force)
     model, _ = load_mae(args.checkpoint)
-    out = export_timm(model, args.out, args.pool) if args.fmt == "timm" else export_hf(model, args.out)
+    with output_lock(args.out):
+        claim_output_dir(args.out, EXPORT_KIND, force=args.force)  # again: another writer may have come first
+        out = export_timm(model, args.out, args.pool) if args.fmt == "timm" else export_hf(model, args.out)
     diff = largest_difference(model, out, args.fmt, args.pool)
     print(f"exported {args.checkpoint} -> {out} ({args.fmt}); largest |difference| vs blockmae features: {diff:.2e}")
     if diff > 1e-5:

@@ -113,7 +113,7 @@ class ForeignViT(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- specs
-def _hf_config(path: Path) -> dict[str, Any] | None:
+def hf_config(path: Path) -> dict[str, Any] | None:
     file = path / "config.json"
     if not (path.is_dir() and file.is_file()):
         return None
@@ -123,12 +123,20 @@ def _hf_config(path: Path) -> dict[str, Any] | None:
         raise BlockMAEError(f"{file} is not valid JSON ({err})") from None
 
 
+def parse_timm_spec(spec: str) -> tuple[str, Path | None]:
+    """``timm:<model_name>[:<weights file>]`` -> (model name, weights file or None)."""
+    name, sep, file = spec[len("timm:"):].partition(":")
+    if not name or (sep and not file):
+        raise BlockMAEError(f"'{spec}': write timm:<model_name>:<weights file>")
+    return name, Path(file) if file else None
+
+
 def is_foreign(spec: str) -> bool:
     """Whether ``spec`` names a foreign model rather than a blockmae checkpoint (or ``random``)."""
     if spec.startswith(PREFIXES):
         return True
     path = Path(spec)
-    return (path.suffix in (".pth", ".pt") and path.is_file()) or _hf_config(path) is not None
+    return (path.suffix in (".pth", ".pt") and path.is_file()) or hf_config(path) is not None
 
 
 def canonical_spec(spec: str) -> str:
@@ -137,8 +145,8 @@ def canonical_spec(spec: str) -> str:
         if spec.startswith(prefix):
             rest = spec[len(prefix):]
             if prefix == "timm:":
-                name, sep, file = rest.partition(":")
-                return f"timm:{name}:{Path(file).resolve()}" if sep else spec
+                name, file = parse_timm_spec(spec)
+                return f"timm:{name}:{file.resolve()}" if file else spec
             return f"{prefix}{Path(rest).resolve()}"
     return str(Path(spec).resolve())
 
@@ -146,23 +154,23 @@ def canonical_spec(spec: str) -> str:
 def load_foreign(spec: str) -> ForeignViT:
     """The :class:`ForeignViT` that ``spec`` names (see the module docstring), on the CPU, in eval mode."""
     if spec.startswith("timm:"):
-        name, sep, file = spec[len("timm:"):].partition(":")
-        if not (name and sep and file):
+        name, file = parse_timm_spec(spec)
+        if file is None:
             raise BlockMAEError(f"'{spec}': write timm:<model_name>:<weights file> (no downloads: the weights "
                                 f"file is required)")
-        model = load_timm(name, Path(file))
+        model = load_timm(name, file)
     elif spec.startswith("mae:") or (Path(spec).suffix in (".pth", ".pt") and not spec.startswith("hf:")):
         model = load_official_mae(Path(spec[4:] if spec.startswith("mae:") else spec))
     else:
         path = Path(spec[3:] if spec.startswith("hf:") else spec)
-        config = _hf_config(path)
+        config = hf_config(path)
         if config is None:
             raise BlockMAEError(f"{path} is not a model directory (no config.json)")
         model = load_timm_dir(path, config) if "architecture" in config else load_hf(path, config)
     return model.eval()
 
 
-def _read_weights(file: Path) -> dict[str, Tensor]:
+def read_weights(file: Path) -> dict[str, Tensor]:
     if not file.is_file():
         raise BlockMAEError(f"weights file {file} does not exist")
     try:
@@ -179,7 +187,7 @@ def _read_weights(file: Path) -> dict[str, Tensor]:
     return state
 
 
-def _strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
+def strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
     expected = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     missing = sorted(set(expected) - set(state))
@@ -189,10 +197,14 @@ def _strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, ign
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
                   f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(expected[wrong[0]].shape)}")
         raise BlockMAEError(f"{source} does not fit the model it names: {detail}")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise BlockMAEError(f"{source}: {bad} holds NaN or infinite values (diverged or damaged weights); "
+                            f"use another checkpoint")
     model.load_state_dict(state)
 
 
-def _geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
+def weights_geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
     """Depth, patch and image size from the blocks, the patch projection and the position table (square grids)."""
     out: dict[str, int] = {}
     blocks = [int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()]
@@ -212,17 +224,23 @@ def _geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
 
 
 def load_timm(name: str, file: Path) -> ForeignViT:
-    state = _read_weights(file)
+    recorded = hf_config(file.parent) if file.is_file() else None
+    if recorded and recorded.get("architecture") == name and file.name == "model.safetensors":
+        return load_timm_dir(file.parent, recorded)  # a timm export: its config.json records the sizes
+    state = read_weights(file)
     try:
         probe = timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as err:  # timm: "Unknown model (...)"
         raise BlockMAEError(f"timm:{name}: {err}") from None
-    geometry = _geometry(state, getattr(probe, "num_prefix_tokens", 1))
+    if not (hasattr(probe, "patch_embed") and hasattr(probe, "blocks")):
+        raise BlockMAEError(f"timm:{name} is not a Vision Transformer (no patch embedding and blocks); only "
+                            f"ViT-family timm models can be probed")
+    geometry = weights_geometry(state, getattr(probe, "num_prefix_tokens", 1))
     current = {"patch_size": probe.patch_embed.patch_size[0], "img_size": probe.patch_embed.img_size[0],
                "depth": len(probe.blocks)}
     changed = {k: v for k, v in geometry.items() if current.get(k) != v}
     model = timm.create_model(name, pretrained=False, num_classes=0, **changed) if changed else probe
-    _strict_load(model, state, str(file), ignore=("head.",))
+    strict_load(model, state, str(file), ignore=("head.",))
     cfg = model.pretrained_cfg
     return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
                       f"timm:{name}:{file}", "timm")
@@ -233,7 +251,7 @@ def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
     file = path / "model.safetensors"
     model_args = {**config.get("model_args", {}), "num_classes": 0}
     model = timm.create_model(config["architecture"], pretrained=False, **model_args)
-    _strict_load(model, _read_weights(file), str(file), ignore=("head.",))
+    strict_load(model, read_weights(file), str(file), ignore=("head.",))
     cfg = config.get("pretrained_cfg", {})
     return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
                       str(path), "timm")
@@ -249,17 +267,17 @@ def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: 
 
 def load_official_mae(file: Path) -> ForeignViT:
     """facebookresearch/mae ``.pth``: timm ViT names already (+ decoder / mask token, or fc_norm + head)."""
-    state = _read_weights(file)
+    state = read_weights(file)
     if "cls_token" not in state or "blocks.0.attn.qkv.weight" not in state:
         raise BlockMAEError(f"{file} is not an MAE ViT checkpoint (no cls_token / blocks.0.attn.qkv in its 'model')")
     embed_dim = int(state["cls_token"].shape[-1])
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
-    geometry = _geometry(state, 1)
+    geometry = weights_geometry(state, 1)
     depth = geometry["depth"]
     pooled = "fc_norm.weight" in state and "norm.weight" not in state  # fine-tuned with global pooling
     vit = _vit(embed_dim, depth, MAE_WIDTH_HEADS.get(embed_dim, max(1, embed_dim // 64)), geometry["patch_size"],
                geometry["img_size"], mlp_ratio, 1e-6, "avg" if pooled else "token")
-    _strict_load(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
+    strict_load(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
     return ForeignViT(vit, IMAGENET_MEAN, IMAGENET_STD, f"mae:{file}", "mae")
 
 
@@ -274,7 +292,7 @@ def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
         for file in files:
             hf_state.update(load_file(str(file)))
     else:
-        hf_state = _read_weights(path / "pytorch_model.bin")
+        hf_state = read_weights(path / "pytorch_model.bin")
     # ViTForImageClassification / ViTMAEForPreTraining keep the encoder under vit.; ViTModel / ViTMAEModel do not
     prefixed = any(k.startswith("vit.") for k in hf_state)
     state = hf_to_timm_names({k: v for k, v in hf_state.items() if not k.startswith(("pooler.", "classifier."))},
@@ -285,7 +303,7 @@ def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
                float(config.get("layer_norm_eps", 1e-12)))
     if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
         raise BlockMAEError(f"{path}: only gelu ViTs with qkv biases map onto timm's ViT")
-    _strict_load(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
+    strict_load(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
     mean, std = _hf_normalisation(path)
     return ForeignViT(vit, mean, std, f"hf:{path}", "hf")
 

@@ -86,4 +86,8 @@ def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tens
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise BlockMAEError(f"{source}: {name} has shape {tuple(state[name].shape)} but the model expects "
                                 f"{tuple(tensor.shape)}")
+        if state[name].is_floating_point() and not bool(torch.isfinite(state[name]).all()):
+            # else training or probing it fails later with a non-finite loss that blames the learning rate
+            raise BlockMAEError(f"{source}: {name} holds NaN or infinite values (diverged or damaged weights); "
+                                f"use another checkpoint")
     model.load_state_dict(state)

@@ -1,13 +1,15 @@
-"""`blockmae quickstart`: the project's question on ShapeTex, answered first, then your own run.
+"""`blockmae quickstart`: the project's question on ShapeTex, answered first, then (with --train) your own run.
 
 Does hiding b x b blocks of patches instead of single patches move a ViT from texture to shape? The
 stages, in the order they run (blockmae.quickstart.run):
 
-* the answer (``evaluate``): the shipped reference encoders and a random-init encoder through the
-  linear and k-NN probes, the ShapeTex shape-bias test and the diagnostics; paired tests (``comparisons``);
-* your run (``budget``, then the engine): the same arms pretrained here for what the budget leaves, or
+* the answer (``evaluate``): every shipped reference encoder (each arm at each pretraining seed) and a
+  random-init encoder per seed index through the linear and k-NN probes and the ShapeTex shape-bias test,
+  the diagnostics on the seed indices the settings name; verdicts over seeds for every pair of arms
+  (``verdicts``), with each seed's per-image tests as secondary detail (``comparisons``);
+* your run, with --train (``budget``, then the engine): the same arms pretrained here for the budget, or
   in full with ``--from-scratch``; evaluated and compared with the references;
-* reconstructions (``figures``), ``summary.json`` and the report (blockmae.report.quickstart).
+* reconstructions and figures (``figures``), ``summary.json`` and the report (blockmae.report.quickstart).
 
 Every run lands in the registry of the output folder (``folder``: resume, refuse foreign folders), so
 `blockmae runs --root DIR` lists them.

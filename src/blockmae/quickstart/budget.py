@@ -1,7 +1,7 @@
-"""Stage: fit the arms' pretraining to what is left of the time budget (CPU quickstart).
+"""Stage: fit your arms' pretraining (--train) to the time budget (CPU quickstart).
 
-The answer (reference encoders) runs first and takes what it takes; the pretraining of the user's own
-arms gets the rest, less the time their evaluation will need (measured on the answer's encoders) and a
+The answer (reference encoders) runs first and is not counted; your run gets `budget_seconds`: its
+pretraining gets that, less the time its evaluation will need (measured on the answer's encoders) and a
 margin. The speed is measured on this machine with a short engine run, and the sizes are kept in the
 folder's state so that a resumed quickstart trains the same arms.
 """

@@ -1,9 +1,11 @@
 """Paired comparisons of encoders evaluated on the same test images.
 
-Accuracies: the exact McNemar test on the images one encoder gets right and the other wrong, with a 95%
-interval of the paired accuracy difference. Shape bias: a paired bootstrap over the cue-conflict images
-(each resample draws the same images for both encoders). The per-image outputs come from the probe
-runs (predictions.json) and the shape-bias runs (decisions.json).
+Accuracies (linear and k-NN top-1, shape-only accuracy): the exact McNemar test on the images one
+encoder gets right and the other wrong, with a 95% interval of the paired accuracy difference. Shape
+bias: a paired bootstrap over the cue-conflict images (each resample draws the same images for both
+encoders). The per-image outputs come from the probe runs (predictions.json) and the shape-bias runs
+(decisions.json). Each test is conditional on the two trained encoders: it covers the sampling of test
+images, not another pretraining seed (blockmae.quickstart.verdicts compares arms over seeds).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ class Comparison:
 
     first: str
     second: str
-    metric: str  # "linear top-1", "k-NN top-1", "shape bias"
+    metric: str  # "linear top-1", "k-NN top-1", "shape-only accuracy", "shape bias"
     difference: float
     low: float
     high: float
     p: float
     test: str
     n: int
+    seed: int | None = None  # the seed index of both encoders (the answer's per-seed tests)
 
     @property
     def significant(self) -> bool:
@@ -52,14 +55,17 @@ class Comparison:
 
 @dataclass(frozen=True)
 class PerImage:
-    """An encoder's per-image outcomes: probe correctness on the probe's eval images, and cue-conflict
-    outcome codes (1 shape, 2 texture, 0 neither) on the shape-bias images."""
+    """An encoder's per-image outcomes: probe correctness on the probe's eval images, cue-conflict
+    outcome codes (1 shape, 2 texture, 0 neither) on the shape-bias images and, on ShapeTex, the linear
+    probe's correctness on the shape-only images."""
 
     name: str
     labels: np.ndarray
     linear_correct: np.ndarray
     knn_correct: np.ndarray
     cue_outcomes: np.ndarray
+    shape_only_labels: np.ndarray | None = None
+    shape_only_correct: np.ndarray | None = None
 
 
 def per_image(name: str, linear_dir: Path, knn_dir: Path, shape_bias_dir: Path) -> PerImage:
@@ -68,29 +74,41 @@ def per_image(name: str, linear_dir: Path, knn_dir: Path, shape_bias_dir: Path) 
     labels = np.asarray(linear["labels"])
     if not np.array_equal(labels, np.asarray(knn["labels"])):
         raise BlockMAEError(f"{name}: the linear and k-NN probes were scored on different images")
-    cc = read_decisions(shape_bias_dir)["cue_conflict"]
+    decisions = read_decisions(shape_bias_dir)
+    cc, shape_only = decisions["cue_conflict"], decisions.get("shape_only")
+    so_labels = None if shape_only is None else np.asarray(shape_only["labels"])
     return PerImage(
         name=name,
         labels=labels,
         linear_correct=np.asarray(linear["linear"]) == labels,
         knn_correct=np.asarray(knn["knn"]) == np.asarray(knn["labels"]),
         cue_outcomes=np.asarray(cue_outcomes(cc["decisions"], cc["shape"], cc["texture"])),
+        shape_only_labels=so_labels,
+        shape_only_correct=None if shape_only is None else np.asarray(shape_only["decisions"]) == so_labels,
     )
 
 
-def compare(first: PerImage, second: PerImage, seed: int = 0) -> list[Comparison]:
-    """`first` against `second` on linear top-1, k-NN top-1 (McNemar) and shape bias (paired bootstrap)."""
+def compare(first: PerImage, second: PerImage, seed: int = 0, seed_index: int | None = None) -> list[Comparison]:
+    """`first` against `second` on linear top-1, k-NN top-1, shape-only accuracy when both have it
+    (McNemar) and shape bias (paired bootstrap seeded by `seed`); `seed_index` labels the comparisons."""
     if not np.array_equal(first.labels, second.labels) or len(first.cue_outcomes) != len(second.cue_outcomes):
         raise BlockMAEError(f"{first.name} and {second.name} were evaluated on different images; "
                             "a paired comparison needs the same ones")
+    accuracies = [("linear top-1", first.linear_correct, second.linear_correct),
+                  ("k-NN top-1", first.knn_correct, second.knn_correct)]
+    if first.shape_only_correct is not None and second.shape_only_correct is not None:
+        if not np.array_equal(first.shape_only_labels, second.shape_only_labels):
+            raise BlockMAEError(f"{first.name} and {second.name} were scored on different shape-only images")
+        accuracies.append(("shape-only accuracy", first.shape_only_correct, second.shape_only_correct))
     out = []
-    for metric, a, b in (("linear top-1", first.linear_correct, second.linear_correct),
-                         ("k-NN top-1", first.knn_correct, second.knn_correct)):
+    for metric, a, b in accuracies:
         test = mcnemar_test(list(map(bool, a)), list(map(bool, b)))
         interval = accuracy_difference_interval(list(map(bool, a)), list(map(bool, b)))
         out.append(Comparison(first.name, second.name, metric, float(a.mean() - b.mean()), interval.low,
-                              interval.high, test.p, "exact McNemar", len(a)))
-    boot = paired_bootstrap(shape_bias_of_outcomes, first.cue_outcomes, second.cue_outcomes, seed=seed)
+                              interval.high, test.p, "exact McNemar", len(a), seed_index))
+    boot = paired_bootstrap(shape_bias_of_outcomes, first.cue_outcomes, second.cue_outcomes, seed=seed,
+                            vectorised=True)
     out.append(Comparison(first.name, second.name, "shape bias", boot.difference, boot.interval.low,
-                          boot.interval.high, boot.p, f"paired bootstrap ({boot.num_samples:,} resamples)", boot.n))
+                          boot.interval.high, boot.p, f"paired bootstrap ({boot.num_samples:,} resamples)", boot.n,
+                          seed_index))
     return out

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from blockmae.config import from_dict, load_config, resolve_config_path, shipped_configs_dir
+from blockmae.config import check_numbers, from_dict, load_config, resolve_config_path, shipped_configs_dir
 from blockmae.diagnostics.by_name import diagnostic_arguments, diagnostic_modules
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
@@ -31,7 +31,12 @@ class QuickstartConfig:
     """Schema of configs/quickstart.yaml. `pretrain` is the engine's schema, shared by every arm."""
 
     blocks: List[int] = field(default_factory=lambda: [1, 2, 4])
-    budget_seconds: Optional[float] = None  # None: pretrain.train.epochs; else at most those, fitted to the budget
+    # Your run: pretrain the arms here too (`--train`). Off, the quickstart is the answer alone; on without
+    # references (or with from_scratch) the arms are always trained.
+    train: bool = False
+    # Seconds your run (its pretraining and evaluation) may take; the pretraining is fitted to it. None:
+    # pretrain.train.epochs as given.
+    budget_seconds: Optional[float] = None
     reconstruction_images: int = 6
     shape_bias_images: Optional[int] = 1000  # images per ShapeTex test split (cue_conflict, shape_only, texture_only)
     # The answer first: evaluate the shipped reference encoders (blockmae weights list) beside random init.
@@ -42,12 +47,17 @@ class QuickstartConfig:
     # (`num_images: 300` -> --num-images 300). A diagnostic added later joins by adding its name here;
     # null (diagnostics=null on the command line) runs none.
     diagnostics: Optional[Dict[str, Any]] = None
+    # The seed indices whose encoders (every arm's and random init's) get the diagnostics; null: every seed.
+    diagnostics_seeds: Optional[List[int]] = field(default_factory=lambda: [0])
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # evaluation's schema; checkpoint/kind set per arm
 
     def validate(self) -> None:
+        check_numbers(self)
         if not self.blocks or any(b < 1 for b in self.blocks) or len(set(self.blocks)) != len(self.blocks):
             raise BlockMAEError(f"blocks must be distinct block sizes >= 1 (e.g. [1, 2, 4]), got {self.blocks}")
+        if self.diagnostics_seeds is not None and any(s < 0 for s in self.diagnostics_seeds):
+            raise BlockMAEError(f"diagnostics_seeds must be seed indices >= 0 or null, got {self.diagnostics_seeds}")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise BlockMAEError(f"budget_seconds must be positive or null, got {self.budget_seconds}")
 
@@ -93,7 +103,8 @@ def default_config_path() -> Path:
 
 
 def load_quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
-    """The settings named by the command line (file, --budget-seconds, --seed, --from-scratch, overrides)."""
+    """The settings named by the command line (file, --budget-seconds, --seed, --train, --from-scratch,
+    overrides)."""
     path = resolve_config_path(args.config or default_config_path(), "quickstart config")
     if not args.config:
         print(f"settings: {path} (pass --config to choose another)", file=sys.stderr, flush=True)
@@ -102,8 +113,10 @@ def load_quickstart_config(args: argparse.Namespace) -> QuickstartConfig:
         overrides.append(f"budget_seconds={args.budget_seconds}")
     if args.seed is not None:
         overrides.append(f"pretrain.run.seed={args.seed}")
+    if getattr(args, "train", False):
+        overrides.append("train=true")
     if getattr(args, "from_scratch", False):
-        overrides += ["from_scratch=true", "budget_seconds=null"]
+        overrides += ["train=true", "from_scratch=true", "budget_seconds=null"]
     return load_config(QuickstartConfig, path, overrides)
 
 

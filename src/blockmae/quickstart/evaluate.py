@@ -21,7 +21,7 @@ from blockmae.evaluation.cli_probe import run_probe
 from blockmae.evaluation.cli_shape_bias import run_shape_bias
 from blockmae.evaluation.features import load_encoder
 from blockmae.models import build_mae
-from blockmae.quickstart.config import BASELINE, CPU_CONFIG, QuickstartConfig
+from blockmae.quickstart.config import BASELINE, CPU_CONFIG, QuickstartConfig, arm_name
 from blockmae.quickstart.folder import Progress, Stages
 from blockmae.report.quickstart import headline_keys
 from blockmae.report.stats import wilson_interval
@@ -39,15 +39,28 @@ class EncoderSpec:
     role: str  # "reference", "own" (pretrained here) or "baseline" (random init)
     checkpoint: str
     block: int | None = None
-    seed: int | None = None
+    seed: int | None = None  # a reference's pretraining seed; random init: the seed its weights are drawn with
 
     @property
     def pretrained(self) -> bool:
         return self.role != "baseline"
 
+    @property
+    def arm(self) -> str:
+        """The arm this encoder is one seed of: its mask's name, or random init."""
+        return arm_name(self.block) if self.block is not None else BASELINE
 
-def baseline_spec() -> EncoderSpec:
-    return EncoderSpec("random_init", BASELINE, "baseline", "random")
+
+def baseline_spec(seed: int | None = None) -> EncoderSpec:
+    """Random init; `seed` None: drawn with the run's seed (your run), else one seed index of the answer."""
+    if seed is None:
+        return EncoderSpec("random_init", BASELINE, "baseline", "random")
+    return EncoderSpec(f"random_init-s{seed}", f"{BASELINE} (seed {seed})", "baseline", "random", None, seed)
+
+
+def init_seed(cfg: QuickstartConfig, spec: EncoderSpec) -> int:
+    """The seed a random-init encoder's weights are drawn with."""
+    return cfg.pretrain.run.seed if spec.seed is None else spec.seed
 
 
 def probe_config(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, kind: str) -> Any:
@@ -74,8 +87,10 @@ def load_quickstart_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec)
     """The frozen encoder of `spec`; the random-init baseline gets the arms' full architecture (width,
     depth, pos_embed ... overrides included), not just the preset's."""
     e = probe_config(cfg, out, spec, "linear").encoder
-    arch = random_init_arch(cfg) if spec.checkpoint == "random" else None
-    return load_encoder(spec.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, arch=arch)
+    if spec.checkpoint != "random":
+        return load_encoder(spec.checkpoint, e.preset, e.img_size, e.patch_size, e.seed)
+    return load_encoder(spec.checkpoint, e.preset, e.img_size, e.patch_size, init_seed(cfg, spec),
+                        arch=random_init_arch(cfg))
 
 
 def evaluate_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, stages: Stages, progress: Progress,
@@ -144,7 +159,7 @@ def run_diagnostic_quietly(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, 
     if spec.checkpoint == "random":
         pc = cfg.pretrain
         extra += ["--preset", pc.model.preset, "--img-size", str(pc.img_size),
-                  "--patch-size", str(int(pc.model.patch_size or 4)), "--init-seed", str(pc.run.seed)]
+                  "--patch-size", str(int(pc.model.patch_size or 4)), "--init-seed", str(init_seed(cfg, spec))]
         if arch_from:
             extra += ["--arch-from", arch_from]
     if run_dir.exists() and not (run_dir / "results.json").exists():

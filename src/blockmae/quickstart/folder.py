@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from blockmae.config import differences, to_dict, to_yaml
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_text_atomic
+from blockmae.fileio import output_kind, write_text_atomic
 
 CONFIG_NAME = "quickstart.yaml"
 STATE_NAME = "quickstart_state.json"
@@ -80,7 +80,7 @@ def prepare_output(out: Path, cfg: Any) -> bool:
                 f"use a new --out folder or delete {out} to start over"
             )
         return True
-    if out.exists() and any(out.iterdir()):
+    if output_kind(out) is not None:  # anything but the lock of this run (or an empty output root)
         raise BlockMAEError(f"{out} exists and is not a quickstart folder (no {CONFIG_NAME}); use a new or empty --out")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stored, to_yaml(cfg))

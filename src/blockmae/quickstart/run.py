@@ -1,12 +1,14 @@
-"""The quickstart's stages in order: the answer, your run, the summary and the report.
+"""The quickstart's stages in order: the answer, your run (--train), the summary and the report.
 
-1. The answer: the shipped reference encoders (one per arm; blockmae.references) and a random-init
-   encoder of the same architecture through the probes, the shape-bias test and the diagnostics named in
-   the settings; paired comparisons over the same test images.
-2. Your run: the same arms pretrained here, for what the remaining budget allows (or in full, with the
-   references' recipe, under --from-scratch and on a GPU), evaluated like the references and compared
-   with them; their loss curves are drawn on the references' curves.
-3. DIR/summary.json (every encoder's metrics and intervals, every comparison) and the report.
+1. The answer: every shipped reference encoder (one per arm and pretraining seed; blockmae.references)
+   and one random-init encoder of the same architecture per seed index, through the probes and the
+   shape-bias test; the diagnostics named in the settings on the seed indices it names (default 0).
+   Verdicts over seeds for every pair of arms (blockmae.quickstart.verdicts), with each seed's per-image
+   tests as secondary detail.
+2. Your run, with --train (always with --from-scratch, on the GPU config, or without references): the
+   same arms pretrained here, for what the budget allows (or in full, with the references' recipe),
+   evaluated like the references and compared with them; their loss curves drawn on the references'.
+3. DIR/summary.json (every verdict, every arm's stage, every encoder's metrics) and the report.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blockmae.engine.pretrain import pretrain
+import numpy as np
+
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.monitor import pretrain_monitored
 from blockmae.fileio import write_json_atomic
 from blockmae.quickstart.budget import resolve_sizes
 from blockmae.quickstart.comparisons import compare, per_image
@@ -24,9 +28,10 @@ from blockmae.quickstart.config import (
     BASELINE, QuickstartConfig, arm_key, arm_name, arm_pretrain_config, mask_phrase, reference_recipe,
 )
 from blockmae.quickstart.evaluate import EncoderSpec, baseline_spec, evaluate_encoder, random_init_arch
-from blockmae.quickstart.figures import own_loss_curves, reconstructions
+from blockmae.quickstart.figures import own_loss_curves, reconstructions, reference_loss_figure, seed_figure
 from blockmae.quickstart.folder import Progress, Stages, prepare_output
-from blockmae.references import list_references, loss_curve, weights_arch
+from blockmae.quickstart.verdicts import METRICS, RULES, PerImageTest, SeedResult, arm_stage, decide, pair_verdict
+from blockmae.references import list_references, loss_curve, monitor_curve, weights_arch
 from blockmae.registry import Registry
 from blockmae.report.document import Figure
 from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure
@@ -34,7 +39,7 @@ from blockmae.report.quickstart import Provenance, QuickstartResults, quickstart
 from blockmae.report.write import write_markdown_report
 
 SUMMARY_NAME = "summary.json"
-SUMMARY_SCHEMA = 1
+SUMMARY_SCHEMA = 2  # 2: verdicts over seeds, arms' stages, per-seed per-image comparisons
 ARCH_KEYS_COMPARED = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed")
 
 
@@ -64,8 +69,7 @@ def answer_references(cfg: QuickstartConfig) -> tuple[list[Any], str | None]:
 
 
 def reference_spec(ref: Any) -> EncoderSpec:
-    seeds = "" if ref.seed == 0 else f" (seed {ref.seed})"
-    return EncoderSpec(f"ref-{arm_key(ref.block)}-s{ref.seed}", f"{arm_name(ref.block)} reference{seeds}",
+    return EncoderSpec(f"ref-{arm_key(ref.block)}-s{ref.seed}", f"{arm_name(ref.block)} reference (seed {ref.seed})",
                        "reference", str(ref.weights_path), ref.block, ref.seed)
 
 
@@ -94,7 +98,7 @@ def pretrain_arms(cfg: QuickstartConfig, out: Path, stages: Stages, progress: Pr
         run_dir = out / "pretrain" / arm_key(block)
 
         def do_pretrain(block: int = block, stage: str = stage, run_dir: Path = run_dir) -> str:
-            done_dir = pretrain(arm_pretrain_config(cfg.pretrain, block, out, run_dir))
+            done_dir = pretrain_monitored(arm_pretrain_config(cfg.pretrain, block, out, run_dir))
             run_id = _pretrain_run_id(registry, done_dir)
             stages.record(stage, run_id)
             loss = registry.get(run_id).metrics.get("loss")
@@ -133,6 +137,54 @@ def encoder_summary(spec: EncoderSpec, arm: Any, diagnostics: dict[str, Any]) ->
     }
 
 
+# -- the answer's verdicts ----------------------------------------------------------------------------
+
+def arm_pairs(arms: list[str]) -> list[tuple[str, str]]:
+    """(first, second) of every comparison: each mask against each smaller one (larger blocks first, so a
+    positive difference means more for the larger block), then each mask against random init."""
+    masks = [a for a in arms if a != BASELINE]
+    pairs = [(masks[j], masks[i]) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    return pairs + ([(m, BASELINE) for m in masks] if BASELINE in arms else [])
+
+
+def answer_verdicts(specs: list[EncoderSpec], arms: dict[str, Any], outcomes: dict[str, Any], refs: list[Any],
+                    seed: int) -> tuple[list[Any], dict[str, Any], list[Any]]:
+    """(verdicts, arm stages, per-seed per-image comparisons) of the answer's encoders.
+
+    `arms`/`outcomes`: spec key -> ArmResult / PerImage. Per arm and seed index the four metrics; per pair
+    of arms and seed the per-image tests; the verdicts over seeds (blockmae.quickstart.verdicts)."""
+    by_arm: dict[str, dict[int, EncoderSpec]] = {}
+    for spec in specs:
+        by_arm.setdefault(spec.arm, {})[int(spec.seed or 0)] = spec
+    results: dict[str, dict[int, SeedResult]] = {}
+    chance = 0.0
+    for arm, per_seed in by_arm.items():
+        results[arm] = {}
+        for s, spec in per_seed.items():
+            a, o = arms[spec.key], outcomes[spec.key]
+            n = len(o.shape_only_correct) if o.shape_only_correct is not None else 0
+            results[arm][s] = SeedResult(a.linear_top1, a.knn_top1, a.shape_only_accuracy, n, a.shape_bias.value)
+            if o.shape_only_labels is not None:
+                chance = max(chance, 1.0 / len(np.unique(o.shape_only_labels)))
+    ref_of = {(arm_name(r.block), r.seed): r for r in refs}
+    stages = {arm: arm_stage(arm, results[arm], chance,
+                             {s: getattr(ref_of.get((arm, s)), "images_seen", None) for s in results[arm]},
+                             {s: getattr(ref_of.get((arm, s)), "final_loss", None) for s in results[arm]})
+              for arm in results}
+    per_image, verdicts = [], []
+    for first, second in arm_pairs(list(by_arm)):
+        tests: dict[str, dict[int, PerImageTest]] = {}
+        for s in sorted(set(by_arm[first]) & set(by_arm[second])):
+            for c in compare(outcomes[by_arm[first][s].key], outcomes[by_arm[second][s].key], seed, s):
+                per_image.append(c)
+                tests.setdefault(c.metric, {})[s] = PerImageTest(c.difference, c.low, c.high, c.p, c.test)
+        for metric in METRICS:
+            v = pair_verdict(first, second, metric, results[first], results[second], tests.get(metric))
+            if v is not None:
+                verdicts.append(v)
+    return decide(verdicts, stages), stages, per_image
+
+
 # -- the whole quickstart -----------------------------------------------------------------------------
 
 def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
@@ -145,38 +197,47 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
         print(f"resuming the quickstart in {out} (completed stages are skipped)", file=sys.stderr, flush=True)
     refs, no_refs_reason = answer_references(cfg)
     if no_refs_reason:
-        print(f"no reference encoders in this quickstart: {no_refs_reason}", file=sys.stderr, flush=True)
+        print(f"no reference encoders in this quickstart: {no_refs_reason}; your run (the arms trained here) "
+              "is the whole result", file=sys.stderr, flush=True)
+    trains = bool(cfg.train or cfg.from_scratch or not refs)
     train_cfg = training_config(cfg, refs)
-    base = baseline_spec()
-    answer_specs = [reference_spec(r) for r in refs] + ([base] if refs else [])
-    own_specs = [own_spec(out, b) for b in cfg.blocks] + ([] if refs else [base])
-    # Diagnostics run on the encoders that answer the question: the references (and random init) when
-    # there are references, else the arms trained here; under --from-scratch on both.
+    seed_indices = sorted({r.seed for r in refs})
+    base_specs = [baseline_spec(s) for s in seed_indices]
+    answer_specs = [reference_spec(r) for r in refs] + base_specs
+    own_specs = ([own_spec(out, b) for b in cfg.blocks] + ([] if refs else [baseline_spec()])) if trains else []
+    # Diagnostics run on the encoders that answer the question, at the seed indices the settings name: the
+    # references and random init when there are references, else the arms trained here; under
+    # --from-scratch on both.
     diag = dict(cfg.diagnostics or {})
+    diag_seeds = cfg.diagnostics_seeds
+
+    def diagnostics_of(spec: EncoderSpec) -> dict[str, Any]:
+        return diag if diag_seeds is None or spec.seed in diag_seeds else {}
+
     own_diag = diag if (not refs or cfg.from_scratch) else {}
     per_encoder = 3
-    progress = Progress(len(answer_specs) * (per_encoder + len(diag)) + (cfg.budget_seconds is not None)
-                        + len(cfg.blocks) + len(own_specs) * (per_encoder + len(own_diag)) + 2, stages)
+    progress = Progress(sum(per_encoder + len(diagnostics_of(s)) for s in answer_specs)
+                        + (trains and cfg.budget_seconds is not None) + trains * len(cfg.blocks)
+                        + len(own_specs) * (per_encoder + len(own_diag)) + 2, stages)
     arch_from = str(refs[0].weights_path) if refs else None
 
     # 1. The answer.
     for spec in answer_specs:
-        evaluate_encoder(cfg, out, spec, stages, progress, diag, arch_from)
+        evaluate_encoder(cfg, out, spec, stages, progress, diagnostics_of(spec), arch_from)
 
-    # 2. Your run: fit the budget to what is left, pretrain, evaluate.
-    evaluation_seconds = None
-    if refs:
+    # 2. Your run (--train): fit the pretraining to the budget, pretrain, evaluate.
+    if trains:
         seconds = stages.data.get("seconds", {})
-        evaluation_seconds = seconds.get(f"evaluate {BASELINE}", 0.0) * len(cfg.blocks)
-    seconds_left = float(cfg.budget_seconds or 0) - progress.elapsed
-    train_cfg = resolve_sizes(train_cfg, out, stages, progress, seconds_left, evaluation_seconds)
-    pretrain_arms(train_cfg, out, stages, progress, registry)
-    first_own = own_specs[0]
-    own_arch_from = arch_from or str(Path(first_own.checkpoint))
-    for spec in own_specs:
-        evaluate_encoder(train_cfg, out, spec, stages, progress, own_diag, own_arch_from)
+        timed = [seconds[f"evaluate {s.name}"] for s in answer_specs if f"evaluate {s.name}" in seconds]
+        evaluation_seconds = sum(timed) / len(timed) * len(own_specs) if timed else None
+        train_cfg = resolve_sizes(train_cfg, out, stages, progress, float(cfg.budget_seconds or 0),
+                                  evaluation_seconds)
+        pretrain_arms(train_cfg, out, stages, progress, registry)
+        own_arch_from = arch_from or str(Path(own_specs[0].checkpoint))
+        for spec in own_specs:
+            evaluate_encoder(train_cfg, out, spec, stages, progress, own_diag, own_arch_from)
 
-    # 3. Comparisons, figures, summary and report.
+    # 3. Verdicts, comparisons, figures, summary and report.
     def arm_of(spec: EncoderSpec) -> Any:
         ids = {s: stages.done(f"{s}/{spec.key}") for s in ("linear", "knn", "shape_bias")}
         if spec.role == "own":
@@ -188,33 +249,35 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
                          stages.run_dir(f"shape_bias/{spec.key}"))
 
     seed = cfg.pretrain.run.seed
-    outcomes = {spec.key: images_of(spec) for spec in [*answer_specs, *own_specs]}
-    answer_comparisons = []
+    all_specs = [*answer_specs, *own_specs]
+    outcomes = {spec.key: images_of(spec) for spec in all_specs}
+    arms = {spec.key: arm_of(spec) for spec in all_specs}
+    verdicts, arm_stages, per_seed_tests = answer_verdicts(answer_specs, arms, outcomes, refs, seed)
     ref_specs = [s for s in answer_specs if s.role == "reference"]
-    for spec in ref_specs:
-        answer_comparisons += compare(outcomes[spec.key], outcomes[base.key], seed)
-    for i, first in enumerate(ref_specs):
-        for second in ref_specs[i + 1:]:
-            answer_comparisons += compare(outcomes[second.key], outcomes[first.key], seed)
+    own_base = next((b for b in base_specs if b.seed == seed), base_specs[0] if base_specs else None)
     own_comparisons = []
     for spec in own_specs:
         if spec.role != "own":
             continue
-        match = next((r for r in ref_specs if r.block == spec.block), None)
+        match = min((r for r in ref_specs if r.block == spec.block), default=None,
+                    key=lambda r: (r.seed != seed, r.seed))
         if match is not None:
             own_comparisons += compare(outcomes[spec.key], outcomes[match.key], seed)
+        base = own_base or next(s for s in own_specs if s.role == "baseline")
         own_comparisons += compare(outcomes[spec.key], outcomes[base.key], seed)
 
     diagnostics: dict[str, dict[str, Any]] = {}
-    for spec in [*answer_specs, *own_specs]:
-        for name in (diag if spec in answer_specs else own_diag):
+    for spec in all_specs:
+        for name in (diagnostics_of(spec) if spec in answer_specs else own_diag):
             done = stages.done(f"{name}/{spec.key}")
             if done:
                 diagnostics.setdefault(spec.name, {})[name] = dict(registry.get(done).metrics)
 
-    answer_arms = [arm_of(s) for s in answer_specs]
-    own_arms = [arm_of(s) for s in own_specs]
-    pretrained_models = [*ref_specs, *[s for s in own_specs if s.role == "own"]]
+    answer_arms = [arms[s.key] for s in answer_specs]
+    own_arms = [arms[s.key] for s in own_specs]
+    # Reconstructions of one seed per arm (the lowest) are enough to see what each mask learned to fill in.
+    first_refs = [s for s in ref_specs if s.seed == min(r.seed for r in ref_specs if r.block == s.block)]
+    pretrained_models = [*first_refs, *[s for s in own_specs if s.role == "own"]]
     figures: list[Any] = []
 
     def draw() -> str:
@@ -223,20 +286,35 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
 
     progress.run("reconstructions", draw)
     recon = {s.key: f for s, f in zip(pretrained_models, figures)}
-
-    reference_curves = {arm_name(r.block): loss_curve(r) for r in refs if r.seed == min(x.seed for x in refs)}
-    answer_figures = ([Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)",
-                              shape_bias_figure(answer_arms)),
-                       Figure("accuracy", "Probe accuracy per encoder", accuracy_figure(answer_arms, chance=0.1))]
-                      if answer_arms else []) + [recon[s.key] for s in ref_specs]
-    own_figures = [Figure("pretraining_loss", "Pretraining loss of your arms" +
-                          (" (solid) on the reference runs' curves (dashed)" if refs else ""),
-                          loss_figure(own_loss_curves(train_cfg, out), reference_curves)),
-                   Figure("own_accuracy", "Probe accuracy of your arms", accuracy_figure(own_arms, chance=0.1))]
-    if not refs:
-        own_figures.insert(0, Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)",
-                                     shape_bias_figure(own_arms)))
-    own_figures += [recon[s.key] for s in own_specs if s.role == "own"]
+    reference_curves = {arm_name(r.block): loss_curve(r) for r in refs
+                        if r.seed == min(x.seed for x in refs if x.block == r.block)}
+    answer_figures: list[Any] = []
+    if refs:
+        by_arm: dict[str, dict[int, Any]] = {}
+        for spec in answer_specs:
+            by_arm.setdefault(spec.arm, {})[int(spec.seed or 0)] = arms[spec.key]
+        curves: dict[str, dict[int, Any]] = {}
+        shape_curves: dict[str, dict[int, Any]] = {}
+        for r in refs:
+            curves.setdefault(arm_name(r.block), {})[r.seed] = loss_curve(r)
+            shape_curves.setdefault(arm_name(r.block), {})[r.seed] = monitor_curve(r)
+        answer_figures = [
+            Figure("seed_metrics", "Every metric per arm: one dot per seed, the bar is the mean over seeds with "
+                   "its 95% t-interval (one seed: no interval)", seed_figure(by_arm, arm_stages)),
+            Figure("reference_loss", "Every reference encoder's pretraining (its metrics.jsonl): the loss, and "
+                   "the online monitor's shape-only accuracy against images seen (dashed: chance; dotted: 2x chance)",
+                   reference_loss_figure(curves, shape_curves)),
+            *[recon[s.key] for s in first_refs]]
+    own_figures: list[Any] = []
+    if trains:
+        own_figures = [Figure("pretraining_loss", "Pretraining loss of your arms" +
+                              (" (solid) on the reference runs' curves (dashed)" if refs else ""),
+                              loss_figure(own_loss_curves(train_cfg, out), reference_curves)),
+                       Figure("own_accuracy", "Probe accuracy of your arms", accuracy_figure(own_arms, chance=0.1))]
+        if not refs:
+            own_figures.insert(0, Figure("shape_bias", "Shape bias per encoder (95% bootstrap intervals)",
+                                         shape_bias_figure(own_arms)))
+        own_figures += [recon[s.key] for s in own_specs if s.role == "own"]
 
     provenance = [Provenance(
         name=reference_spec(r).name, id=r.id, command=r.manifest.get("command", "?"),
@@ -254,27 +332,33 @@ def run_quickstart(cfg: QuickstartConfig, out: Path) -> Path:
                  + (f", fitted to the budget at a measured {sizes['img_per_s']:.0f} img/s" if sizes else "")
                  + (f"; the references saw {refs[0].images_seen:,}" if refs else "") + ".")
     results = QuickstartResults(
-        answer=answer_arms, answer_comparisons=answer_comparisons, provenance=provenance, diagnostics=diagnostics,
+        answer=answer_arms, answer_comparisons=per_seed_tests, provenance=provenance, diagnostics=diagnostics,
         own=own_arms, own_comparisons=own_comparisons, own_sizes=own_sizes, from_scratch=bool(cfg.from_scratch and refs),
         answer_figures=answer_figures, own_figures=own_figures, settings=settings_lines(cfg, train_cfg, stages),
         run_dirs=[(f"{a.name}: {stage} ({run_id})", Path(registry.get(run_id).run_dir))
                   for a in [*answer_arms, *own_arms] for stage, run_id in a.run_ids.items()
                   if registry.get(run_id).run_dir],
+        verdicts=verdicts, stages=arm_stages, seed_indices=seed_indices, trained=trains,
     )
     summary = {
         "schema": SUMMARY_SCHEMA,
         "question": "does block masking shift a ViT from texture to shape (ShapeTex)?",
+        "seed_indices": seed_indices,
+        "verdict_rules": RULES,
+        "verdicts": [v.to_dict() for v in verdicts],
+        "holm_family_size": sum(v.p_holm is not None for v in verdicts),
+        "arms": {name: stage.to_dict() for name, stage in arm_stages.items()},
         "references": [{"id": r.id, "block": r.block, "seed": r.seed, "command": r.manifest.get("command"),
                         "trained_on": r.manifest.get("trained_on"), "images_seen": r.images_seen,
-                        "git_commit": r.manifest.get("git_commit"), "sha256": r.manifest["weights"]["sha256"]}
+                        "final_loss": r.final_loss, "git_commit": r.manifest.get("git_commit"),
+                        "sha256": r.manifest["weights"]["sha256"]}
                        for r in refs],
         "no_references_reason": no_refs_reason,
-        "encoders": {s.key: encoder_summary(s, a, diagnostics.get(s.name, {}))
-                     for s, a in zip([*answer_specs, *own_specs], [*answer_arms, *own_arms])},
-        "comparisons": {"answer": [c.to_dict() for c in answer_comparisons],
+        "encoders": {s.key: encoder_summary(s, arms[s.key], diagnostics.get(s.name, {})) for s in all_specs},
+        "comparisons": {"answer_per_seed": [c.to_dict() for c in per_seed_tests],
                         "own": [c.to_dict() for c in own_comparisons]},
-        "own_training": {"epochs": pc.train.epochs, "num_images": pc.data.num_images, "images_seen": images,
-                         "from_scratch": bool(cfg.from_scratch), "budget": sizes},
+        "own_training": ({"epochs": pc.train.epochs, "num_images": pc.data.num_images, "images_seen": images,
+                          "from_scratch": bool(cfg.from_scratch), "budget": sizes} if trains else None),
         "seconds": stages.data.get("seconds", {}),
     }
     report_path = out / "report.md"
@@ -311,12 +395,16 @@ def settings_lines(cfg: QuickstartConfig, train_cfg: QuickstartConfig, stages: S
         f"patches), mask ratio {pc.mask.ratio}, block placement {pc.mask.align}; arms: "
         + ", ".join(mask_phrase(b) for b in cfg.blocks) + ".",
         f"Probes: linear ({cfg.probe.linear.optimizer}, {cfg.probe.linear.epochs} epochs, pool {cfg.probe.encoder.pool}) "
-        f"and k-NN (k={cfg.probe.knn.k}, T={cfg.probe.knn.temperature}) on frozen features, seed {cfg.pretrain.run.seed}.",
-        "Diagnostics on the answer's encoders: " + (", ".join(f"`blockmae eval {n}` ({', '.join(f'{k}={v}' for k, v in o.items())})"
+        f"and k-NN (k={cfg.probe.knn.k}, T={cfg.probe.knn.temperature}) on frozen features, probe seed "
+        f"{cfg.pretrain.run.seed} for every encoder; random init at seed index s draws its weights with seed s.",
+        "Diagnostics on the answer's encoders" + (f" at seed indices {cfg.diagnostics_seeds}"
+                                                  if cfg.diagnostics_seeds is not None else "") + ": " + (", ".join(f"`blockmae eval {n}` ({', '.join(f'{k}={v}' for k, v in o.items())})"
                                                          for n, o in (cfg.diagnostics or {}).items()) or "none") + ".",
-        "Paired tests: exact McNemar on the images one encoder gets right and the other wrong (accuracy difference "
-        "with an Agresti-Min 95% interval), paired bootstrap over the cue-conflict images for shape bias; "
-        "significant means p < 0.01.",
+        "Verdicts: " + RULES + ".",
+        "Per-image tests (secondary, per seed, conditional on that seed's trained encoders): exact McNemar on the "
+        "images one encoder gets right and the other wrong (accuracy difference with an Agresti-Min 95% interval), "
+        "paired bootstrap over the cue-conflict images for shape bias; 'inside the noise' when the interval covers 0, "
+        "significant when it does not and p < 0.01.",
     ]
     if seconds:
         lines.append("Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + ".")
@@ -328,8 +416,10 @@ TITLE = "blockmae quickstart: does block masking shift a ViT from texture to sha
 INTRO = """\
 The question: pretrained as masked autoencoders with random patches hidden (1x1, standard MAE) or with
 2x2 or 4x4 blocks of patches hidden, do small ViTs decide by shape rather than texture? The answer comes
-first, from reference encoders shipped with the package (one per mask, trained far longer than a laptop
-allows), evaluated here against an untrained (random-init) encoder of the same architecture: a linear
-and a k-NN probe for the shape label on ShapeTex, the linear probe's decisions on cue-conflict images
-(shape i drawn with texture j) for the shape bias, and the texture-vs-shape diagnostics. Then your own
-run: the same three arms pretrained on this machine for what the time allows, beside the references."""
+first, from the reference encoders shipped with the package (one per mask and pretraining seed, trained
+far longer than a laptop allows), evaluated here beside untrained (random-init) encoders of the same
+architecture, one per seed index: a linear and a k-NN probe for the shape label on ShapeTex, the linear
+probe's accuracy on shape-only images and its decisions on cue-conflict images (shape i drawn with
+texture j) for the shape bias, and the texture-vs-shape diagnostics. The arms are compared seed by seed
+on the same test images, and every verdict holds across seeds or says that it does not. With --train,
+your own run follows: the same three arms pretrained on this machine for what the time allows."""

@@ -13,7 +13,9 @@ package`` (blockmae.references.cli).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -175,6 +177,13 @@ def loss_curve(ref: Reference) -> tuple[list[int], list[float]]:
     return curve_of(_metrics_rows(ref.metrics_path), int(ref.manifest["config"]["train"]["batch_size"]))
 
 
+def monitor_curve(ref: Reference, key: str = "linear_top1_shape_only") -> tuple[list[int], list[float]]:
+    """(images seen, value) of one online-monitor metric of the reference's training run (empty when the run
+    was not monitored): its learning curve, e.g. shape-only accuracy against images seen."""
+    rows = [r for r in _metrics_rows(ref.metrics_path) if r.get("kind") == "monitor" and key in r]
+    return [int(r["images_seen"]) for r in rows], [float(r[key]) for r in rows]
+
+
 def _metrics_rows(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -299,6 +308,59 @@ def verify_reference(ref: Reference) -> list[str]:
         problems.append(f"{ref.metrics_path.name} is missing")
     elif sha256_file(ref.metrics_path) != metrics["sha256"]:
         problems.append(f"{ref.metrics_path.name}: sha256 mismatch with the manifest (damaged or replaced)")
+    else:
+        problems += _claim_problems(ref)
+    return problems
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The manifest's claim about its config: sha256 of its canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _claim_problems(ref: Reference) -> list[str]:
+    """The manifest's numbers that metrics.jsonl (checksummed), the weights and the config can recompute:
+    final loss, epochs, steps, images seen, parameters, the config's hash. (Its evaluation would need the
+    probe rerun.)"""
+    try:
+        epochs = [r for r in _metrics_rows(ref.metrics_path) if r.get("kind") == "epoch"]
+    except BlockMAEError as err:
+        return [str(err)]
+    if not epochs:
+        return [f"{ref.metrics_path.name} has no epoch rows to check the manifest's numbers against"]
+    last, m = epochs[-1], ref.manifest
+    problems = []
+    if m.get("final_loss") is not None and not math.isclose(float(m["final_loss"]), float(last.get("loss", "nan")),
+                                                             rel_tol=1e-9):
+        problems.append(f"manifest final_loss {m['final_loss']} is not the last epoch's loss in "
+                        f"{ref.metrics_path.name} ({last.get('loss')})")
+    if m.get("epochs") is not None and m["epochs"] != last.get("epoch"):
+        problems.append(f"manifest epochs {m['epochs']} is not the last epoch in {ref.metrics_path.name} "
+                        f"({last.get('epoch')})")
+    if m.get("steps") is not None and m["steps"] != last.get("step"):
+        problems.append(f"manifest steps {m['steps']} is not the last step in {ref.metrics_path.name} "
+                        f"({last.get('step')})")
+    try:
+        images = int(last["step"]) * int(m["config"]["train"]["batch_size"])
+    except (KeyError, TypeError, ValueError):
+        images = None
+    if m.get("images_seen") is not None and images is not None and m["images_seen"] != images:
+        problems.append(f"manifest images_seen {m['images_seen']} is not steps x train.batch_size = {images} "
+                        f"(from {ref.metrics_path.name})")
+    claimed = m["weights"].get("parameters")
+    if claimed is not None and ref.weights_path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(ref.weights_path), framework="pt") as handle:
+                counted = sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+        except (SafetensorError, OSError, ValueError):
+            counted = claimed  # an unreadable file is reported by the architecture check
+        if counted != claimed:
+            problems.append(f"manifest weights.parameters {claimed:,} is not the {counted:,} values in "
+                            f"{ref.weights_path.name}")
+    if m.get("config_sha256") is not None and m["config_sha256"] != config_sha256(m["config"]):
+        problems.append("manifest config_sha256 does not match its config (the config was edited)")
     return problems
 
 
@@ -472,6 +534,7 @@ def package_reference(
                         "bytes": weights_file.stat().st_size, "dtype": WEIGHTS_DTYPE, "parameters": parameters},
             "metrics_file": {"file": METRICS_NAME, "sha256": sha256_file(staging / METRICS_NAME)},
             "config": to_dict(config),
+            "config_sha256": config_sha256(to_dict(config)),
             "command": command,
             "env_command": env.get("command"),
             "package_command": package_command,

@@ -10,7 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
+from blockmae.fileio import claim_output_dir, output_kind, output_lock
 from blockmae.masking import mask_label
 from blockmae.references import (
     REFERENCES_DIR, ROOT_ENV, Reference, list_references, load_reference, package_reference, reference_folders,
@@ -18,6 +20,7 @@ from blockmae.references import (
 )
 from blockmae.text import table
 
+REFERENCE_KIND = "reference"  # fileio.output_kind's name for a reference folder
 EVALUATION_DIR = "reference_evaluation"  # under the run dir, unless --work-dir says otherwise
 
 
@@ -113,13 +116,16 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def package_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, metavar="DIR", help="a finished pretraining run dir")
-    parser.add_argument("--block", required=True, type=int, help="its mask's block size (1: random masking)")
-    parser.add_argument("--seed", required=True, type=int, help="its run.seed")
+    parser.add_argument("--block", required=True, type=number(int, ">=1"),
+                        help="its mask's block size (1: random masking)")
+    parser.add_argument("--seed", required=True, type=number(int, ">=0"), help="its run.seed")
     parser.add_argument("--command", required=True, metavar="TEXT", help="the exact command that trained it")
     parser.add_argument("--out-root", metavar="DIR", help=f"where the reference folder goes (default: {REFERENCES_DIR})")
     parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the float16 encoder (blockmae.quickstart.reference_evaluation) and store the "
                              "results in the manifest (default: --evaluate)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing reference of the same id (never done without it)")
     parser.add_argument("--work-dir", metavar="DIR",
                         help=f"folder for the evaluation's files (default: RUN_DIR/{EVALUATION_DIR})")
 
@@ -156,10 +162,18 @@ def package_command(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     out_root = Path(args.out_root) if args.out_root else REFERENCES_DIR
     ref_id = reference_id(args.block, args.seed)
-    replacing = (out_root / ref_id).exists()
+    target = out_root / ref_id
+    found = output_kind(target)
+    replacing = found is not None
+    if replacing and not args.force:
+        what = f"the reference {ref_id}" if found == REFERENCE_KIND else "other files"
+        raise BlockMAEError(f"{target} already holds {what}; pass --force to replace it, or --out-root DIR to "
+                            f"package elsewhere")
+    claim_output_dir(target, REFERENCE_KIND, option="--out-root", force=args.force)
     evaluate = _evaluator(Path(args.work_dir) if args.work_dir else run_dir / EVALUATION_DIR) if args.evaluate else None
-    ref = package_reference(run_dir, out_root, ref_id, args.command, None, package_command=package_argv(args),
-                            block=args.block, seed=args.seed, evaluate=evaluate)
+    with output_lock(target):
+        ref = package_reference(run_dir, out_root, ref_id, args.command, None, package_command=package_argv(args),
+                                block=args.block, seed=args.seed, evaluate=evaluate)
     problems = verify_reference(ref)
     if problems:
         raise BlockMAEError(f"the packaged {ref.path} does not verify: {'; '.join(problems)}")

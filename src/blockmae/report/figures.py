@@ -21,13 +21,15 @@ def arm_colour(index: int) -> str:
     return ARM_COLOURS[index % len(ARM_COLOURS)]
 
 
-def new_figure(width: float = 5.6, height: float = 3.4) -> tuple[Any, Any]:
+def new_figure(width: float = 5.6, height: float = 3.4, ncols: int = 1) -> tuple[Any, Any]:
+    """A figure and its axes (one, or an array of `ncols` side by side), without top and right spines."""
     from matplotlib.figure import Figure  # heavy: only when a figure is drawn
 
     fig = Figure(figsize=(width, height))
-    ax = fig.add_subplot()
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig, ax
+    axes = fig.subplots(1, ncols)
+    for ax in (axes if ncols > 1 else [axes]):
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, axes
 
 
 def figure_svg(fig: Any, salt: str) -> str:

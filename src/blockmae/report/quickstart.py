@@ -1,10 +1,14 @@
-"""The quickstart's report: the answer first (reference encoders against random init, paired tests),
-then the user's own run beside the references. Built as a Document, rendered like every other report.
+"""The quickstart's report: the answer first (every arm against every other and random init, over the
+reference encoders' pretraining seeds), then the user's own run beside the references. Built as a
+Document, rendered like every other report.
 
-The text says only what the numbers support: a paired difference is called significant at p < 0.01
-(exact McNemar for accuracies, paired bootstrap for shape bias) and otherwise "inside the noise"; the
-intervals cover the sampling of test images, not seed-to-seed variation of pretraining, and the report
-says so.
+The text says only what the numbers support. A verdict (blockmae.quickstart.verdicts) is the mean over
+seeds of the per-seed paired difference with a t-interval over seeds, Holm-adjusted across the report's
+verdicts: "inside the noise" only when that interval covers 0, "higher"/"lower" when it excludes 0 and the
+adjusted p < 0.05, otherwise "not resolved with N seeds". Every verdict is printed beside both arms'
+training stage, and an arm whose probe has not learned shape gets no shape-bias verdict. Each seed's
+per-image tests are secondary detail, labelled as conditional on that seed's training; with one seed per
+arm the report says that its intervals cover test images only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from blockmae.quickstart.verdicts import HIGHER, INSIDE, LOWER, NOT_INTERPRETABLE
 from blockmae.report.document import Block, Bullets, Cell, Document, Figure, Image, Links, Paragraph, Table
 from blockmae.report.encoders import ArmResult, results_table, runs_table
 
@@ -58,8 +63,8 @@ class Provenance:
 class QuickstartResults:
     """Everything the quickstart's report shows; comparisons are blockmae.quickstart.comparisons objects."""
 
-    answer: list[ArmResult]  # references + random init; empty without references
-    answer_comparisons: list[Any]
+    answer: list[ArmResult]  # references + random init, one per arm and seed; empty without references
+    answer_comparisons: list[Any]  # the per-seed per-image tests (secondary detail)
     provenance: list[Provenance]
     diagnostics: dict[str, dict[str, dict[str, Any]]]  # encoder name -> diagnostic -> summary
     own: list[ArmResult]  # the arms trained here (+ random init when there is no answer)
@@ -70,6 +75,10 @@ class QuickstartResults:
     own_figures: list[Figure | Image] = field(default_factory=list)
     settings: list[str] = field(default_factory=list)
     run_dirs: list[tuple[str, Path]] = field(default_factory=list)
+    verdicts: list[Any] = field(default_factory=list)  # blockmae.quickstart.verdicts.Verdict, decided
+    stages: dict[str, Any] = field(default_factory=dict)  # arm -> blockmae.quickstart.verdicts.ArmStage
+    seed_indices: list[int] = field(default_factory=list)  # the answer's seed indices
+    trained: bool = True  # your run took place (--train)
 
 
 def _pct(x: float) -> str:
@@ -86,65 +95,190 @@ def _difference(c: Any) -> str:
     return (f"{scale * c.difference:+.{digits}f}{unit} [{scale * c.low:+.{digits}f}, {scale * c.high:+.{digits}f}]")
 
 
+def per_image_verdict(c: Any) -> str:
+    """A per-image test's word: inside the noise only when its interval covers 0."""
+    if c.interval_holds_zero:
+        return "inside the noise"
+    return "significant (p < 0.01)" if c.significant else "interval excludes 0, p >= 0.01"
+
+
 def comparisons_table(table_id: str, caption: str, comparisons: Sequence[Any]) -> Table:
-    table = Table(table_id, caption, [("first", "Encoder"), ("second", "Against"), ("metric", "Metric"),
-                                      ("difference", "Difference [95% CI]"), ("p", "p"), ("test", "Test"),
-                                      ("n", "Images"), ("verdict", "Verdict")])
+    seeded = any(getattr(c, "seed", None) is not None for c in comparisons)
+    table = Table(table_id, caption, [("first", "Encoder"), ("second", "Against")]
+                  + ([("seed", "Seed")] if seeded else [])
+                  + [("metric", "Metric"), ("difference", "Difference [95% CI over test images]"), ("p", "p"),
+                     ("test", "Test"), ("n", "Images"), ("verdict", "Verdict")])
     for c in comparisons:
         table.add(first=c.first, second=c.second, metric=c.metric, difference=Cell(_difference(c), c.difference),
-                  p=Cell(_p(c.p), c.p), test=c.test, n=c.n,
-                  verdict="significant (p < 0.01)" if c.significant else "inside the noise")
+                  p=Cell(_p(c.p), c.p), test=c.test, n=c.n, verdict=per_image_verdict(c),
+                  **({"seed": c.seed} if seeded else {}))
     return table
 
 
-def _find(comparisons: Sequence[Any], first: str, second: str, metric: str) -> Any | None:
-    return next((c for c in comparisons if (c.first, c.second, c.metric) == (first, second, metric)), None)
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def answer_text(answer: Sequence[ArmResult], comparisons: Sequence[Any], baseline: str) -> list[str]:
-    """Plain words on what the answer's numbers show and what they do not."""
-    refs = [a for a in answer if a.pretrained]
-    base = next(a for a in answer if a.name == baseline)
-    beat, not_beat = [], []
-    for a in refs:
-        c = _find(comparisons, a.name, base.name, "linear top-1")
-        (beat if c is not None and c.significant and c.difference > 0 else not_beat).append((a, c))
-    paragraphs = []
-    parts = [f"{a.name} {_pct(a.linear_top1)} ({_difference(c)} against random init, {_p(c.p)})"
-             for a, c in beat + not_beat if c is not None]
-    if refs and not not_beat:
-        head = "Every reference encoder beats the random-init encoder on the linear probe, by a margin the paired test calls significant"
-    elif beat:
-        head = f"Only {', '.join(a.name for a, _ in beat)} beat{'s' if len(beat) == 1 else ''} random init on the linear probe significantly"
+def _metric_value(metric: str, x: float, signed: bool = True) -> str:
+    if metric == "shape bias":
+        return f"{x:+.3f}" if signed else f"{x:.3f}"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _unit(metric: str) -> str:
+    return "" if metric == "shape bias" else " points"
+
+
+def verdict_interval(v: Any) -> str:
+    """'+2.1 points [-0.4, +4.6]' (or the mean alone when there is no interval)."""
+    mean = _metric_value(v.metric, v.mean) + _unit(v.metric)
+    if v.low is None or v.high is None:
+        return mean
+    return f"{mean} [{_metric_value(v.metric, v.low)}, {_metric_value(v.metric, v.high)}]"
+
+
+def _over(v: Any) -> str:
+    if v.interval_over == "seeds":
+        return f"95% t-interval over {len(v.seeds)} seeds"
+    return f"seed {v.seeds[0]} only: the interval covers test images only, not another pretraining seed"
+
+
+def verdict_sentence(v: Any) -> str:
+    """One sentence per verdict, saying no more than the verdict's rule allows."""
+    if v.verdict == NOT_INTERPRETABLE:
+        return f"{v.first} vs {v.second}, shape bias: no verdict, because {v.reason}."
+    detail = f"{verdict_interval(v)}, {_over(v)}" + (f"; Holm-adjusted {_p(v.p_holm)}" if v.p_holm is not None else "")
+    if v.verdict in (HIGHER, LOWER):
+        return f"{v.first} has a {v.verdict} {v.metric} than {v.second} ({detail})."
+    if v.verdict == INSIDE:
+        return f"{v.first} vs {v.second}, {v.metric}: inside the noise, the interval covers 0 ({detail})."
+    return (f"{v.first} vs {v.second}, {v.metric}: {v.verdict} ({detail}"
+            + ("; the interval excludes 0 but the Holm-adjusted p is not below 0.05" if v.p_holm is not None else "")
+            + ").")
+
+
+def stage_phrase(stage: Any) -> str:
+    """'898,560 images seen, final loss 0.539, shape-only 12.4% [10.4, 14.5]' (means over seeds)."""
+    parts = []
+    seen = [x for x in stage.images_seen if x is not None]
+    losses = [x for x in stage.final_loss if x is not None]
+    if seen:
+        parts.append(f"{sum(seen) / len(seen):,.0f} images seen" + (" (mean over seeds)" if len(seen) > 1 else ""))
     else:
-        head = "No reference encoder beats random init significantly on the linear probe"
-    paragraphs.append(f"{head}: {'; '.join(parts)}; random init reads {_pct(base.linear_top1)}. "
-                      "So the pretraining of the references did learn features the probe can use, and their shape "
-                      "bias below describes learned features rather than random ones." if refs and not not_beat else
-                      f"{head}: {'; '.join(parts)}; random init reads {_pct(base.linear_top1)}.")
-    bias = []
-    for i, a in enumerate(refs):
-        for b in refs[i + 1:]:
-            c = _find(comparisons, b.name, a.name, "shape bias")
-            if c is not None:
-                bias.append(c)
-    if bias:
-        apart = [c for c in bias if c.significant]
-        inside = [c for c in bias if not c.significant]
-        text = []
-        for c in apart:
-            word = "higher" if c.difference > 0 else "lower"
-            text.append(f"{c.first} has a {word} shape bias than {c.second} ({_difference(c)}, {_p(c.p)})")
-        if inside:
-            text.append("the shape-bias differences " + "; ".join(f"{c.first} vs {c.second} {_difference(c)} ({_p(c.p)})"
-                                                                  for c in inside) + " are inside the noise")
-        paragraphs.append("Between the masks: " + "; ".join(text) + ". Shape bias per encoder: " + "; ".join(
-            f"{a.name} {a.shape_bias.value:.3f} [{a.shape_bias.low:.3f}, {a.shape_bias.high:.3f}]" for a in answer) + ".")
+        parts.append("untrained")
+    if losses:
+        parts.append(f"final loss {sum(losses) / len(losses):.3f}")
+    iv = stage.shape_only
+    parts.append(f"shape-only {_pct(iv.value)} [{_pct(iv.low)}, {_pct(iv.high)}]")
+    return ", ".join(parts)
+
+
+def stages_table(stages: Mapping[str, Any]) -> Table:
+    table = Table("arm_stages", "Each arm's training stage (from the reference manifests) and whether its probe has "
+                  "learned shape", [("arm", "Arm"), ("seeds", "Seeds"), ("images", "Images seen per seed"),
+                                    ("loss", "Final loss per seed"),
+                                    ("shape_only", "Shape-only accuracy, mean [95% CI]"),
+                                    ("bound", "Lowest per-seed 95% Wilson lower bound"),
+                                    ("learned", "Learned shape (bound >= 2x chance)")])
+    for arm, st in stages.items():
+        iv = st.shape_only
+        table.add(arm=arm, seeds=", ".join(map(str, st.seeds)),
+                  images=", ".join("-" if x is None else f"{x:,}" for x in st.images_seen),
+                  loss=", ".join("-" if x is None else f"{x:.3f}" for x in st.final_loss),
+                  shape_only=Cell(f"{_pct(iv.value)} [{_pct(iv.low)}, {_pct(iv.high)}]"
+                                  + (" (over seeds)" if len(st.seeds) > 1 else " (over test images)"), iv.value),
+                  bound=Cell(_pct(st.shape_only_lowest_bound), st.shape_only_lowest_bound),
+                  learned="yes" if st.learned_shape else "no")
+    return table
+
+
+def verdicts_table(verdicts: Sequence[Any], stages: Mapping[str, Any]) -> Table:
+    table = Table("verdicts", "Verdicts over seeds: per-seed paired differences (same seed index, same test images), "
+                  "their mean with a 95% t-interval over seeds, Holm-adjusted p, and both arms' training stage",
+                  [("first", "Arm"), ("second", "Against"), ("metric", "Metric"), ("seeds", "Seeds"),
+                   ("per_seed", "Per-seed differences"), ("mean", "Mean difference [95% CI]"), ("over", "CI over"),
+                   ("p", "p"), ("holm", "Holm p"), ("verdict", "Verdict"), ("stage_first", "Stage of arm"),
+                   ("stage_second", "Stage of against")])
+    for v in verdicts:
+        table.add(first=v.first, second=v.second, metric=v.metric, seeds=", ".join(map(str, v.seeds)),
+                  per_seed=", ".join(_metric_value(v.metric, d) for d in v.differences),
+                  mean=Cell(verdict_interval(v), v.mean),
+                  over="seeds" if v.interval_over == "seeds" else "test images (one seed)",
+                  p=Cell("-" if v.p is None else _p(v.p), v.p), holm=Cell("-" if v.p_holm is None else _p(v.p_holm),
+                                                                          v.p_holm),
+                  verdict=v.verdict, stage_first=stage_phrase(stages[v.first]) if v.first in stages else "-",
+                  stage_second=stage_phrase(stages[v.second]) if v.second in stages else "-")
+    return table
+
+
+def answer_text(results: QuickstartResults, baseline: str) -> list[str]:
+    """The answer in plain words: seeds, training stages, shape learned or not, the verdicts."""
+    seeds = results.seed_indices
+    verdicts, stages = results.verdicts, results.stages
+    n_seeds = {a: len(st.seeds) for a, st in stages.items()}
+    family = sum(v.p_holm is not None for v in verdicts)
+    paragraphs = []
+    if max(n_seeds.values(), default=1) > 1:
+        counts = ", ".join(f"{a} {_count(n, 'seed')}" for a, n in n_seeds.items())
+        paragraphs.append(
+            f"Seeds: {counts} "
+            f"(seed indices {', '.join(map(str, seeds))}); random init has one encoder per seed index (its weights "
+            "drawn with that seed). Every verdict compares two arms seed by seed on the same test images: the mean "
+            "over seeds of the per-seed paired difference with a 95% Student t-interval over seeds (it covers "
+            f"how much another pretraining seed moves an arm), p from the paired t-test, Holm-adjusted across the "
+            f"{family} verdicts of this report. 'Inside the noise' only when the interval covers 0.")
+    else:
+        paragraphs.append(
+            f"Seeds: one pretraining seed per arm (seed index {', '.join(map(str, seeds))}), so there is no seed-level "
+            "interval: each verdict rests on that seed's per-image test, whose interval covers the sampling of test "
+            "images only, not how much another pretraining seed would move an arm. p-values are Holm-adjusted "
+            f"across the {family} verdicts of this report.")
+    paragraphs.append("Training stage of each arm: " + "; ".join(
+        f"{a}: {stage_phrase(st)}" for a, st in stages.items()) + ".")
+    unlearned = [a for a, st in stages.items() if not st.learned_shape]
+    learned = [a for a in stages if a not in unlearned]
+    chance = next(iter(stages.values())).chance if stages else 0.1
+    if unlearned:
+        paragraphs.append(
+            f"{', '.join(unlearned)}: the probe has not learned shape (at some seed the shape-only accuracy's 95% "
+            f"lower bound is below {_pct(2 * chance)}, twice chance). Its shape bias is not interpretable: its "
+            "'shape' decisions on cue-conflict images are chance hits, and a shape bias computed from them measures "
+            "how far texture accuracy rises above chance, not shape use. No shape-bias verdict is given for "
+            f"{'it' if len(unlearned) == 1 else 'them'}."
+            + (f" {', '.join(learned)} {'has' if len(learned) == 1 else 'have'} learned shape." if learned else ""))
+    else:
+        paragraphs.append(f"Every arm's probe has learned shape (shape-only accuracy's 95% lower bound at least "
+                          f"{_pct(2 * chance)} at every seed), so the shape-bias verdicts are interpretable.")
+    resolved = [v for v in verdicts if v.verdict in (HIGHER, LOWER)]
+    order = {"shape-only accuracy": 0, "shape bias": 1, "linear top-1": 2, "k-NN top-1": 3}
+    between = [v for v in resolved if v.second != baseline]
+    vs_base = [v for v in resolved if v.second == baseline]
+    if between:
+        paragraphs.append("Between the masks: " + " ".join(
+            verdict_sentence(v) for v in sorted(between, key=lambda v: order.get(v.metric, 9))))
+    else:
+        paragraphs.append("Between the masks: no difference is resolved on any metric (see the table for each "
+                          "comparison's interval).")
+    if vs_base:
+        paragraphs.append("Against random init: " + " ".join(
+            verdict_sentence(v) for v in sorted(vs_base, key=lambda v: order.get(v.metric, 9))))
+    elif baseline in stages:
+        paragraphs.append("Against random init: no arm differs from random init on any metric by a resolved "
+                          "verdict (see the table for each comparison's interval).")
+    inside = [v for v in verdicts if v.verdict == INSIDE]
+    open_ = [v for v in verdicts if v.verdict not in (HIGHER, LOWER, INSIDE, NOT_INTERPRETABLE)]
+    if inside:
+        paragraphs.append("Inside the noise (the interval covers 0): " + "; ".join(
+            f"{v.first} vs {v.second}, {v.metric} {verdict_interval(v)}" for v in inside) + ".")
+    if open_:
+        paragraphs.append("Not resolved: " + " ".join(verdict_sentence(v) for v in open_))
     paragraphs.append(
-        "What this does not show: each arm is one pretraining seed, so the intervals and tests cover the "
-        "sampling of test images, not how much another seed would move an arm; ShapeTex is a synthetic proxy "
-        "(shapes drawn with textures that agree with them 80% of the time in training), so a shape bias here is "
-        "a statement about this data and these small models, not about ImageNet-scale ViTs.")
+        "What this does not show: the per-image tests below are conditional on each seed's trained encoders; "
+        + ("the seed-level intervals rest on few seeds, so a 'not resolved' or 'inside the noise' call is not "
+           "evidence of no difference; " if max(n_seeds.values(), default=1) > 1 else
+           "with one seed per arm nothing here covers seed-to-seed variation of pretraining; ")
+        + "ShapeTex is a synthetic proxy (shapes drawn with textures that agree with them 80% of the time in "
+        "training), so these statements are about this data and these small models, not about ImageNet-scale ViTs.")
     return paragraphs
 
 
@@ -214,10 +348,10 @@ def own_text(results: QuickstartResults) -> list[str]:
             out.append("Against the references (a far longer pretraining), on the same test images: " + detail
                        + ". The loss curves show where this short run stands on the references' curves: the "
                          "references' probe accuracy is what the same recipe reaches after their images seen.")
-    base = [c for c in results.own_comparisons if c.metric == "linear top-1" and c.second == "random-init"]
+    base = [c for c in results.own_comparisons if c.metric == "linear top-1" and c.second.startswith("random-init")]
     if base:
         out.append("Against random init: " + "; ".join(
-            f"{c.first} {_difference(c)} ({_p(c.p)}, {'significant' if c.significant else 'inside the noise'})"
+            f"{c.first} {_difference(c)} ({_p(c.p)}, {per_image_verdict(c)})"
             for c in base) + ".")
     return out
 
@@ -226,11 +360,14 @@ def quickstart_document(title: str, intro: str, results: QuickstartResults, base
     """The quickstart report as a Document: the answer, your run, settings, runs."""
     doc = Document(title, [" ".join(intro.split())])
     if results.answer:
-        answer = doc.section("The answer: reference encoders against random init")
-        answer.add(*[Paragraph(p) for p in answer_text(results.answer, results.answer_comparisons, baseline)])
-        answer.add(results_table(results.answer))
-        answer.add(comparisons_table("answer_comparisons", "Paired comparisons on the same test images",
-                                     results.answer_comparisons))
+        answer = doc.section("The answer: every arm over its seeds, against each other and random init")
+        answer.add(*[Paragraph(p) for p in answer_text(results, baseline)])
+        answer.add(stages_table(results.stages))
+        answer.add(verdicts_table(results.verdicts, results.stages))
+        answer.add(results_table(results.answer, caption="Results per encoder (one row per arm and seed)"))
+        answer.add(comparisons_table("answer_comparisons", "Per-image tests per seed (secondary detail: each is "
+                                     "conditional on that seed's trained encoders; its interval covers test images "
+                                     "only)", results.answer_comparisons))
         diagnostics = diagnostics_table(results.diagnostics)
         if diagnostics is not None:
             answer.add(diagnostics)
@@ -241,12 +378,19 @@ def quickstart_document(title: str, intro: str, results: QuickstartResults, base
         doc.section("The answer").add(Paragraph(
             "No reference encoders were evaluated (references: false, or the settings change the architecture "
             "the references have); the section below is the whole result.", "warning"))
-    own = doc.section("Your run: the same arms trained here" + (" in full" if results.from_scratch else ""))
-    own.add(*[Paragraph(p) for p in own_text(results)])
-    own.add(results_table(results.own, table_id="own_results", caption="Results per arm trained here"))
-    if results.own_comparisons:
-        own.add(comparisons_table("own_comparisons", "Paired comparisons of your arms", results.own_comparisons))
-    own.add(*results.own_figures)
+    if results.trained:
+        own = doc.section("Your run: the same arms trained here" + (" in full" if results.from_scratch else ""))
+        own.add(*[Paragraph(p) for p in own_text(results)])
+        own.add(results_table(results.own, table_id="own_results", caption="Results per arm trained here"))
+        if results.own_comparisons:
+            own.add(comparisons_table("own_comparisons", "Paired comparisons of your arms (per-image tests, "
+                                      "conditional on this run's training)", results.own_comparisons))
+        own.add(*results.own_figures)
+    else:
+        doc.section("Your run: not run").add(Paragraph(
+            "The arms were not pretrained here. Add --train to pretrain the three arms on this machine for the "
+            "budget in the settings and compare them with the references, or --from-scratch to train them in full "
+            "with the references' recipe (hours on a CPU, minutes on a GPU)."))
     if results.settings:
         doc.section("Settings").add(Bullets(results.settings))
     runs: list[Block] = [runs_table([*results.answer, *results.own])]

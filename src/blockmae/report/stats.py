@@ -3,9 +3,11 @@
 - :func:`wilson_interval`: a proportion measured on n images (one run's accuracy).
 - :func:`t_interval`: the mean of a few seeds, with Student's t quantile for n - 1 degrees of freedom.
 - :func:`paired_t_test` and :func:`sign_flip_test`: per-seed deltas between two arms that share seeds.
+- :func:`holm`: Holm-adjusted p-values of a family of comparisons (family-wise error control).
 - :func:`mcnemar_test`: per-image correctness of two arms evaluated on the same images, and
   :func:`accuracy_difference_interval` the interval of their accuracy difference.
-- :func:`paired_bootstrap`: any per-image statistic of two encoders on the same images (accuracy, shape
+- :func:`bootstrap`: any per-image statistic (an area under an accuracy curve, say), resampling images;
+  :func:`paired_bootstrap`: the same for the difference of two encoders on the same images (accuracy, shape
   bias via :func:`cue_outcomes` and :func:`shape_bias_of_outcomes`), resampling the images jointly.
 
 Student's t distribution is only ever needed for integer degrees of freedom (n - 1 seeds), where its CDF
@@ -28,7 +30,7 @@ Z95 = 1.959963984540054
 # Sign-flip tests enumerate every pattern up to this many deltas, else sample this many patterns.
 EXACT_SIGN_FLIP_MAX_N = 16
 SIGN_FLIP_SAMPLES = 20_000
-# The paired bootstrap draws its resamples in chunks holding at most this many image indices (memory).
+# The bootstrap draws its resamples in chunks holding at most this many image indices (memory).
 BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
 # Per-image outcome codes on a cue-conflict image (cue_outcomes, shape_bias_of_outcomes).
 NEITHER, SHAPE, TEXTURE = 0, 1, 2
@@ -128,6 +130,24 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval | None:
         return None
     half = t_quantile(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
     return Interval(mean, mean - half, mean + half)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given.
+
+    Sorted ascending, the k-th smallest p (k = 1..m) is multiplied by m - k + 1, capped at 1 and made
+    non-decreasing along the sorted order; rejecting every hypothesis whose adjusted p is below alpha
+    keeps the family-wise error rate at alpha (Holm 1979), for any dependence between the tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        if not 0 <= p_values[i] <= 1:
+            raise ValueError(f"p-values must be in [0, 1], got {p_values[i]}")
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 @dataclass(frozen=True)
@@ -245,70 +265,94 @@ def accuracy_difference_interval(a_correct: Sequence[bool], b_correct: Sequence[
 
 
 @dataclass(frozen=True)
-class PairedBootstrap:
-    """statistic(a) - statistic(b) of two encoders on the same images, with its bootstrap interval and test."""
+class Bootstrap:
+    """A per-image statistic with its percentile bootstrap interval and the bootstrap test of value = 0."""
 
-    difference: float  # on the full data
-    interval: Interval  # value = difference; percentile interval of the resampled differences at `level`
-    p: float  # two-sided bootstrap p-value of difference = 0 (see paired_bootstrap)
+    value: float  # on the full data
+    interval: Interval  # value = value; percentile interval of the resampled statistics at `level`
+    p: float  # two-sided bootstrap p-value of value = 0 (see bootstrap)
     n: int  # images
-    num_samples: int  # resamples whose difference is defined (a nan statistic drops its resample)
+    num_samples: int  # resamples whose statistic is defined (a nan statistic drops its resample)
+
+    @property
+    def difference(self) -> float:
+        """The value, named for paired use (statistic(a) - statistic(b))."""
+        return self.value
 
 
-def paired_bootstrap(
-    statistic: Callable[[Any], Any], a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray,
-    num_samples: int = 10_000, seed: int = 0, level: float = 0.95, vectorised: bool = False,
-) -> PairedBootstrap:
-    """Paired percentile bootstrap of statistic(a) - statistic(b); a[i] and b[i] belong to the same image.
+PairedBootstrap = Bootstrap  # what paired_bootstrap returns: its value is the difference
+
+
+def bootstrap(
+    statistic: Callable[[Any], Any], values: Sequence[Any] | np.ndarray, num_samples: int = 10_000, seed: int = 0,
+    level: float = 0.95, vectorised: bool = False,
+) -> Bootstrap:
+    """Percentile bootstrap of statistic(values), values[i] belonging to image i (the one bootstrap of blockmae).
 
     Every resample draws n image indices with replacement (seeded by `seed`: the same call gives the same
-    result) and applies them to both a and b, so what the two encoders share per image (an easy or a
-    hard image) cancels out of the difference.
+    result). `statistic`: with `vectorised=False`, statistic(values of n images) -> float, called once per
+    resample; with `vectorised=True`, statistic(array with one resample per row, shape (rows, n, ...)) ->
+    one value per row (rows,), e.g. `lambda x: x.mean(axis=1)`, which is much faster. A resample whose
+    statistic is nan is left out.
 
-    `statistic`: with `vectorised=False`, statistic(values of n images) -> float, called once per
-    resample; with `vectorised=True`, statistic(2-D array, one resample per row, shape (rows, n, ...))
-    -> one value per row (rows,), e.g. `lambda x: x.mean(axis=1)` or :func:`shape_bias_of_outcomes`,
-    which is much faster. A resample where either statistic is nan (e.g. a shape bias without any shape
-    or texture decision) is left out.
-
-    The interval holds the central `level` of the resampled differences d*. The p-value inverts that
-    percentile interval: p = min(1, 2 min(#(d* <= 0) + 1, #(d* >= 0) + 1) / (B + 1)) over the B resamples,
-    so p < 1 - level about when the interval excludes 0. The +1s count the data as one of the draws (as
-    Monte-Carlo p-values do): with finitely many resamples p is at least 2 / (B + 1), never 0; identical
-    a and b give d* = 0 throughout and p = 1.
+    The interval holds the central `level` of the resampled statistics s*. The p-value (of s = 0) inverts
+    that percentile interval: p = min(1, 2 min(#(s* <= 0) + 1, #(s* >= 0) + 1) / (B + 1)) over the B
+    resamples, so p < 1 - level about when the interval excludes 0. The +1s count the data as one of the
+    draws (as Monte-Carlo p-values do): p is at least 2 / (B + 1), never 0.
     """
-    xa, xb = np.asarray(a), np.asarray(b)
-    if xa.ndim == 0 or xb.ndim == 0 or len(xa) != len(xb):
-        raise ValueError(f"paired per-image values need the same length, got {xa.shape} and {xb.shape}")
-    n = len(xa)
-    if n == 0 or num_samples < 1 or not 0 < level < 1:
-        raise ValueError("the paired bootstrap needs images, num_samples >= 1 and 0 < level < 1")
+    x = np.asarray(values)
+    if x.ndim == 0 or len(x) == 0 or num_samples < 1 or not 0 < level < 1:
+        raise ValueError("the bootstrap needs per-image values, num_samples >= 1 and 0 < level < 1")
+    n = len(x)
 
     def per_row(rows: np.ndarray) -> np.ndarray:
         if not vectorised:
             return np.array([float(statistic(row)) for row in rows])
-        values = np.asarray(statistic(rows), dtype=float)
-        if values.shape != (len(rows),):
+        out = np.asarray(statistic(rows), dtype=float)
+        if out.shape != (len(rows),):
             raise ValueError(f"a vectorised statistic must give one value per row: {len(rows)} rows gave "
-                             f"shape {values.shape}")
-        return values
+                             f"shape {out.shape}")
+        return out
 
-    difference = float(per_row(xa[None])[0] - per_row(xb[None])[0])
+    value = float(per_row(x[None])[0])
     rng = np.random.default_rng(seed)
     chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // n)
     parts = []
     for start in range(0, num_samples, chunk):
         idx = rng.integers(0, n, size=(min(chunk, num_samples - start), n))
-        parts.append(per_row(xa[idx]) - per_row(xb[idx]))
+        parts.append(per_row(x[idx]))
     resampled = np.concatenate(parts)
     resampled = resampled[~np.isnan(resampled)]
     if len(resampled) == 0:
-        return PairedBootstrap(difference, Interval(difference, math.nan, math.nan), math.nan, n, 0)
+        return Bootstrap(value, Interval(value, math.nan, math.nan), math.nan, n, 0)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(resampled, [tail, 100 - tail])
     at_most, at_least = int((resampled <= 0).sum()), int((resampled >= 0).sum())
     p = min(1.0, 2 * (min(at_most, at_least) + 1) / (len(resampled) + 1))
-    return PairedBootstrap(difference, Interval(difference, float(low), float(high)), p, n, len(resampled))
+    return Bootstrap(value, Interval(value, float(low), float(high)), p, n, len(resampled))
+
+
+def paired_bootstrap(
+    statistic: Callable[[Any], Any], a: Sequence[Any] | np.ndarray, b: Sequence[Any] | np.ndarray,
+    num_samples: int = 10_000, seed: int = 0, level: float = 0.95, vectorised: bool = False,
+) -> Bootstrap:
+    """Paired bootstrap of statistic(a) - statistic(b); a[i] and b[i] belong to the same image.
+
+    Each resample applies the same image indices to a and b (:func:`bootstrap` over the pairs), so what
+    the two encoders share per image (an easy or a hard image) cancels out of the difference. `statistic`
+    is as in :func:`bootstrap` (e.g. :func:`shape_bias_of_outcomes` with `vectorised=True`)."""
+    xa, xb = np.asarray(a), np.asarray(b)
+    if xa.ndim == 0 or xb.ndim == 0 or len(xa) != len(xb):
+        raise ValueError(f"paired per-image values need the same length, got {xa.shape} and {xb.shape}")
+    pairs = np.stack([xa, xb], axis=1)  # (n, 2, ...): image i's two values side by side
+
+    if vectorised:
+        def difference(rows: np.ndarray) -> Any:
+            return np.asarray(statistic(rows[:, :, 0]), dtype=float) - np.asarray(statistic(rows[:, :, 1]), dtype=float)
+    else:
+        def difference(row: np.ndarray) -> float:
+            return float(statistic(row[:, 0])) - float(statistic(row[:, 1]))
+    return bootstrap(difference, pairs, num_samples=num_samples, seed=seed, level=level, vectorised=vectorised)
 
 
 def cue_outcomes(decisions: Sequence[int] | np.ndarray, shape_labels: Sequence[int] | np.ndarray,

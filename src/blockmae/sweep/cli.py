@@ -7,25 +7,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from blockmae.config import number
+from blockmae.engine.lock import RunLock
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_json_atomic
+from blockmae.fileio import claim_output_dir, write_json_atomic
 from blockmae.sweep import executors
 from blockmae.sweep.executors import EXECUTORS
 from blockmae.sweep.plan import format_plan, measured_rates
 from blockmae.sweep.spec import SweepSpec, load_spec
 from blockmae.sweep.state import (
-    PLAN_NAME, TASK_NAME, arm_task, check_identity, effective_status, plan_record, read_json, read_state,
-    sweep_record, write_plan, write_sweep_json,
+    PLAN_NAME, TASK_NAME, arm_task, check_evaluations_current, check_identity, effective_status, plan_record,
+    read_json, read_state, sweep_record, write_plan, write_sweep_json,
 )
 from blockmae.text import table
 
 DEFAULT_OUT = Path("outputs") / "sweeps"
+SWEEP_KIND = "sweep"  # fileio.output_kind's name for a sweep folder
 
 
 def add_common(parser: argparse.ArgumentParser, out_help: str) -> None:
@@ -47,6 +51,7 @@ def check_out(spec: SweepSpec, out: Path) -> None:
     elif out.is_dir() and any(p.name != "registry.sqlite" for p in out.iterdir()):
         raise BlockMAEError(f"{out} is not empty and holds no sweep ({PLAN_NAME} missing); pass another --out")
     check_identity(spec, out)
+    check_evaluations_current(spec, out)
 
 
 def statuses(spec: SweepSpec, out: Path) -> dict[str, str]:
@@ -91,14 +96,17 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local: a process per arm (default); slurm: a submitit job array; debug: inline")
     parser.add_argument("--retry-failed", action="store_true", help="rerun the arms that failed")
     local = parser.add_argument_group("local executor")
-    local.add_argument("--slots", type=int, help="arms at once (default: 1 on a CPU, one per GPU place)")
+    local.add_argument("--slots", type=number(int, ">=1"), help="arms at once (default: 1 on a CPU, one per GPU place)")
     local.add_argument("--gpus", help="GPUs to use, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES or all visible)")
-    local.add_argument("--arms-per-gpu", type=int, default=1, help="small arms sharing one GPU (default 1)")
+    local.add_argument("--arms-per-gpu", type=number(int, ">=1"),
+                       default=1, help="small arms sharing one GPU (default 1)")
     slurm = parser.add_argument_group("slurm executor (defaults from the spec's `slurm:` block)")
     slurm.add_argument("--partition")
-    slurm.add_argument("--timeout-min", type=int, help="per job; a timed-out arm is requeued from its checkpoint")
-    slurm.add_argument("--max-parallel", type=int, help="cap on array tasks running at once (array_parallelism)")
-    slurm.add_argument("--gpus-per-task", type=int, help="GPUs per arm (gpus_per_node)")
+    slurm.add_argument("--timeout-min", type=number(int, ">=1"),
+                       help="per job; a timed-out arm is requeued from its checkpoint")
+    slurm.add_argument("--max-parallel", type=number(int, ">=1"),
+                       help="cap on array tasks running at once (array_parallelism)")
+    slurm.add_argument("--gpus-per-task", type=number(int, ">=1"), help="GPUs per arm (gpus_per_node)")
     slurm.add_argument("--cluster", choices=("slurm", "local"),
                        help="submitit cluster (default: slurm if sbatch exists); local runs the jobs here (tests)")
     slurm.add_argument("--no-wait", action="store_true", help="submit and return; `sweep status` follows them")
@@ -107,8 +115,17 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     out = out_dir(args, spec)
+    claim_output_dir(out, SWEEP_KIND)
     check_out(spec, out)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # one `sweep run` per folder: a second would call the first one's arms failed
+        return _run_locked(args, spec, out)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the executors stop their arms at a checkpoint
+
+
+def _run_locked(args: argparse.Namespace, spec: SweepSpec, out: Path) -> int:
     for arm in spec.arms():
         write_json_atomic(out / arm.run_dir / TASK_NAME, arm_task(spec, arm))
     write_plan(spec, out)
@@ -139,9 +156,15 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.write(f"arm {key}: {status}" + (f" (log {task.parent / 'sweep.log'})" if status == "failed" else ""))
 
+        previous = signal.signal(signal.SIGTERM, _stop)
         try:
             _execute(args, spec, out, todo, on_done)
+        except KeyboardInterrupt:
+            print(f"sweep {spec.name} interrupted: the running arms saved a checkpoint and stopped; rerun the same "
+                  f"command to resume", file=sys.stderr)
+            return 130
         finally:
+            signal.signal(signal.SIGTERM, previous)
             bar.close()
             write_sweep_json(out)
     record = sweep_record(out)

@@ -19,12 +19,14 @@ from typing import Any
 
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine.config import PretrainConfig
-from blockmae.engine.pretrain import pretrain
 from blockmae.errors import BlockMAEError
+from blockmae.evaluation.monitor import pretrain_monitored
 from blockmae.registry import HEARTBEAT_EVERY_S, Registry
 from blockmae.sweep.evaluations import EvalContext, EvalOutcome, get_evaluation
 from blockmae.sweep.spec import EvaluationSpec, pretrain_config
-from blockmae.sweep.state import eval_key, read_json, start_state, write_state, write_sweep_json
+from blockmae.sweep.state import (
+    eval_key, eval_settings, read_json, stale_evaluation, start_state, write_state, write_sweep_json,
+)
 
 
 def out_of(task_path: Path, task: dict[str, Any]) -> Path:
@@ -78,7 +80,7 @@ def _run(task: dict[str, Any], out: Path, state: dict[str, Any], registry: Regis
         ckpt_dirs: dict[int, Path] = {}
         for entry in task["runs"]:
             cfg = _config(entry, out, task)
-            pretrain(cfg)
+            pretrain_monitored(cfg)
             record = registry.find_run("pretrain", cfg.run.dir)
             if record is None:
                 raise BlockMAEError(f"the pretraining in {cfg.run.dir} is not recorded as completed in {registry.path}")
@@ -108,7 +110,12 @@ def _evaluate_milestone(task: dict[str, Any], out: Path, milestone: int, checkpo
     for i, ev in enumerate(specs):
         key = eval_key(ev.label, milestone)
         previous = evaluations.get(key, {})
-        if previous.get("status") == "completed" and _registered(registry, previous.get("run_id")):
+        settings = eval_settings(ev.to_dict(), task["probe_config"], task["probe_overrides"])
+        problem = stale_evaluation(out, task["run_dir"], key, previous, settings)
+        if problem:
+            raise BlockMAEError(problem)
+        if previous.get("status") == "completed" and previous.get("settings", settings) == settings \
+                and _registered(registry, previous.get("run_id")):
             done[ev.label] = EvalOutcome(previous["run_id"], out / previous["run_dir"], previous["metrics"])
             continue
         rel = f"{task['run_dir']}/eval/{ev.label}-e{milestone}"
@@ -127,7 +134,7 @@ def _evaluate_milestone(task: dict[str, Any], out: Path, milestone: int, checkpo
             raise
         done[ev.label] = outcome
         evaluations[key].update(status="completed", run_id=outcome.run_id, metrics=outcome.metrics,
-                                run_dir=_relative(outcome.run_dir, out))
+                                run_dir=_relative(outcome.run_dir, out), settings=settings)
         save()
 
 

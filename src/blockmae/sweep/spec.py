@@ -118,7 +118,11 @@ class SweepSpec:
             lengths = {key: len(v) for key, v in self.zip.items()}
             axes.append([{key: values[i] for key, values in self.zip.items()} for i in range(next(iter(lengths.values())))])
         combos = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)] if axes else []
-        combos = [c for c in combos if not any(_matches(c, ex) for ex in self.exclude)]
+        kept = [c for c in combos if not any(_matches(c, ex) for ex in self.exclude)]
+        if combos and not kept and not self.include:
+            raise BlockMAEError(f"{self.path}: exclude removes every arm of the grid ({len(combos)}); nothing is "
+                                f"left to run (drop an exclude entry, or add arms with include:)")
+        combos = kept
         for extra in self.include:
             if extra not in combos:
                 combos.append(dict(extra))

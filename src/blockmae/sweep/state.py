@@ -20,7 +20,7 @@ from typing import Any
 
 from blockmae.config import differences, to_dict
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import write_json_atomic
+from blockmae.fileio import sha256_file, write_json_atomic
 from blockmae.registry import process_start_time, process_alive
 from blockmae.sweep.spec import Arm, SweepSpec
 
@@ -72,6 +72,44 @@ def check_identity(spec: SweepSpec, out: Path) -> None:
             raise BlockMAEError(f"arm {arm.run_dir} in {out} was run with another config (hash {old.get('hash')}, the "
                                 f"spec now gives {arm.hash}: {detail or 'milestone mode'}); use another --out, "
                                 f"or remove {out / arm.run_dir} to rerun it")
+
+
+def eval_settings(evaluation: dict[str, Any], probe_config: str | None, probe_overrides: list[str]) -> dict[str, Any]:
+    """What an evaluation's result depends on besides its checkpoint: its spec entry and the probe settings
+    (the probe config file by its contents), stored with each completed evaluation (its key)."""
+    # The file by its contents, not its path: a moved checkout is the same setting.
+    sha = sha256_file(probe_config) if probe_config and Path(probe_config).is_file() else None
+    return {"evaluation": dict(evaluation), "probe_config_sha256": sha, "probe_overrides": list(probe_overrides)}
+
+
+def stale_evaluation(out: Path, run_dir: str, key: str, entry: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Why the completed evaluation `entry` (of arm `run_dir`) cannot stand for the settings `wanted` (None:
+    it can). One whose run dir is gone is simply run again."""
+    stored = entry.get("settings")
+    if entry.get("status") != "completed" or stored is None or stored == wanted:
+        return None
+    if entry.get("run_dir") and not (out / entry["run_dir"]).exists():
+        return None
+    changed = differences(stored, wanted)
+    detail = "; ".join(changed[:3]) + (f"; ... ({len(changed)} keys)" if len(changed) > 3 else "")
+    where = out / entry["run_dir"] if entry.get("run_dir") else out / run_dir
+    return (f"evaluation {key} of arm {run_dir} in {out} was run with other settings ({detail}); use another "
+            f"--out, or remove {where} to run it again")
+
+
+def check_evaluations_current(spec: SweepSpec, out: Path) -> None:
+    """Refuse a folder whose completed evaluations were made with settings the spec no longer gives."""
+    for arm in spec.arms():
+        done = read_state(out, arm.run_dir).get("evaluations", {})
+        for ev in spec.evaluations:
+            for milestone in spec.milestones_of(arm):
+                key = eval_key(ev.label, milestone)
+                if key in done:
+                    probe_config = str(Path(spec.probe_config).resolve()) if spec.probe_config else None
+                    problem = stale_evaluation(out, arm.run_dir, key, done[key],
+                                               eval_settings(ev.to_dict(), probe_config, spec.probe_overrides))
+                    if problem:
+                        raise BlockMAEError(problem)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -17,9 +17,11 @@ import torch
 
 from blockmae.data import load_dataset
 from blockmae.data.augment import denormalize, resize_normalize
+from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.masking import Mask, standard_masks
 from blockmae.models.io import load_mae
+from blockmae.fileio import claim_output_file
 from blockmae.visualisation import save_figure
 from blockmae.visualisation.reconstructions import reconstruction_figure, reconstruction_panels
 
@@ -102,14 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output figure (.png or .pdf)")
     parser.add_argument("--data", default="shapetex", help="dataset the images come from (default: shapetex val)")
     parser.add_argument("--root", help="dataset root (not needed for shapetex)")
-    parser.add_argument("--images", type=int, default=4, help="number of images (default 4)")
-    parser.add_argument("--ratio", type=float, help="mask ratio (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image choice and the masks")
+    parser.add_argument("--images", type=number(int, ">=1"), default=4, help="number of images (default 4)")
+    parser.add_argument("--ratio", type=number(float, "(0..1)"), help="mask ratio (default: the model's)")
+    parser.add_argument("--seed", type=number(int, ">=0"), default=0, help="seed of the image choice and the masks")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.images < 1:
-        raise BlockMAEError("--images must be at least 1")
+    claim_output_file(args.out, (".png", ".pdf", ".svg"), kind="viz")
     path = draw_reconstructions(args.checkpoint, args.out, args.data, args.root, args.images, args.seed, args.ratio)
     print(f"wrote {path}")
     return 0
