@@ -417,7 +417,7 @@ INTRO = """\
 The question: pretrained as masked autoencoders with random patches hidden (1x1, standard MAE) or with
 2x2 or 4x4 blocks of patches hidden, do small ViTs decide by shape rather than texture? The answer comes
 first, from the reference encoders shipped with the package (one per mask and pretraining seed, trained
-far longer than a laptop allows), evaluated here beside untrained (random-init) encoders of the same
+longer than this run's budget allows; their manifests say how), evaluated here beside untrained (random-init) encoders of the same
 architecture, one per seed index: a linear and a k-NN probe for the shape label on ShapeTex, the linear
 probe's accuracy on shape-only images and its decisions on cue-conflict images (shape i drawn with
 texture j) for the shape bias, and the texture-vs-shape diagnostics. The arms are compared seed by seed
