@@ -101,7 +101,7 @@ def test_several_checkpoints_are_run_and_compared_in_one_figure(smoke_run, scrip
 
 def test_bad_options_are_one_line_errors(smoke_run, capsys):
     run_dir, outputs = smoke_run
-    for bad, message in ((["--blocks", "9"], "does not fit"), (["--drop-fractions", "1.5"], "strictly between"),
+    for bad, message in ((["--blocks", "9"], "does not fit"), (["--drop-fractions", "1.5"], "must be in (0, 1)"),
                          (["--trajectory-block", "4"], "not among")):
         assert main(["eval", "attention", "--checkpoint", str(run_dir), "--output-root", str(outputs),
                      "--out", str(outputs / "attention" / "bad"), *QUICK, *bad]) == 2

@@ -80,7 +80,7 @@ class AttentionRollout(Diagnostic):
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--blocks", type=number(int, ">=1"), nargs="+", default=[1, 2, 4],
                             help="sliding occluder sizes in patches (default 1 2 4)")
-        parser.add_argument("--drop-fractions", type=number(float, "0..1"), nargs="+", default=list(DEFAULT_FRACTIONS),
+        parser.add_argument("--drop-fractions", type=number(float, "(0..1)"), nargs="+", default=list(DEFAULT_FRACTIONS),
                             help="PatchDrop fractions of the patches (default 0.1 .. 0.9)")
         parser.add_argument("--fill", choices=occ.FILLS, default="mean",
                             help="occluded pixels: the dataset's mean colour, or noise of its statistics")
@@ -105,9 +105,6 @@ class AttentionRollout(Diagnostic):
         grid = tuple(encoder.model.grid_size)
         for b in args.blocks:
             occ.sliding_block_masks(grid, b)  # refuses sizes that do not fit
-        for f in args.drop_fractions:
-            if not 0.0 < f < 1.0:
-                raise BlockMAEError(f"--drop-fractions: {f} must lie strictly between 0 and 1")
         if not 0.0 <= args.discard_ratio < 1.0:
             raise BlockMAEError(f"--discard-ratio {args.discard_ratio} must lie in [0, 1)")
         if args.sliding_images < 1 or args.samples < 0:
