@@ -318,7 +318,7 @@ CASES = [
     ("lowpass-negative-radius", "", lambda w, t: ["eval", "lowpass", "--radii", "-1"], 2, "levels must be >= 0"),
     ("lowpass-nan-sigma", "", lambda w, t: ["eval", "lowpass", "--sigmas", "nan"], 2, "--sigmas: must be a finite number"),
     ("attention-drop-fraction-1.5", "", lambda w, t: ["eval", "attention", "--drop-fractions", "1.5"], 2,
-     "--drop-fractions: must be in [0, 1], got 1.5"),
+     "--drop-fractions: must be in (0, 1), got 1.5"),
     ("attention-discard-ratio-nan", "", lambda w, t: ["eval", "attention", "--discard-ratio", "nan"], 2,
      "--discard-ratio: must be a finite number"),
     ("attention-block-0", "", lambda w, t: ["eval", "attention", "--blocks", "0"], 2, "--blocks: must be at least 1"),
