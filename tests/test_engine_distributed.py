@@ -155,15 +155,16 @@ def test_two_ranks_without_a_cache_build_it_once_and_both_train(tmp_path):
 def test_sigterm_to_one_rank_stops_both_after_the_step(tmp_path):
     """SIGTERM to rank 1 alone, with logging (the ranks' regular sync) far away: both ranks stop after the
     step under way and `last` holds that step, not the end of the epoch."""
-    proc = _torchrun_counted(tmp_path, ["pretrain", "--config", str(SMOKE), "data.num_images=2048",
+    # 512 steps: on an idle machine 128 were all done before the signal came (the rank had exited)
+    proc = _torchrun_counted(tmp_path, ["pretrain", "--config", str(SMOKE), "data.num_images=8192",
                                         "train.batch_size=16", "train.epochs=1", "run.log_every=100000",
                                         "run.recon_images=0", "run.registry=false", "train.cpu_threads=1",
                                         "run.ckpt_every_minutes=0", f"run.dir={tmp_path / 'run'}"])
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (tmp_path / "run" / "env.json").is_file():
         time.sleep(0.1)
-    time.sleep(3)  # some steps in (128 per epoch)
+    time.sleep(2)  # some steps in (512 per epoch)
     os.kill(int((tmp_path / "pids" / "1").read_text()), signal.SIGTERM)
     out, err = proc.communicate(timeout=240)
     meta = json.loads((tmp_path / "run" / "checkpoints" / "last" / "meta.json").read_text())
-    assert not meta["complete"] and 0 < meta["step"] < 128, out + err
+    assert not meta["complete"] and 0 < meta["step"] < 512, out + err
