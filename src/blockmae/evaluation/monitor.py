@@ -18,7 +18,6 @@ Records go to metrics.jsonl (kind "monitor") and TensorBoard (monitor/...).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from blockmae.engine.config import PretrainConfig
 from blockmae.engine.distributed import resolve_device, torchrun_env
 from blockmae.engine.pretrain import Monitor, pretrain
 from blockmae.evaluation.knn import knn_scores
+from blockmae.evaluation.metrics import topk_accuracy
 
 # ShapeTex's extra held-out splits and what their labels are scored against.
 SHAPETEX_PROBES = ("shape_only", "texture_only")
@@ -112,17 +112,11 @@ class OnlineMonitor:
                 knn = knn_scores(bank, self.train.labels, feats, classes, mon.k, mon.temperature)
                 with torch.no_grad():
                     linear = head(feats)
-                record[f"knn_top1{suffix}"] = _top1(knn, ds.labels)
-                record[f"linear_top1{suffix}"] = _top1(linear, ds.labels)
+                record[f"knn_top1{suffix}"] = topk_accuracy(knn, ds.labels, (1,))["top1"]
+                record[f"linear_top1{suffix}"] = topk_accuracy(linear, ds.labels, (1,))["top1"]
         finally:
             model.train(was_training)
         return record
-
-
-def _top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    if len(labels) == 0:
-        return math.nan
-    return float((scores.argmax(1) == labels).float().mean())
 
 
 def monitor_for(cfg: PretrainConfig, device: torch.device | None = None) -> Monitor | None:
