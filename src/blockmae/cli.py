@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from blockmae.diagnostics import DIAGNOSTICS
-from blockmae.errors import BlockMAEError
+from blockmae.errors import BlockMAEError, ReportedError, error_line
 from blockmae.fileio import output_error
 
 # (command words, module, one-line help). Group commands ("data", "bench", ...) are
@@ -89,8 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)
+    except ReportedError:
+        return 2
     except BlockMAEError as err:
-        print(f"blockmae: error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     except OSError as err:
         if isinstance(err, BrokenPipeError):
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 141
         # A file system that refuses a write or a read (read-only, full, a file where a folder is needed):
         # one line naming the path; each writer's atomic writes leave no partial output behind.
-        print(f"blockmae: error: {output_error(err)}", file=sys.stderr)
+        print(error_line(output_error(err)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("blockmae: interrupted", file=sys.stderr)

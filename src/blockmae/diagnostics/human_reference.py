@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from blockmae.diagnostics.base import write_csv
-from blockmae.errors import BlockMAEError
+from blockmae.errors import BlockMAEError, error_line
 
 EXPERIMENTS = ("low-pass", "high-pass")
 CHANCE = 1 / 16
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = compute_table(args.raw_dir)
     except BlockMAEError as err:
-        print(f"blockmae: error: {err}")
+        print(error_line(err), file=sys.stderr)
         return 2
     write_csv(Path(args.out), rows)
     print(f"wrote {len(rows)} rows to {args.out}")

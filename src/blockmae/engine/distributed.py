@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from blockmae.data.loader import rank_rows
-from blockmae.errors import BlockMAEError
+from blockmae.errors import BlockMAEError, ReportedError, error_line
 
 T = TypeVar("T")
 
@@ -109,14 +110,27 @@ def main_first(fn: Callable[[], T], info: "DistInfo") -> T:
         try:
             result = fn()
         except BaseException as err:
-            broadcast_object({"error": str(err) if isinstance(err, BlockMAEError) else "rank 0 failed"})
+            tell_other_ranks(err)
             raise
         broadcast_object({})
         return result
-    answer = broadcast_object(None)
-    if "error" in answer:
-        raise BlockMAEError(answer["error"])
+    hear_from_main(broadcast_object(None))
     return fn()
+
+
+def tell_other_ranks(err: BaseException) -> None:
+    """Rank 0, failing: send `err`'s message to the ranks waiting for its answer (`hear_from_main`), then wait
+    until each has printed it, since torchrun stops every worker as soon as rank 0 exits."""
+    broadcast_object({"error": str(err) if isinstance(err, BlockMAEError) else "rank 0 failed"})
+    barrier()
+
+
+def hear_from_main(answer: dict) -> None:
+    """The other ranks: raise rank 0's error (`tell_other_ranks`) if `answer` carries one, printed here first."""
+    if "error" in answer:
+        print(error_line(answer["error"]), file=sys.stderr, flush=True)
+        barrier()
+        raise ReportedError(answer["error"])
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -97,11 +97,10 @@ def claim_run_dir(cfg: Any, info: dist.DistInfo) -> tuple[Path, RunLock | None, 
         except BaseException as err:
             if lock is not None:
                 lock.release()
-            dist.broadcast_object({"error": str(err)} if isinstance(err, BlockMAEError) else {"error": "rank 0 failed"})
+            dist.tell_other_ranks(err)
             raise
     answer = dist.broadcast_object(answer)
-    if "error" in answer:
-        raise BlockMAEError(answer["error"])
+    dist.hear_from_main(answer)
     return Path(answer["run_dir"]), lock, Path(answer["resume"]) if answer["resume"] else None
 
 

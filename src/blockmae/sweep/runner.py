@@ -19,7 +19,7 @@ from typing import Any
 
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine.config import PretrainConfig
-from blockmae.errors import BlockMAEError
+from blockmae.errors import BlockMAEError, error_line
 from blockmae.evaluation.monitor import pretrain_monitored
 from blockmae.registry import HEARTBEAT_EVERY_S, Registry
 from blockmae.sweep.evaluations import EvalContext, EvalOutcome, get_evaluation
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = run_arm(argv[0])
     except BlockMAEError as err:
-        print(f"blockmae: error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     return {"completed": 0, "interrupted": 130}.get(status, 1)
 
