@@ -226,17 +226,34 @@ def test_contrast_and_uniform_noise_follow_their_formulas():
         filters.contrast(x, 1.5)
 
 
-def test_phase_scrambling_keeps_the_amplitude_spectrum_and_the_mean():
+def _published_phase_scramble(grey: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """model-vs-human's recipe, written out in numpy as its image-manipulation code describes it."""
+    f = np.fft.fftshift(np.fft.fft2(grey))
+    amplitude, phase = np.abs(f), np.angle(f)
+    block = phase[1:, 1:].flatten()
+    half = block.size // 2
+    block[:half] += shifts
+    block[half + 1:] -= shifts
+    phase[1:, 1:] = block.reshape(phase[1:, 1:].shape)
+    return np.clip(np.fft.ifft2(np.fft.ifftshift(amplitude * np.exp(1j * phase))).real, 0, 1)
+
+
+def test_phase_scrambling_follows_model_vs_humans_recipe():
     x = 0.45 + 0.1 * _images(2, 16, 16, seed=2)  # low contrast: the scrambled image stays in [0, 1], unclipped
     assert torch.allclose(filters.phase_scramble(x, 0.0), filters.grey3(x))
-    out = filters.phase_scramble(x, 180.0, torch.Generator().manual_seed(0))
-    spectrum = lambda im: torch.fft.fft2(im[:, :1])  # noqa: E731
-    assert torch.allclose(spectrum(out).abs(), spectrum(filters.grey3(x)).abs(), atol=1e-9)
-    assert torch.allclose(out.mean(dim=(2, 3)), filters.greyscale(x).mean(dim=(2, 3)))
-    assert (out - filters.grey3(x)).abs().max() > 0.02  # the layout is scrambled
-    for size in (15, 16):  # conjugate pairs cover every frequency but the self-conjugate ones, once
-        one, partner = filters._conjugate_pairs(size, size, torch.device("cpu"))
-        assert len(set(one.tolist()) | set(partner.tolist())) == size * size - (4 if size % 2 == 0 else 1)
+    out = filters.phase_scramble(x, 90.0, torch.Generator().manual_seed(0))
+    draws = (torch.rand((2, 15 * 15 // 2), generator=torch.Generator().manual_seed(0)).double() * 2 - 1) * np.pi / 2
+    grey = filters.greyscale(x)[:, 0].numpy()
+    for i in range(2):
+        assert np.allclose(out[i, 0].numpy(), _published_phase_scramble(grey[i], draws[i].numpy()), atol=1e-12)
+    assert torch.equal(out[:, 0], out[:, 2])
+    assert torch.allclose(out.mean(dim=(2, 3)), filters.greyscale(x).mean(dim=(2, 3)))  # the mean is kept
+    # a pair's two bins get independent draws: the amplitude shrinks as the width grows (contrast is lost)
+    contrast = [float(filters.phase_scramble(x, w, torch.Generator().manual_seed(1)).std(dim=(2, 3)).mean())
+                for w in (0.0, 30.0, 90.0, 180.0)]
+    assert contrast[0] > contrast[1] > contrast[2] > contrast[3] and contrast[3] < 0.8 * contrast[0]
+    with pytest.raises(ValueError, match="even sizes"):
+        filters.phase_scramble(x[..., :15, :15], 90.0)
 
 
 def test_power_equalisation_sets_the_amplitude_spectrum():
@@ -250,18 +267,30 @@ def test_power_equalisation_sets_the_amplitude_spectrum():
         filters.power_equalise(x, target[:8])
 
 
-def test_rotation_and_false_colour():
+def test_rotation():
     x = _images(2, 16, 16, seed=4)
     grey = filters.greyscale(x)[:, 0].numpy()
     for degrees in (0, 90, 180, 270):
         assert np.allclose(filters.rotate(x, degrees)[:, 1].numpy(), np.rot90(grey, k=degrees // 90, axes=(1, 2)))
     with pytest.raises(ValueError):
         filters.rotate(x, 45)
-    mid = 0.4 + 0.2 * x  # inside the gamut both ways: no clipping
-    assert torch.allclose(filters.false_colour(filters.false_colour(mid)), mid, atol=1e-9)  # an involution
-    white = torch.full((1, 3, 2, 2), 0.5, dtype=torch.float64)  # about the white point: nearly unchanged
-    assert torch.allclose(filters.false_colour(white), white, atol=2e-3)
-    assert (filters.false_colour(mid) - mid).abs().max() > 0.05
+
+
+def test_false_colour_goes_through_the_monitor_table():
+    x = (0.4 + 0.2 * _images(2, 16, 16, seed=4)).mul(255).round().div(255)  # 8-bit values inside the gamut
+    linear = torch.linspace(0, 1, 256, dtype=torch.float64)
+    once = filters.false_colour(x, linear)
+    assert torch.equal(once * 255, (once * 255).round())  # back to 8-bit values
+    assert (filters.false_colour(once, linear) - x).abs().max() <= 2 / 255  # an involution, up to the rounding
+    assert (once - x).abs().max() > 0.05
+    srgb = filters.srgb_gamma_table()
+    assert srgb[0] == 0 and srgb[255] == 1 and (srgb.diff() > 0).all() and abs(float(srgb[128]) - 0.2158) < 1e-3
+    assert (filters.false_colour(x) - once).abs().max() > 0.02  # the table matters
+    grey = torch.full((1, 3, 2, 2), float(filters.nearest_entry(srgb, torch.tensor([0.5], dtype=torch.float64))) / 255)
+    assert (filters.false_colour(grey) - grey).abs().max() <= 2 / 255  # the white point stays
+    table = torch.tensor([0.0, 0.1, 0.4, 1.0], dtype=torch.float64)
+    values = torch.tensor([-1.0, 0.04, 0.06, 0.25, 0.26, 0.9, 2.0], dtype=torch.float64)
+    assert filters.nearest_entry(table, values).tolist() == [0, 0, 1, 1, 2, 3, 3]
 
 
 def test_distortions_at_model_vs_humans_levels():
@@ -269,7 +298,7 @@ def test_distortions_at_model_vs_humans_levels():
     from blockmae.mvh.conditions import LEVELS
     from blockmae.mvh.distortions import DISTORTIONS, distort, levels, needs_amplitude
 
-    x = _images(2, 32, 32, seed=5).float()
+    x = _images(1, 32, 32, seed=5).float()
     amplitude = filters.mean_amplitude_spectrum(x)
     for name in DISTORTIONS:
         assert levels(name) == LEVELS[name].conditions
@@ -280,7 +309,44 @@ def test_distortions_at_model_vs_humans_levels():
     assert torch.equal(distort("colour", "cr", x), x) and torch.equal(distort("false-colour", "True", x), x)
     # Gaussian sigmas are given at 224 px: sigma 3 at 32 px is 3 x 32 / 224
     assert torch.allclose(distort("low-pass", "3", x), filters.gaussian_lowpass(x, 3 * 32 / 224, grey=True))
-    with pytest.raises(BlockMAEError, match="Eidolon"):
-        levels("eidolonI")
+    from blockmae.diagnostics.eidolon import eidolon
+
+    assert torch.equal(distort("eidolonII", "8-3-10", x, torch.Generator().manual_seed(3)),
+                       eidolon(x, 8.0, 0.3, 10.0, torch.Generator().manual_seed(3)))  # reach-coherence x 10-grain
+    with pytest.raises(BlockMAEError, match="cannot apply distortion 'eidolonIV'"):
+        levels("eidolonIV")
+    with pytest.raises(BlockMAEError, match="even image sizes"):
+        distort("phase-scrambling", "90", x[..., :31, :31])
     with pytest.raises(BlockMAEError, match="no level '7'"):
         distort("rotation", "7", x)
+
+
+def test_model_vs_humans_measurement_files(tmp_path):
+    """Power equalisation's spectrum and false colour's gamma table, read from files in model-vs-human's form."""
+    from blockmae.errors import BlockMAEError
+    from blockmae.mvh.distortions import distort, load_amplitude_spectrum, load_gamma_table
+
+    x = _images(2, 16, 16, seed=6)
+    target = filters.mean_amplitude_spectrum(x)
+    np.save(tmp_path / "spectrum.npy", np.fft.fftshift(target.numpy()))  # stored centred, as model-vs-human does
+    loaded = load_amplitude_spectrum(tmp_path / "spectrum.npy")
+    assert torch.allclose(loaded, target)
+    assert torch.equal(distort("power-equalisation", "pow", x, amplitude=loaded), filters.power_equalise(x, target))
+    gamma = np.linspace(0, 1, 256) ** 2.2
+    np.save(tmp_path / "gamma.npy", gamma)
+    table = load_gamma_table(tmp_path / "gamma.npy")
+    assert torch.equal(distort("false-colour", "False", x, gamma_table=table), filters.false_colour(x, table))
+    bad = {"flat.npy": np.ones(256), "short.npy": gamma[:100], "wide.npy": np.ones((16, 8)),
+           "negative.npy": -np.ones((16, 16)), "objects.npy": np.array([{"a": 1}], dtype=object)}
+    for name, array in bad.items():
+        np.save(tmp_path / name, array, allow_pickle=True)
+    (tmp_path / "text.npy").write_text("not an array")
+    for loader, name, message in [(load_gamma_table, "flat.npy", "256 increasing values"),
+                                  (load_gamma_table, "short.npy", "got 100 values"),
+                                  (load_amplitude_spectrum, "wide.npy", r"got shape \(16, 8\)"),
+                                  (load_amplitude_spectrum, "negative.npy", "amplitudes >= 0"),
+                                  (load_amplitude_spectrum, "objects.npy", "not a readable .npy array"),
+                                  (load_gamma_table, "text.npy", "not a readable .npy array"),
+                                  (load_gamma_table, "missing.npy", "not a readable .npy array")]:
+        with pytest.raises(BlockMAEError, match=message):
+            loader(tmp_path / name)

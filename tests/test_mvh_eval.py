@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,20 +125,24 @@ def test_random_timm_vit_writes_trial_files_and_results(vit_file, mvh_root, tmp_
 @pytest.mark.slow
 def test_distortions_applied_by_blockmae(vit_file, mvh_root, tmp_path, capsys):
     out = tmp_path / "run"
+    spectrum = tmp_path / "mean_power_spectrum_grey.npy"
+    np.save(spectrum, np.full((224, 224), 3.0))
     assert _eval("--model", SPEC.format(file=vit_file), "--datasets", "edge", "--distortions", "rotation",
-                 "power-equalisation", "--root", str(mvh_root), "--out", str(out),
-                 "--output-root", str(tmp_path / "o")) == 0
+                 "power-equalisation", "eidolonIII", "--power-spectrum", str(spectrum), "--root", str(mvh_root),
+                 "--out", str(out), "--output-root", str(tmp_path / "o")) == 0
     edge = [Path(p).name for p, _, _ in sorted(stimulus_names("edge"))]
+    eidolon = tuple(f"{r}-0-10" for r in (1, 2, 4, 8, 16, 32, 64, 128))
     for dataset, conditions in (("edge", ("NaN",)), ("edge-rotation", ("0", "90", "180", "270")),
-                                ("edge-power-equalisation", ("0", "pow"))):
+                                ("edge-power-equalisation", ("0", "pow")), ("edge-eidolonIII", eidolon)):
         (file,) = (out / "raw-data" / dataset).iterdir()
         assert file.name == f"{dataset}_vit-tiny-patch16-224_session-1.csv"
         trials = read_trials(file)
         assert [(t.condition, t.imagename) for t in trials] == [(c, name) for c in conditions for name in edge]
     results = json.loads((out / "results.json").read_text())
     assert [r["label"] for r in results["levels"]["edge-power-equalisation"]] == ["original", "equalised"]
-    assert results["settings"]["distortions"] == ["rotation", "power-equalisation"]
-    assert results["summary"]["edge-rotation_trials"] == 64
+    assert results["settings"]["distortions"] == ["rotation", "power-equalisation", "eidolonIII"]
+    assert results["settings"]["power_spectrum"] == str(spectrum) and results["settings"]["gamma_table"] == "sRGB"
+    assert results["summary"]["edge-rotation_trials"] == 64 and results["summary"]["edge-eidolonIII_trials"] == 128
 
 
 def test_decision_rule_is_the_mean_over_each_categorys_classes():
@@ -198,6 +203,8 @@ def test_bad_input_is_one_line(vit_file, mvh_root, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
     save_file({k: v for k, v in load_file(str(vit_file)).items() if not k.startswith("head.")}, str(headless))
+    small_spectrum = tmp_path / "small.npy"
+    np.save(small_spectrum, np.ones((16, 16)))
     cases = [
         (["--model", "timm:vit_tiny_patch16_224:/nonexistent.safetensors", "--root", str(mvh_root)],
          "weights file /nonexistent.safetensors"),
@@ -208,6 +215,12 @@ def test_bad_input_is_one_line(vit_file, mvh_root, tmp_path, capsys):
          "edge does not exist; run `blockmae data prepare mvh-edge"),
         (["--model", SPEC.format(file=vit_file), "--subject", "subject-01"], "not subject-XX"),
         (["--model", SPEC.format(file=vit_file), "--num-images", "5"], "takes no --num-images"),
+        (["--model", SPEC.format(file=vit_file), "--root", str(mvh_root), "--gamma-table", str(tmp_path / "g.npy")],
+         "--gamma-table is used only with --distortions false-colour"),
+        (["--model", SPEC.format(file=vit_file), "--root", str(mvh_root), "--distortions", "false-colour",
+          "--gamma-table", str(tmp_path / "g.npy")], "gamma table"),
+        (["--model", SPEC.format(file=vit_file), "--root", str(mvh_root), "--distortions", "power-equalisation",
+          "--power-spectrum", str(small_spectrum)], "a (16, 16) spectrum, but the model decides on 224-px images"),
     ]
     for extra, message in cases:
         assert _eval(*extra, "--datasets", "edge", "--output-root", str(tmp_path / "o")) == 2

@@ -28,11 +28,12 @@ All take and return float images (B, C, H, W) in [0, 1].
   image-manipulation definitions), all on the greyscale image stacked to three channels unless said:
   contrast c: (1 - c) / 2 + c x; uniform noise of width w: contrast 0.3, plus U(-w, w) per pixel,
   clipped; phase scrambling of width w degrees: every frequency's phase shifted by U(-w, w), the
-  conjugate frequency by the opposite (the image stays real), clipped; power equalisation: the
-  amplitude spectrum replaced by a given mean one (model-vs-human's mean over its images; here the
-  caller's), clipped; rotation by multiples of 90 degrees (counter-clockwise); false colour (colour):
-  the opponent colours L-M and S-(L+M) inverted in the DKL space through the cone matrix of their
-  monitor, clipped (their monitor's gamma table is not applied: linear).
+  bins paired as model-vs-human's recipe pairs them (:func:`phase_scramble`), clipped; power
+  equalisation: the amplitude spectrum replaced by a given mean one (model-vs-human's mean over its
+  images, or the caller's), clipped; rotation by multiples of 90 degrees (counter-clockwise); false colour
+  (colour): through a monitor's gamma table to light, the opponent colours L-M and S-(L+M) inverted in the
+  DKL space through the cone matrix of their monitor, clipped, back through the table to 8-bit values.
+  Eidolons are in `blockmae.diagnostics.eidolon`.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float, mode: str = "constant", cv
             pad = (radius, radius, 0, 0) if dim == 3 else (0, 0, radius, radius)
             x = F.pad(x, pad, mode="constant", value=cval)
         elif mode == "reflect":
-            x = _symmetric_pad(x, radius, dim)
+            x = symmetric_pad(x, radius, dim)
         else:
             raise ValueError(f"mode must be constant or reflect, not {mode!r}")
         weight = kernel.view(1, 1, 1, -1) if dim == 3 else kernel.view(1, 1, -1, 1)
@@ -153,7 +154,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float, mode: str = "constant", cv
     return x.reshape(b, c, h, w)
 
 
-def _symmetric_pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+def symmetric_pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """scipy's 'reflect' (d c b a | a b c d | d c b a), for any radius (repeats the mirrored image)."""
     n = x.shape[dim]
     index = torch.arange(-radius, n + radius, device=x.device)
@@ -279,30 +280,31 @@ def uniform_noise(images: torch.Tensor, width: float, generator: torch.Generator
     return (x + noise).clamp_(0.0, 1.0)
 
 
-def _conjugate_pairs(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat FFT indices of one frequency of each conjugate pair and of its partner (self-conjugate bins out)."""
-    ky = torch.arange(h, device=device).view(-1, 1)
-    kx = torch.arange(w, device=device).view(1, -1)
-    index = (ky * w + kx).flatten()
-    partner = (((-ky) % h) * w + (-kx) % w).flatten()
-    first = index < partner
-    return index[first], partner[first]
-
-
 def phase_scramble(images: torch.Tensor, width_degrees: float,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greyscale with every frequency's phase shifted by U(-width, width) degrees (its conjugate by the
-    opposite, so the image stays real; the mean and the self-conjugate frequencies keep theirs), clipped."""
+    """Greyscale, phases shifted as model-vs-human's stimuli were made, clipped (even sizes only).
+
+    On the centred spectrum without its first row and column (n bins, the mean in the middle), the first
+    (n - 1) / 2 bins in row-major order are shifted by U(-width, width) degrees and the last (n - 1) / 2 by the
+    same draws negated, in the same order; the image is the real part of the inverse transform. The two
+    bins of a conjugate pair thus get independent draws a and b, which comes to a phase shift of (a + b) / 2
+    and the pair's amplitude times |cos((a - b) / 2)|: the published stimuli lose contrast as the width
+    grows (docs/mvh.md), which an exactly conjugate scramble would not."""
     x = greyscale(images)
     b, _, h, w = x.shape
-    one, partner = _conjugate_pairs(h, w, x.device)
-    shifts = (torch.rand((b, one.numel()), generator=generator, device=generator.device if generator else "cpu")
+    if h % 2 or w % 2:
+        raise ValueError(f"phase scrambling follows model-vs-human's recipe, which needs even sizes; got {h}x{w}")
+    n = (h - 1) * (w - 1)
+    half = n // 2
+    shifts = (torch.rand((b, half), generator=generator, device=generator.device if generator else "cpu")
               .to(x.device, _fft_dtype(x.device)) * 2 - 1) * math.radians(width_degrees)
-    phase = torch.zeros((b, h * w), dtype=shifts.dtype, device=x.device)
-    phase[:, one] = shifts
-    phase[:, partner] = -shifts
-    spectrum = torch.fft.fft2(x.to(_fft_dtype(x.device)))
-    rotated = spectrum * torch.polar(torch.ones_like(phase), phase).view(b, 1, h, w)
+    block = torch.zeros((b, n), dtype=shifts.dtype, device=x.device)
+    block[:, :half] = shifts
+    block[:, half + 1:] = -shifts
+    phase = torch.zeros((b, 1, h, w), dtype=shifts.dtype, device=x.device)
+    phase[:, 0, 1:, 1:] = block.view(b, h - 1, w - 1)
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.to(_fft_dtype(x.device))), dim=(-2, -1))
+    rotated = torch.fft.ifftshift(spectrum * torch.polar(torch.ones_like(phase), phase), dim=(-2, -1))
     return _stack3(torch.fft.ifft2(rotated).real.to(images.dtype).clamp_(0.0, 1.0))
 
 
@@ -317,7 +319,7 @@ def power_equalise(images: torch.Tensor, amplitude: torch.Tensor) -> torch.Tenso
     if tuple(amplitude.shape) != tuple(x.shape[-2:]):
         raise ValueError(f"amplitude spectrum {tuple(amplitude.shape)} does not fit images {tuple(x.shape[-2:])}")
     spectrum = torch.fft.fft2(x.to(_fft_dtype(x.device)))
-    mixed = torch.polar(amplitude.to(spectrum.real.dtype).expand_as(spectrum.real), spectrum.angle())
+    mixed = torch.polar(amplitude.to(spectrum.real.device, spectrum.real.dtype).expand_as(spectrum.real), spectrum.angle())
     return _stack3(torch.fft.ifft2(mixed).real.to(images.dtype).clamp_(0.0, 1.0))
 
 
@@ -328,16 +330,35 @@ def rotate(images: torch.Tensor, degrees: int) -> torch.Tensor:
     return torch.rot90(grey3(images), k=(degrees // 90) % 4, dims=(-2, -1))
 
 
-def false_colour(images: torch.Tensor) -> torch.Tensor:
-    """Opponent colours: L-M and S-(L+M) inverted around the white point in DKL space, back to RGB, clipped."""
-    dtype = _fft_dtype(images.device)
+def srgb_gamma_table() -> torch.Tensor:
+    """(256,) light output of a standard sRGB display for each 8-bit value, in [0, 1]: false colour's monitor
+    table unless model-vs-human's measured one is given."""
+    v = torch.arange(256, dtype=torch.float64) / 255
+    return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def false_colour(images: torch.Tensor, gamma_table: torch.Tensor | None = None) -> torch.Tensor:
+    """Opponent colours, as model-vs-human made them: each 8-bit value to its monitor's light output
+    (`gamma_table`, (256,) increasing; default a standard sRGB display), L-M and S-(L+M) inverted around the
+    white point in DKL space, back to RGB, clipped, and each value back to the 8-bit value whose output is
+    nearest."""
+    table = (srgb_gamma_table() if gamma_table is None else gamma_table).to(images.device, _fft_dtype(images.device))
+    dtype = table.dtype
     to_cones = torch.tensor(RGB_TO_CONES, dtype=dtype, device=images.device)
     to_dkl = torch.tensor(CONES_TO_DKL, dtype=dtype, device=images.device)
     white = torch.tensor(CONES_WHITE_POINT, dtype=dtype, device=images.device).view(1, 3, 1, 1)
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=dtype, device=images.device))
     # one linear map on the cone differences: M^-1 N^-1 F N
     cones_map = torch.linalg.inv(to_dkl) @ flip @ to_dkl
-    cones = torch.einsum("ij,bjhw->bihw", to_cones, images.to(dtype)) - white
+    light = table[(images.clamp(0.0, 1.0) * 255).round().long()]
+    cones = torch.einsum("ij,bjhw->bihw", to_cones, light) - white
     new_cones = torch.einsum("ij,bjhw->bihw", cones_map, cones) + white
-    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_cones), new_cones)
-    return rgb.to(images.dtype).clamp_(0.0, 1.0)
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_cones), new_cones).clamp_(0.0, 1.0)
+    return (nearest_entry(table, rgb).to(images.dtype) / 255)
+
+
+def nearest_entry(table: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Index of the entry of the increasing `table` nearest to each of `values` (the lower one on a tie)."""
+    upper = torch.searchsorted(table, values.contiguous()).clamp_(1, table.numel() - 1)
+    lower = upper - 1
+    return torch.where((values - table[lower]) <= (table[upper] - values), lower, upper)

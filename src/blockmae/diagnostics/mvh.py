@@ -8,9 +8,10 @@ Tiny-ImageNet probe covers 11 categories). See `blockmae.mvh.decisions`.
 ``--datasets NAME ...`` are read from ``--root DIR/<name>`` (a folder prepared by ``blockmae data prepare
 mvh-<name>``, or model-vs-human's own ``datasets/`` folder); without --root from each dataset's default
 prepared root. ``tiny-imagenet`` is blockmae's own: its val images of the classes in the 16 categories.
-``--distortions NAME ...`` also applies those of model-vs-human's parametric distortions that blockmae
-implements (`blockmae.mvh.distortions`; not Eidolon) to every dataset at all their levels, as datasets
-``<dataset>-<distortion>`` whose trials name the level as the condition. Human observers saw only
+``--distortions NAME ...`` also applies model-vs-human's parametric distortions (`blockmae.mvh.distortions`,
+all twelve, eidolons included) to every dataset at all their levels, as datasets ``<dataset>-<distortion>``
+whose trials name the level as the condition; ``--power-spectrum`` and ``--gamma-table`` take
+model-vs-human's measured files for power equalisation and false colour. Human observers saw only
 model-vs-human's own images: a distortion of other images has no human counterpart.
 
 Outputs in the run dir: ``raw-data/<dataset>/<dataset>_<model>_session-1.csv`` (model-vs-human's schema
@@ -48,7 +49,13 @@ from blockmae.diagnostics.base import (
 )
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import Encoder
-from blockmae.mvh.distortions import DISTORTIONS, distort, needs_amplitude
+from blockmae.mvh.distortions import (
+    DISTORTIONS,
+    distort,
+    load_amplitude_spectrum,
+    load_gamma_table,
+    needs_amplitude,
+)
 from blockmae.mvh.distortions import levels as distortion_levels
 from blockmae.mvh.decisions import (
     DecisionMaker,
@@ -73,6 +80,8 @@ class Mvh(Diagnostic):
 
     def __init__(self) -> None:
         self.classifier: ImageNetClassifier | None = None
+        self.gamma_table: torch.Tensor | None = None  # --gamma-table, read before the run starts
+        self.power_spectrum: torch.Tensor | None = None  # --power-spectrum, uncentred
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
@@ -85,6 +94,12 @@ class Mvh(Diagnostic):
         parser.add_argument("--distortions", nargs="+", default=[], choices=DISTORTIONS, metavar="NAME",
                             help="also apply these of model-vs-human's distortions to every dataset, at all its "
                                  f"levels ({', '.join(DISTORTIONS)}); trial files as <dataset>-<distortion>")
+        parser.add_argument("--power-spectrum", metavar="FILE",
+                            help="power equalisation's target amplitude spectrum, model-vs-human's "
+                                 "mean_power_spectrum_grey.npy (default: the mean over the images distorted)")
+        parser.add_argument("--gamma-table", metavar="FILE",
+                            help="false colour's monitor table, model-vs-human's x_gamma_function.npy (default: a "
+                                 "standard sRGB display)")
         parser.add_argument("--subject", help="the decision maker's name in the trial files (default: the "
                                               "model's name)")
 
@@ -95,6 +110,7 @@ class Mvh(Diagnostic):
         if args.probe or not is_imagenet_classifier(args.checkpoint):
             return None  # an encoder: the common probe resolution
         self.classifier = load_classifier(args.checkpoint, args.subject).to(device)
+        self.check_power_spectrum(self.classifier.image_size)
         self.classifier.autocast = bool(args.autocast)
         return self.classifier.as_encoder(), None
 
@@ -111,6 +127,17 @@ class Mvh(Diagnostic):
             raise BlockMAEError(f"--root {args.root} is not a folder (expected one folder per dataset in it)")
         for name in args.datasets:  # every dataset readable before the run dir and its registry row
             find_stimuli(name, self.dataset_root(args, name))
+        for flag, value, distortion in (("--power-spectrum", args.power_spectrum, "power-equalisation"),
+                                        ("--gamma-table", args.gamma_table, "false-colour")):
+            if value is not None and distortion not in args.distortions:
+                raise BlockMAEError(f"{flag} is used only with --distortions {distortion}")
+        self.gamma_table = load_gamma_table(args.gamma_table) if args.gamma_table else None
+        self.power_spectrum = load_amplitude_spectrum(args.power_spectrum) if args.power_spectrum else None
+
+    def check_power_spectrum(self, image_size: int) -> None:
+        if self.power_spectrum is not None and tuple(self.power_spectrum.shape) != (image_size, image_size):
+            raise BlockMAEError(f"--power-spectrum is a {tuple(self.power_spectrum.shape)} spectrum, but the model "
+                                f"decides on {image_size}-px images")
 
     @staticmethod
     def dataset_root(args: argparse.Namespace, name: str) -> Path | None:
@@ -126,6 +153,7 @@ class Mvh(Diagnostic):
 
     def evaluate(self, ctx: Context) -> DiagnosticResult:
         maker = self.decision_maker(ctx)
+        self.check_power_spectrum(maker.image_size)
         chance = 1.0 / len(maker.categories)
         levels: dict[str, list[dict[str, Any]]] = {}
         summary: dict[str, Any] = {"num_categories": len(maker.categories)}
@@ -162,7 +190,9 @@ class Mvh(Diagnostic):
                     "decision_maker": maker.name,
                     "kind": "imagenet-classifier" if self.classifier is not None else "probe",
                     "categories": list(maker.categories), "image_size": maker.image_size, "chance": chance,
-                    "root": ctx.args.root, "trial_files": files}
+                    "root": ctx.args.root, "trial_files": files,
+                    "power_spectrum": ctx.args.power_spectrum or "mean over the images distorted",
+                    "gamma_table": ctx.args.gamma_table or "sRGB"}
         return DiagnosticResult(settings, levels, summary, lines)
 
     def _trials(self, ctx: Context, maker: DecisionMaker, ds: Any, stimuli: list[Stimulus], keep: list[int],
@@ -172,26 +202,23 @@ class Mvh(Diagnostic):
         if distortion is None:
             conditions = [(None, None)]
         else:
-            amplitude = self._mean_amplitude(ctx, ds) if any(
-                needs_amplitude(distortion, c) for c in distortion_levels(distortion)) else None
+            amplitude = None
+            if any(needs_amplitude(distortion, c) for c in distortion_levels(distortion)):
+                amplitude = self.power_spectrum if self.power_spectrum is not None else self._mean_amplitude(ctx, ds)
             conditions = [(c, amplitude) for c in distortion_levels(distortion)]
         trials = []
         for condition, amplitude in conditions:
             transform = None
             if condition is not None:
                 generator = torch.Generator().manual_seed(zlib.crc32(f"{ctx.seed}/{dataset}/{condition}".encode()))
-                transform = partial(self._distorted, distortion, condition, generator, amplitude)
+                transform = partial(distort, distortion, condition, generator=generator, amplitude=amplitude,
+                                    gamma_table=self.gamma_table)
             desc = f"mvh {dataset}" + ("" if condition is None else f" {condition}")
             decided = self._decide(ctx, maker, ds, desc, transform)
             trials += [Trial(maker.name, stimuli[i].session, 0, math.nan, decided[i], stimuli[i].category,
                              stimuli[i].condition if condition is None else condition, stimuli[i].imagename)
                        for i in keep]
         return trials
-
-    @staticmethod
-    def _distorted(name: str, condition: str, generator: torch.Generator, amplitude: torch.Tensor | None,
-                   images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return distort(name, condition, images, generator, amplitude)
 
     @staticmethod
     def _mean_amplitude(ctx: Context, ds: Any) -> torch.Tensor:
@@ -204,12 +231,12 @@ class Mvh(Diagnostic):
 
     @staticmethod
     def _decide(ctx: Context, maker: DecisionMaker, ds: Any, desc: str,
-                transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[str]:
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[str]:
         decided: list[str] = []
         with torch.no_grad():
-            for images, _, index in ctx.batches(ds, desc):
+            for images, _, _ in ctx.batches(ds, desc):
                 if transform is not None:
-                    images = transform(images, index)
+                    images = transform(images)
                 probs = maker.category_probabilities(images).float().cpu()
                 if not torch.isfinite(probs).all():
                     raise BlockMAEError(f"{maker.name} gives non-finite probabilities ({desc}); check the weights")
