@@ -5,7 +5,7 @@ encoder gets right and the other wrong, with a 95% interval of the paired accura
 bias: a paired bootstrap over the cue-conflict images (each resample draws the same images for both
 encoders). The per-image outputs come from the probe runs (predictions.json) and the shape-bias runs
 (decisions.json). Each test is conditional on the two trained encoders: it covers the sampling of test
-images, not another pretraining seed (blockmae.quickstart.verdicts compares arms over seeds).
+images, not another pretraining seed (blockmae.report.decisions compares arms over seeds).
 """
 
 from __future__ import annotations
