@@ -236,7 +236,8 @@ def _package_tiny_references(root, tmp_path, blocks=(1, 2, 4), seeds=(0, 1)) -> 
     from blockmae.config import load_config
     from blockmae.engine.pretrain import pretrain
     from blockmae.quickstart import CPU_CONFIG, QuickstartConfig, arm_pretrain_config
-    from blockmae.references import package_reference, reference_id
+    from blockmae.references import reference_id
+    from blockmae.references.package import package_reference
 
     manifests = {}
     for seed in seeds:

@@ -30,7 +30,8 @@ from blockmae.quickstart.config import (
 from blockmae.quickstart.evaluate import EncoderSpec, baseline_spec, evaluate_encoder, random_init_arch
 from blockmae.quickstart.figures import own_loss_curves, reconstructions, reference_loss_figure, seed_figure
 from blockmae.quickstart.folder import Progress, Stages, prepare_output
-from blockmae.references import list_references, loss_curve, monitor_curve, weights_arch
+from blockmae.references import list_references, monitor_curve
+from blockmae.references.verify import loss_curve, weights_arch
 from blockmae.registry import Registry
 from blockmae.report.decisions import METRICS, RULES, PerImageTest, SeedResult, arm_stage, decide, pair_verdict
 from blockmae.report.document import Figure
