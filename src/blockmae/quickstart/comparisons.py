@@ -19,11 +19,11 @@ import numpy as np
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.cli_probe import read_predictions
 from blockmae.evaluation.cli_shape_bias import read_decisions
+from blockmae.report.decisions import PER_IMAGE_ALPHA
 from blockmae.report.stats import (
     accuracy_difference_interval, cue_outcomes, mcnemar_test, paired_bootstrap, shape_bias_of_outcomes,
 )
 
-SIGNIFICANCE = 0.01  # the level at which the report calls a paired difference significant
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return self.p < SIGNIFICANCE
+        return self.p < PER_IMAGE_ALPHA
 
     @property
     def interval_holds_zero(self) -> bool:

@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 from blockmae.report.stats import Interval, holm, paired_t_test, t_interval, wilson_interval
 
 ALPHA = 0.05  # family-wise level of the Holm-adjusted verdicts
+# The level at which one seed's per-image test (secondary detail, no multiplicity control) is called significant.
+PER_IMAGE_ALPHA = 0.01
 # An arm has learned shape when every seed's shape-only accuracy has a 95% Wilson lower bound of at
 # least this many times chance (issue 19: twice chance, 20% on ShapeTex's 10 classes).
 LEARNED_SHAPE_CHANCE_FACTOR = 2.0
@@ -43,6 +45,16 @@ RULES = (f"per pair of arms and metric, the per-seed paired difference (same see
 
 def not_resolved(n_seeds: int) -> str:
     return f"not resolved with {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+
+
+def per_image_word(low: float, high: float, p: float) -> str:
+    """The word for one seed's per-image test shown as secondary detail: inside the noise only when its
+    interval covers 0."""
+    if low <= 0.0 <= high:
+        return INSIDE
+    if p < PER_IMAGE_ALPHA:
+        return f"significant (p < {PER_IMAGE_ALPHA:g})"
+    return f"interval excludes 0, p >= {PER_IMAGE_ALPHA:g}"
 
 
 def conditional_on_seed(seed: int) -> str:

@@ -2,9 +2,9 @@
 reference encoders' pretraining seeds), then the user's own run beside the references. Built as a
 Document, rendered like every other report.
 
-The text says only what the numbers support. A verdict (blockmae.report.decisions, the policy of every report) is the mean over
-seeds of the per-seed paired difference with a t-interval over seeds, Holm-adjusted across the report's
-verdicts: "inside the noise" only when that interval covers 0, "higher"/"lower" when it excludes 0 and the
+The text says only what the numbers support. A verdict (blockmae.report.decisions, the policy of every
+report) is the mean over seeds of the per-seed paired difference with a t-interval over seeds,
+Holm-adjusted across the report's verdicts: "inside the noise" only when that interval covers 0, "higher"/"lower" when it excludes 0 and the
 adjusted p < 0.05, otherwise "not resolved with N seeds". Every verdict is printed beside both arms'
 training stage, and an arm whose probe has not learned shape gets no shape-bias verdict. Each seed's
 per-image tests are secondary detail, labelled as conditional on that seed's training; with one seed per
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from blockmae.report.decisions import HIGHER, INSIDE, LOWER, NOT_INTERPRETABLE, conditional_on_seed, interval_scope
+from blockmae.report.decisions import (
+    HIGHER, INSIDE, LOWER, NOT_INTERPRETABLE, conditional_on_seed, interval_scope, per_image_word,
+)
 from blockmae.report.document import Block, Bullets, Cell, Document, Figure, Image, Links, Paragraph, Table
 from blockmae.report.encoders import ArmResult, results_table, runs_table
 
@@ -96,10 +98,8 @@ def _difference(c: Any) -> str:
 
 
 def per_image_verdict(c: Any) -> str:
-    """A per-image test's word: inside the noise only when its interval covers 0."""
-    if c.interval_holds_zero:
-        return "inside the noise"
-    return "significant (p < 0.01)" if c.significant else "interval excludes 0, p >= 0.01"
+    """A per-image test's word (blockmae.report.decisions.per_image_word)."""
+    return per_image_word(c.low, c.high, c.p)
 
 
 def comparisons_table(table_id: str, caption: str, comparisons: Sequence[Any]) -> Table:
@@ -141,7 +141,8 @@ def verdict_sentence(v: Any) -> str:
     """One sentence per verdict, saying no more than the verdict's rule allows."""
     if v.verdict == NOT_INTERPRETABLE:
         return f"{v.first} vs {v.second}, shape bias: no verdict, because {v.reason}."
-    detail = f"{verdict_interval(v)}, {interval_scope(v)}" + (f"; Holm-adjusted {_p(v.p_holm)}" if v.p_holm is not None else "")
+    holm = f"; Holm-adjusted {_p(v.p_holm)}" if v.p_holm is not None else ""
+    detail = f"{verdict_interval(v)}, {interval_scope(v)}{holm}"
     if v.verdict in (HIGHER, LOWER):
         return f"{v.first} has a {v.verdict} {v.metric} than {v.second} ({detail})."
     if v.verdict == INSIDE:
