@@ -16,8 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # High to low: a module may import its own layer and the ones below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("cli", ("blockmae.cli", "blockmae.__main__", "blockmae.references.cli", "blockmae.references.cli_list",
-             "blockmae.references.cli_verify", "blockmae.references.cli_package", "blockmae.visualisation.cli",
+    ("cli", ("blockmae.cli", "blockmae.__main__", "blockmae.references.cli_list", "blockmae.references.cli_verify",
+             # `weights package` measures the packaged encoder with the quickstart's evaluation
+             "blockmae.references.cli_package", "blockmae.visualisation.cli",
              # `blockmae pretrain` runs the online monitor (evaluation) around the engine's pretraining
              "blockmae.engine.cli", "blockmae.mvh.cli_benchmark")),
     ("apps", ("blockmae.quickstart", "blockmae.sweep", "blockmae.report", "blockmae.bench", "blockmae.mvh.figures")),
@@ -39,8 +40,6 @@ HEAVY_OPTIONAL = ("transformers", "matplotlib", "submitit", "playwright", "scipy
 ALLOWED_LOCAL = {
     # the spec's evaluations are checked by sweep.evaluations, which builds on the spec's types
     ("blockmae.sweep.spec", "blockmae.sweep.evaluations"),
-    # `weights package` evaluates a packaged run with the quickstart's evaluation (heavy for `weights list`)
-    ("blockmae.references.cli", "blockmae.quickstart"),
     # fileio.output_lock takes the run-dir lock, whose module imports fileio (and engine's __init__ is heavy)
     ("blockmae.fileio", "blockmae.engine.lock"),
 }
@@ -109,26 +108,17 @@ def imports_of(root: Path, sources: dict[str, str] | None = None) -> tuple[set[s
     return modules, found
 
 
-# Modules whose function-local imports are left as they are for now, with the reason.
-LOCAL_IMPORTS_KEPT = {
-    # the store must stay light for `weights list`; its packaging and verification half (engine, models, torch)
-    # is to move to its own module (issue 21: references store / packaging) after the reliability work lands
-    "blockmae.references",
-}
-
-
 def violations(root: Path, sources: dict[str, str] | None = None) -> list[str]:
     modules, imports = imports_of(root, sources)
     packages = {m.rsplit(".", 1)[0] for m in modules if "." in m}
     out = []
     for imp in imports:
-        kept = imp.importer in LOCAL_IMPORTS_KEPT
         if imp.external:
-            if imp.local and not kept and not (imp.target.split(".")[0] in HEAVY_OPTIONAL and imp.commented):
+            if imp.local and not (imp.target.split(".")[0] in HEAVY_OPTIONAL and imp.commented):
                 out.append(f"{imp.importer}:{imp.line}: function-local import of {imp.target} (only "
                            f"{', '.join(HEAVY_OPTIONAL)} may be, with a comment saying why)")
             continue
-        if imp.local and not kept and (imp.importer, imp.target) not in ALLOWED_LOCAL:
+        if imp.local and (imp.importer, imp.target) not in ALLOWED_LOCAL:
             out.append(f"{imp.importer}:{imp.line}: function-local import of {imp.target}: import it at the top")
         if imp.target.startswith(imp.importer + ".") and imp.importer in packages:
             continue  # a package's __init__ shows its own modules

@@ -11,10 +11,9 @@ import torch
 
 from blockmae.cli import main
 from blockmae.errors import BlockMAEError
-from blockmae.references import (
-    REFERENCES_DIR, find_reference, list_references, load_reference, loss_curve, package_reference,
-    reference_folders, verify_reference,
-)
+from blockmae.references import REFERENCES_DIR, find_reference, list_references, load_reference, reference_folders
+from blockmae.references.package import package_reference
+from blockmae.references.verify import loss_curve, verify_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"  # vit_nano, 32 px, 2x2 free blocks, seed 0
@@ -227,7 +226,7 @@ def test_evaluation_is_stored_and_a_failed_one_keeps_the_old_folder(run_dir, pac
     assert weights == tmp_path / "work" / "model.safetensors" and work_dir == tmp_path / "work" / "evaluation"
     assert data == ref.weights_path.read_bytes() and verify_reference(ref) == []
     assert ref.manifest["weights"]["sha256"] == sha256  # the same run packages to the same bytes
-    from blockmae.references.cli import _row
+    from blockmae.references.cli_list import _row
 
     assert "42.5%" in _row(ref)
 

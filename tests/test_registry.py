@@ -199,7 +199,7 @@ def test_foreign_sqlite_file_is_refused_untouched(tmp_path, capsys):
 
 
 def test_legacy_registry_without_marker_is_adopted(tmp_path):
-    from blockmae.registry import _SCHEMA
+    from blockmae.registry.store import _SCHEMA
 
     with sqlite3.connect(tmp_path / "registry.sqlite") as con:
         con.execute(_SCHEMA.split(";")[0])  # the runs table as written before the marker existed

@@ -46,7 +46,13 @@ def test_paired_differences_pair_by_seed_and_say_when_inside_the_noise(sweep):
     assert set(rows) == {"b2", "b4"}
     assert rows["b2"]["n"].value == 2 and rows["b4"]["n"].value == 1  # b4 lacks seed 2
     assert rows["b2"]["mean"].value == pytest.approx(0.105)
-    assert "higher than the baseline" in rows["b2"]["verdict"].text
+    # Higher on both seeds (McNemar p < 0.001 on each seed's images), but two seeds with Holm across the
+    # study's two verdicts do not resolve it: the one decision policy (blockmae.report.decisions).
+    assert rows["b2"]["verdict"].text.startswith("not resolved with 2 seeds (interval over seeds excludes 0")
+    assert rows["b2"]["holm"].value == pytest.approx(2 * rows["b2"]["t_p"].value)
+    # b4's one seed: its per-image test only, labelled as such, and no seed-level interval.
+    assert "conditional on seed 1; says nothing about training seeds" in rows["b4"]["verdict"].text
+    assert rows["b4"]["low"].value is None and "interval over seeds" not in rows["b4"]["verdict"].text
     assert rows["b2"]["flip_p"].value == 0.5  # two seeds: the sign-flip test cannot go lower
     assert "cannot go below p = 0.5 with 2 seeds" in sentences[0]
     assert "one pair gives no interval" in sentences[1]
@@ -170,6 +176,54 @@ def test_registry_only_root_groups_runs_by_name(tmp_path):
     assert table.rows[0]["mean"].value == pytest.approx(0.1)
     written = write_document(study_document([study]), tmp_path / "r.html", tmp_path / "r.md")
     assert "No baseline arm named" not in written.html.read_text()
+
+
+def _registry_root(root, top1: dict[int, list[float]]):
+    """A registry-only root: per block (arm b<block>) one pretraining run and its probe per seed index, the
+    probe's top-1 from `top1[block][seed]`."""
+    from blockmae.registry import Registry
+
+    registry = Registry(root)
+    for block, values in top1.items():
+        for seed, value in enumerate(values):
+            run_dir = root / f"b{block}-s{seed}"
+            (run_dir / "checkpoints" / "epoch_0002").mkdir(parents=True)
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 2, "loss": 1.0 + block / 10}))
+            cfg = {"mask": {"block": block}, "run": {"seed": seed, "dir": str(run_dir)}, "train": {"epochs": 2}}
+            pre = registry.start_run("pretrain", run_dir, cfg, name=f"b{block}", heartbeat=False)
+            registry.finish_run(pre, "completed", {"loss": 1.0})
+            probe = registry.start_run("probe", root / f"probe-b{block}-{seed}", {"linear": {"seed": seed}},
+                                       parent=run_dir / "checkpoints" / "epoch_0002", heartbeat=False)
+            registry.finish_run(probe, "completed", {"top1": value, "num_eval": 100})
+    (study,) = load_studies(root)
+    study.baseline = "b1"
+    return study
+
+
+def test_three_seeds_per_arm_get_a_seed_level_verdict(tmp_path):
+    # b2 - b1 per seed: +10, +11, +11 points: 95% t-interval over 3 seeds excludes 0, paired t p ~ 0.001.
+    study = _registry_root(tmp_path, {1: [0.30, 0.31, 0.30], 2: [0.40, 0.42, 0.41]})
+    table, sentences = differences_table(study, "probe.top1", "t")
+    (row,) = table.rows
+    assert row["n"].value == 3 and row["low"].value > 0
+    assert row["verdict"].text.startswith("higher than the baseline (interval over seeds excludes 0, Holm p")
+    assert "95% interval over seeds" in sentences[0] and "Holm-adjusted p" in sentences[0]
+    assert "conditional on seed" not in sentences[0]
+    # The whole report decides every metric of the study as one family (probe top-1 and pretraining loss).
+    written = write_document(study_document([study]), tmp_path / "r.html", tmp_path / "r.md")
+    md = written.markdown.read_text()
+    assert md.count("higher than the baseline (interval over seeds excludes 0") == 2
+
+
+def test_one_seed_per_arm_gets_no_seed_level_claim_and_says_so(tmp_path):
+    study = _registry_root(tmp_path, {1: [0.30], 2: [0.45]})
+    table, sentences = differences_table(study, "probe.top1", "t")
+    (row,) = table.rows
+    assert row["n"].value == 1 and row["low"].value is None and row["t_p"].value is None
+    assert row["verdict"].text == ("one shared seed: no seed-level interval, no per-image test (conditional on "
+                                   "seed 0; says nothing about training seeds)")
+    assert "one pair gives no interval over seeds, so this says nothing beyond the single seed" in sentences[0]
+    assert "higher" not in row["verdict"].text and "higher" not in sentences[0]
 
 
 def test_bad_roots_and_sweep_files_are_one_line_errors(tmp_path, sweep):

@@ -47,7 +47,7 @@ def test_paired_comparison_matches_scipy_ttest_rel():
     cmp = paired_comparison(arm, base)
     assert cmp.deltas == pytest.approx((0.03, 0.05, 0.0, 0.03, 0.05))
     assert cmp.t_p == pytest.approx(scipy_stats.ttest_rel(arm, base).pvalue, rel=1e-9)
-    assert cmp.outside_noise  # all deltas >= 0 and the interval excludes 0
+    assert not cmp.interval.contains(0.0)  # all deltas >= 0 and the interval excludes 0
     assert cmp.min_sign_flip_p == pytest.approx(2 / 32)
 
 
@@ -65,7 +65,7 @@ def test_sign_flip_test_is_exact_and_matches_scipy_permutation_test():
 def test_two_seed_difference_is_inside_the_noise_even_when_both_deltas_agree():
     cmp = paired_comparison([0.30, 0.32], [0.28, 0.27])
     assert cmp.sign_flip_p == 0.5 and cmp.min_sign_flip_p == 0.5
-    assert not cmp.outside_noise  # t-interval with 1 df spans 0
+    assert cmp.interval.contains(0.0)  # t-interval with 1 df spans 0
     assert paired_comparison([0.3], [0.2]).interval is None
 
 

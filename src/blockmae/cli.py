@@ -30,7 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("eval", "shape-bias"), "blockmae.evaluation.cli_shape_bias", "shape bias on cue-conflict images"),
     *((("eval", name), module, help_text) for name, module, help_text in DIAGNOSTICS),
     (("viz", "reconstructions"), "blockmae.visualisation.cli", "draw reconstructions of checkpoints"),
-    (("runs",), "blockmae.registry", "list the runs recorded in the experiment registry"),
+    (("runs",), "blockmae.registry.cli", "list the runs recorded in the experiment registry"),
     (("weights", "list"), "blockmae.references.cli_list", "list the reference encoders shipped with blockmae"),
     (("weights", "verify"), "blockmae.references.cli_verify", "check reference encoders against their manifests"),
     (("weights", "package"), "blockmae.references.cli_package", "package a finished pretraining run as a float16 reference encoder"),

@@ -6,7 +6,7 @@ stages, in the order they run (blockmae.quickstart.run):
 * the answer (``evaluate``): every shipped reference encoder (each arm at each pretraining seed) and a
   random-init encoder per seed index through the linear and k-NN probes and the ShapeTex shape-bias test,
   the diagnostics on the seed indices the settings name; verdicts over seeds for every pair of arms
-  (``verdicts``), with each seed's per-image tests as secondary detail (``comparisons``);
+  (blockmae.report.decisions, the policy of every report), with each seed's per-image tests as secondary detail (``comparisons``);
 * your run, with --train (``budget``, then the engine): the same arms pretrained here for the budget, or
   in full with ``--from-scratch``; evaluated and compared with the references;
 * reconstructions and figures (``figures``), ``summary.json`` and the report (blockmae.report.quickstart).

@@ -5,7 +5,7 @@ encoder gets right and the other wrong, with a 95% interval of the paired accura
 bias: a paired bootstrap over the cue-conflict images (each resample draws the same images for both
 encoders). The per-image outputs come from the probe runs (predictions.json) and the shape-bias runs
 (decisions.json). Each test is conditional on the two trained encoders: it covers the sampling of test
-images, not another pretraining seed (blockmae.quickstart.verdicts compares arms over seeds).
+images, not another pretraining seed (blockmae.report.decisions compares arms over seeds).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.cli_probe import read_predictions
 from blockmae.evaluation.cli_shape_bias import read_decisions
+from blockmae.report.decisions import PER_IMAGE_ALPHA
 from blockmae.report.stats import (
     accuracy_difference_interval, cue_outcomes, mcnemar_test, paired_bootstrap, shape_bias_of_outcomes,
 )
 
-SIGNIFICANCE = 0.01  # the level at which the report calls a paired difference significant
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return self.p < SIGNIFICANCE
+        return self.p < PER_IMAGE_ALPHA
 
     @property
     def interval_holds_zero(self) -> bool:

@@ -3,7 +3,7 @@
 1. The answer: every shipped reference encoder (one per arm and pretraining seed; blockmae.references)
    and one random-init encoder of the same architecture per seed index, through the probes and the
    shape-bias test; the diagnostics named in the settings on the seed indices it names (default 0).
-   Verdicts over seeds for every pair of arms (blockmae.quickstart.verdicts), with each seed's per-image
+   Verdicts over seeds for every pair of arms (blockmae.report.decisions), with each seed's per-image
    tests as secondary detail.
 2. Your run, with --train (always with --from-scratch, on the GPU config, or without references): the
    same arms pretrained here, for what the budget allows (or in full, with the references' recipe),
@@ -30,9 +30,10 @@ from blockmae.quickstart.config import (
 from blockmae.quickstart.evaluate import EncoderSpec, baseline_spec, evaluate_encoder, random_init_arch
 from blockmae.quickstart.figures import own_loss_curves, reconstructions, reference_loss_figure, seed_figure
 from blockmae.quickstart.folder import Progress, Stages, prepare_output
-from blockmae.quickstart.verdicts import METRICS, RULES, PerImageTest, SeedResult, arm_stage, decide, pair_verdict
-from blockmae.references import list_references, loss_curve, monitor_curve, weights_arch
+from blockmae.references import list_references, monitor_curve
+from blockmae.references.verify import loss_curve, weights_arch
 from blockmae.registry import Registry
+from blockmae.report.decisions import METRICS, RULES, PerImageTest, SeedResult, arm_stage, decide, pair_verdict
 from blockmae.report.document import Figure
 from blockmae.report.encoders import accuracy_figure, arm_from_registry, loss_figure, shape_bias_figure
 from blockmae.report.quickstart import Provenance, QuickstartResults, quickstart_document
@@ -152,7 +153,7 @@ def answer_verdicts(specs: list[EncoderSpec], arms: dict[str, Any], outcomes: di
     """(verdicts, arm stages, per-seed per-image comparisons) of the answer's encoders.
 
     `arms`/`outcomes`: spec key -> ArmResult / PerImage. Per arm and seed index the four metrics; per pair
-    of arms and seed the per-image tests; the verdicts over seeds (blockmae.quickstart.verdicts)."""
+    of arms and seed the per-image tests; the verdicts over seeds (blockmae.report.decisions)."""
     by_arm: dict[str, dict[int, EncoderSpec]] = {}
     for spec in specs:
         by_arm.setdefault(spec.arm, {})[int(spec.seed or 0)] = spec
@@ -179,7 +180,8 @@ def answer_verdicts(specs: list[EncoderSpec], arms: dict[str, Any], outcomes: di
                 per_image.append(c)
                 tests.setdefault(c.metric, {})[s] = PerImageTest(c.difference, c.low, c.high, c.p, c.test)
         for metric in METRICS:
-            v = pair_verdict(first, second, metric, results[first], results[second], tests.get(metric))
+            v = pair_verdict(first, second, metric, {s: r.metric(metric) for s, r in results[first].items()},
+                             {s: r.metric(metric) for s, r in results[second].items()}, tests.get(metric))
             if v is not None:
                 verdicts.append(v)
     return decide(verdicts, stages), stages, per_image

@@ -3,9 +3,10 @@ the plots; then loss curves, diagnostic curves, reconstructions, the runs and th
 
 Rules: mean +- sample std over seeds with a 95% t-interval (n - 1 degrees of freedom); a single seed shows
 the evaluation's own interval where it stored one. Paired differences use the seeds an arm shares with
-the baseline; a difference is called real only when the 95% t-interval of the mean paired delta excludes
-0, and said to be inside the noise otherwise. Per-image McNemar tests where both evaluations saved
-per-image results on the same images.
+the baseline and are decided by the one policy of every report (blockmae.report.decisions): a seed-level
+t-interval and paired t-test, Holm-adjusted across the study's verdicts; with one shared seed, that seed's
+per-image McNemar test (where both evaluations saved per-image results on the same images), labelled as
+conditional on the seed and saying nothing about training seeds.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from typing import Any, Sequence
 from blockmae.report.document import Cell, Details, Document, Figure, Image, Links, Paragraph, Section, Table, fmt, slug
 from blockmae.report.figures import arm_colour, curves_figure, metric_vs_epochs, metric_vs_variable
 from blockmae.report.model import PRETRAIN_LOSS, Arm, Curve, Study
-from blockmae.report.stats import mcnemar_test, mean_std, paired_comparison, t_interval
+from blockmae.report.decisions import (
+    ALPHA, HIGHER, INSIDE, LOWER, PerImageTest, Verdict, conditional_on_seed, decide, pair_verdict,
+)
+from blockmae.report.stats import (
+    McNemar, accuracy_difference_interval, mcnemar_test, mean_std, paired_comparison, t_interval,
+)
 
 # Reconstruction PNGs embedded per arm (the first seed's), at most this many per arm.
 MAX_RECONSTRUCTIONS_PER_ARM = 6
@@ -69,70 +75,128 @@ def missing_seed_warnings(study: Study) -> list[str]:
     return out
 
 
-def _per_image_test(study: Study, arm: Arm, base: Arm, key: str, seeds: Sequence[int]) -> str:
-    """McNemar per shared seed where both evaluations saved per-image results on the same images."""
+def _per_image_tests(study: Study, arm: Arm, base: Arm, key: str,
+                     seeds: Sequence[int]) -> dict[int, tuple[McNemar, PerImageTest]]:
+    """Seed -> McNemar and the paired accuracy difference, where both evaluations of that seed saved
+    per-image results on the same images (each conditional on that seed's trained encoders)."""
     if key == PRETRAIN_LOSS:
-        return "-"
-    parts = []
+        return {}
+    out = {}
+    metric = key.split(".", 1)[1]
     for seed in seeds:
         _, ea = study.observation(arm.runs[seed], key)
         _, eb = study.observation(base.runs[seed], key)
-        metric = key.split(".", 1)[1]
         pa, pb = (ea.per_image(metric) if ea else None), (eb.per_image(metric) if eb else None)
         if pa and pb and set(pa) == set(pb):
-            idx = sorted(pa)
-            m = mcnemar_test([pa[i] for i in idx], [pb[i] for i in idx])
-            parts.append(f"s{seed}: {m.only_arm}/{m.only_baseline} of {m.n}, p={_p(m.p)}")
-    return "; ".join(parts) or "-"
+            a, b = [pa[i] for i in sorted(pa)], [pb[i] for i in sorted(pa)]
+            m, iv = mcnemar_test(a, b), accuracy_difference_interval(a, b)
+            out[seed] = (m, PerImageTest(iv.value, iv.low, iv.high, m.p, "exact McNemar"))
+    return out
 
 
-def differences_table(study: Study, key: str, table_id: str) -> tuple[Table | None, list[str]]:
-    """Paired differences of `key` against the baseline arm, and one plain sentence per arm."""
+def study_verdicts(study: Study, keys: Sequence[str]) -> dict[str, list[Verdict]]:
+    """Every arm against the baseline on every key (blockmae.report.decisions), decided as one family: Holm
+    across the study's verdicts."""
+    if study.baseline is None or len(study.arms) < 2:
+        return {}
+    base = study.arm(study.baseline)
+    found: dict[str, list[Verdict]] = {}
+    for key in keys:
+        values = study.values(key)
+        for arm in study.arms:
+            if arm.name == base.name:
+                continue
+            shared = sorted(set(values[arm.name]) & set(values[base.name]))
+            tests = {s: t for s, (_, t) in _per_image_tests(study, arm, base, key, shared).items()}
+            v = pair_verdict(arm.name, base.name, key, values[arm.name], values[base.name], tests)
+            if v is not None:
+                found.setdefault(key, []).append(v)
+    decide([v for vs in found.values() for v in vs], {})
+    return found
+
+
+def _word(v: Verdict) -> str:
+    return {HIGHER: "higher than the baseline", LOWER: "lower than the baseline"}.get(v.verdict, v.verdict)
+
+
+def _verdict_text(v: Verdict) -> str:
+    """The table's verdict: a seed-level word, or one seed's per-image word labelled as conditional on it."""
+    if not v.seed_level:
+        scope = conditional_on_seed(v.seeds[0])
+        if v.p_holm is None:
+            return f"one shared seed: no seed-level interval, no per-image test ({scope})"
+        return f"{_word(v)} on seed {v.seeds[0]}'s test images ({scope})"
+    if v.verdict in (HIGHER, LOWER):
+        return f"{_word(v)} (interval over seeds excludes 0, Holm p {_p(v.p_holm)})"
+    if v.verdict == INSIDE:
+        return f"{_word(v)} (interval over seeds includes 0)"
+    return f"{_word(v)} (interval over seeds excludes 0, Holm p {_p(v.p_holm)} >= {ALPHA:g})"
+
+
+def _verdict_sentence(v: Verdict, min_flip_p: float | None) -> str:
+    """One plain sentence per arm, saying no more than the decision policy allows."""
+    n = len(v.seeds)
+    mean = sum(v.differences) / n  # of the metric (one seed: v.mean is the per-image test's)
+    sentence = f"{v.first} vs {v.second}: mean delta {mean:+.4g} over {n} paired seed{'s' * (n > 1)}"
+    if not v.seed_level:
+        sentence += "; one pair gives no interval over seeds, so this says nothing beyond the single seed"
+        if v.p_holm is not None:
+            sentence += (f". Per image ({conditional_on_seed(v.seeds[0])}): {v.mean:+.4g} {_ci(v.low, v.high)}, "
+                         f"Holm-adjusted p {_p(v.p_holm)}: {_word(v)}")
+        return sentence + "."
+    interval = f"95% interval over seeds {_ci(v.low, v.high)}"
+    if v.verdict in (HIGHER, LOWER):
+        sentence += f", {interval} excludes 0 and the Holm-adjusted p is {_p(v.p_holm)}: {_word(v)}."
+    elif v.verdict == INSIDE:
+        sentence += f", {interval} includes 0: the difference is inside the noise."
+    else:
+        sentence += (f", {interval} excludes 0 but the Holm-adjusted p ({_p(v.p_holm)}) is not below {ALPHA:g}: "
+                     f"{v.verdict}.")
+    if min_flip_p is not None and min_flip_p > 0.05:
+        sentence += (f" The t-interval assumes normal deltas; the sign-flip test, which does not, cannot go below "
+                     f"p = {min_flip_p:g} with {n} seeds, so more seeds are needed to make a call firm.")
+    return sentence
+
+
+def differences_table(study: Study, key: str, table_id: str,
+                      verdicts: Sequence[Verdict] | None = None) -> tuple[Table | None, list[str]]:
+    """Paired differences of `key` against the baseline arm, and one plain sentence per arm. `verdicts`: this
+    key's verdicts decided with the study's whole family (:func:`study_verdicts`); without them the key's
+    verdicts form a family of their own."""
     if study.baseline is None or len(study.arms) < 2:
         return None, []
     base = study.arm(study.baseline)
+    decided = {v.first: v for v in (study_verdicts(study, [key]).get(key, []) if verdicts is None else verdicts)}
     values = study.values(key)
     table = Table(table_id, f"{key}: paired differences against the baseline {base.name} (same seed)", [
         ("arm", "arm"), ("n", "pairs"), ("deltas", "per-seed delta"), ("mean", "mean delta"),
-        ("low", "95% CI low"), ("high", "95% CI high"), ("t_p", "paired t p"), ("flip_p", "sign-flip p"), ("mcnemar", "McNemar per image"),
-        ("verdict", "verdict"),
-    ], note="delta = arm - baseline on the same seed; sign-flip p is exact; McNemar (only where per-image "
-            "results were saved): images right only for the arm / only for the baseline.")
+        ("low", "95% CI low"), ("high", "95% CI high"), ("t_p", "paired t p"), ("holm", "Holm p"),
+        ("flip_p", "sign-flip p"), ("mcnemar", "McNemar per image"), ("verdict", "verdict"),
+    ], note="delta = arm - baseline on the same seed; 95% CI: Student t over seeds; Holm p: adjusted across every "
+            "verdict of this study (with one seed, that seed's per-image test); sign-flip p is exact; McNemar (only "
+            "where per-image results were saved): images right only for the arm / only for the baseline, each "
+            "conditional on its seed and saying nothing about training seeds.")
     sentences = []
     for arm in study.arms:
         if arm.name == base.name:
             continue
-        shared = sorted(set(values[arm.name]) & set(values[base.name]))
-        if not shared:
+        v = decided.get(arm.name)
+        if v is None:
             table.add(arm=arm.name, n=0, verdict="no seed shared with the baseline")
             sentences.append(f"{arm.name}: no seed shared with the baseline, no paired comparison.")
             continue
-        cmp = paired_comparison([values[arm.name][s] for s in shared], [values[base.name][s] for s in shared])
-        deltas = ", ".join(f"s{s}: {d:+.4g}" for s, d in zip(shared, cmp.deltas))
-        if cmp.n < 2:
-            verdict = "one shared seed: no interval, no test"
-        elif cmp.outside_noise:
-            verdict = f"{'higher' if cmp.mean > 0 else 'lower'} than the baseline (interval excludes 0)"
-        else:
-            verdict = "inside the noise (interval includes 0)"
-        low, high = (cmp.interval.low, cmp.interval.high) if cmp.interval else (None, None)
-        table.add(arm=arm.name, n=cmp.n, deltas=deltas, mean=Cell(f"{cmp.mean:+.4g}", cmp.mean),
-                  low=low, high=high, t_p=Cell(_p(cmp.t_p), cmp.t_p), flip_p=Cell(_p(cmp.sign_flip_p), cmp.sign_flip_p),
-                  mcnemar=_per_image_test(study, arm, base, key, shared), verdict=verdict)
-        sentence = f"{arm.name} vs {base.name}: mean delta {cmp.mean:+.4g} over {cmp.n} paired seed{'s' * (cmp.n > 1)}"
-        if cmp.n < 2:
-            sentence += "; one pair gives no interval, so this says nothing beyond the single seed."
-        elif cmp.outside_noise:
-            sentence += f", 95% interval {_ci(low, high)} excludes 0: {'higher' if cmp.mean > 0 else 'lower'} than the baseline."
-            if cmp.min_sign_flip_p is not None and cmp.min_sign_flip_p > 0.05:
-                sentence += (f" The t-interval assumes normal deltas; the sign-flip test, which does not, cannot go "
-                             f"below p = {cmp.min_sign_flip_p:g} with {cmp.n} seeds, so more seeds would make this firm.")
-        else:
-            sentence += f", 95% interval {_ci(low, high)} includes 0: the difference is inside the noise."
-            if cmp.min_sign_flip_p is not None and cmp.min_sign_flip_p > 0.05:
-                sentence += (f" With {cmp.n} seeds no paired test can reach p < 0.05 (the smallest sign-flip p is "
-                             f"{cmp.min_sign_flip_p:g}); more seeds are needed to tell.")
-        sentences.append(sentence)
+        mcnemar = [(s, m) for s, (m, _) in _per_image_tests(study, arm, base, key, v.seeds).items()]
+        flips = paired_comparison([values[arm.name][s] for s in v.seeds], [values[base.name][s] for s in v.seeds])
+        seed_p = v.p if v.seed_level else None  # one seed: its p is the per-image test's, shown under McNemar
+        deltas = ", ".join(f"s{s}: {d:+.4g}" for s, d in zip(v.seeds, v.differences))
+        # the metric's mean delta (with one seed v.mean is its per-image test's difference)
+        table.add(arm=arm.name, n=len(v.seeds), deltas=deltas, mean=Cell(f"{flips.mean:+.4g}", flips.mean),
+                  low=v.low if v.seed_level else None, high=v.high if v.seed_level else None, t_p=Cell(_p(seed_p), seed_p),
+                  holm=Cell(_p(v.p_holm), v.p_holm), flip_p=Cell(_p(flips.sign_flip_p), flips.sign_flip_p),
+                  mcnemar="; ".join(f"s{s}: {m.only_arm}/{m.only_baseline} of {m.n}, p={_p(m.p)}"
+                                    for s, m in mcnemar) or "-",
+                  verdict=_verdict_text(v))
+        sentences.append(_verdict_sentence(v, flips.min_sign_flip_p))
     return table, sentences
 
 
@@ -274,11 +338,12 @@ def study_document(studies: Sequence[Study], title: str | None = None) -> Docume
             top.add(overview_table(study, keys, prefix))
         colours = _colours(study)
         x_key, series = _x_key(study)
+        verdicts = study_verdicts(study, keys)
         for key in keys:
             sec = top.sub(key)
             table, points = metric_table(study, key, f"{prefix}{slug(key)}-by-arm")
             sec.add(table)
-            diff, sentences = differences_table(study, key, f"{prefix}{slug(key)}-paired")
+            diff, sentences = differences_table(study, key, f"{prefix}{slug(key)}-paired", verdicts.get(key, []))
             if diff is not None:
                 sec.add(diff, *[Paragraph(s) for s in sentences])
             if points:

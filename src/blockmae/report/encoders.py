@@ -1,26 +1,19 @@
-"""The report of a few encoders with one seed each, compared on a probe and cue-conflict shape bias:
-results table, figures and an interpretation that the numbers support. The quickstart is its user;
-studies over seeds are blockmae.report.analysis. Both are rendered by the same Document machinery
-(blockmae.report.write): report.md, one offline HTML file and the tables' exports.
+"""A few encoders compared on a probe and cue-conflict shape bias: their results read from the registry
+(:func:`arm_from_registry`, never recomputed), the results table and the figures. The quickstart's report
+(blockmae.report.quickstart) is their user; what the differences mean is decided by the one policy of every
+report (blockmae.report.decisions).
 
-It reads the finished runs' metrics from the registry (:func:`arm_from_registry`) and never recomputes them.
-
-Interpretation rules (kept deliberately conservative):
-- two numbers are called different only when their 95% intervals do not overlap; otherwise the report
-  says the difference is inside the intervals;
-- accuracy intervals are Wilson score intervals over the evaluated images; shape-bias intervals are the
-  bootstrap intervals of the shape-bias evaluation;
-- whether the pretrained encoders beat the random-init baseline on the probe is always stated, plainly.
+Accuracy intervals are Wilson score intervals over the evaluated images; shape-bias intervals are the
+bootstrap intervals of the shape-bias evaluation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from blockmae.errors import BlockMAEError
-from blockmae.report.document import Block, Cell, Document, Figure, Image, Links, Paragraph, Table
+from blockmae.report.document import Cell, Table
 from blockmae.report.figures import BASELINE_GREY, arm_colour, new_figure
 from blockmae.report.stats import Interval, wilson_interval
 
@@ -119,152 +112,7 @@ def arm_from_registry(registry: Any, name: str, pretrained: bool, run_ids: Mappi
 
 
 # ---------------------------------------------------------------------------------------------
-# Interpretation
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _ci_pct(iv: Interval) -> str:
-    return f"{_pct(iv.value)} [{_pct(iv.low)}, {_pct(iv.high)}]"
-
-
-def _ci(iv: Interval) -> str:
-    return f"{iv.value:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
-
-
-def _names(arms: Sequence[ArmResult]) -> str:
-    names = [a.name for a in arms]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def probe_verdict(arms: Sequence[ArmResult], baseline: ArmResult, probe: str = "linear") -> str:
-    """One plain sentence: do the pretrained encoders beat the random-init baseline on `probe`?"""
-    label = {"linear": "linear probe", "knn": "k-NN probe"}[probe]
-    pretrained = [a for a in arms if a.pretrained]
-    base = getattr(baseline, probe)
-    better = [a for a in pretrained if getattr(a, probe).above(base)]
-    worse = [a for a in pretrained if base.above(getattr(a, probe))]
-    tied = [a for a in pretrained if a not in better and a not in worse]
-    figures = "; ".join(f"{a.name} {_ci_pct(getattr(a, probe))}" for a in pretrained)
-    ref = f"{baseline.name} {_ci_pct(base)}"
-    if len(better) == len(pretrained):
-        head = f"All pretrained encoders beat the {baseline.name} baseline on the {label}"
-    elif not better:
-        head = f"The pretrained encoders do not beat the {baseline.name} baseline on the {label}"
-    else:
-        head = f"Only {_names(better)} beat{'s' if len(better) == 1 else ''} the {baseline.name} baseline on the {label}"
-    tail = []
-    if tied and better:
-        tail.append(f"{_names(tied)} {'is' if len(tied) == 1 else 'are'} inside the baseline's interval")
-    if worse:
-        tail.append(f"{_names(worse)} {'is' if len(worse) == 1 else 'are'} below it")
-    if not better and tied and not worse:
-        tail.append("the differences are inside the 95% intervals")
-    extra = f"; {'; '.join(tail)}" if tail else ""
-    return f"{head} (top-1 with 95% intervals: {figures}; {ref}){extra}."
-
-
-def shape_bias_comparisons(arms: Sequence[ArmResult]) -> list[str]:
-    """Pairwise shape-bias statements between the pretrained arms, in their order."""
-    pretrained = [a for a in arms if a.pretrained]
-    apart, inside = [], []
-    for i, a in enumerate(pretrained):
-        for b in pretrained[i + 1 :]:
-            if a.shape_bias.overlaps(b.shape_bias):
-                inside.append(f"{a.name} vs {b.name}")
-            else:
-                hi, lo = (a, b) if a.shape_bias.above(b.shape_bias) else (b, a)
-                apart.append(
-                    f"{hi.name} has a higher shape bias than {lo.name} "
-                    f"({_ci(hi.shape_bias)} vs {_ci(lo.shape_bias)}; the 95% intervals do not overlap)."
-                )
-    out = list(apart)
-    if inside and not apart:
-        out.append(
-            "The shape-bias differences between "
-            + _names(pretrained)
-            + " are inside the 95% bootstrap intervals ("
-            + "; ".join(f"{a.name} {_ci(a.shape_bias)}" for a in pretrained)
-            + "): this run does not show that the masking changes shape bias."
-        )
-    elif inside:
-        out.append("The differences " + "; ".join(inside) + " are inside the 95% bootstrap intervals.")
-    return out
-
-
-def baseline_shape_bias(arms: Sequence[ArmResult], baseline: ArmResult) -> str:
-    """How the pretrained arms' shape bias compares with the random-init encoder's."""
-    pretrained = [a for a in arms if a.pretrained]
-    higher = [a for a in pretrained if a.shape_bias.above(baseline.shape_bias)]
-    lower = [a for a in pretrained if baseline.shape_bias.above(a.shape_bias)]
-    inside = [a for a in pretrained if a not in higher and a not in lower]
-    parts = []
-    if higher:
-        parts.append(f"{_names(higher)} {'is' if len(higher) == 1 else 'are'} more shape-biased than")
-    if lower:
-        parts.append(f"{_names(lower)} {'is' if len(lower) == 1 else 'are'} less shape-biased than")
-    if inside:
-        parts.append(f"{_names(inside)} {'is' if len(inside) == 1 else 'are'} inside the interval of")
-    return (
-        "Against the baseline: "
-        + "; ".join(f"{p} the {baseline.name} encoder" for p in parts)
-        + f" (shape bias {_ci(baseline.shape_bias)})."
-    )
-
-
-def cue_preference(arms: Sequence[ArmResult]) -> str | None:
-    """Say which cue the decisions follow, only where every interval lies on one side of 0.5."""
-    texture = [a for a in arms if a.shape_bias.high < 0.5]
-    shape = [a for a in arms if a.shape_bias.low > 0.5]
-    parts = []
-    if texture:
-        parts.append(f"{_names(texture)} decide{'s' if len(texture) == 1 else ''} by texture more often than by shape")
-    if shape:
-        parts.append(f"{_names(shape)} decide{'s' if len(shape) == 1 else ''} by shape more often than by texture")
-    if not parts:
-        return None
-    return "On cue-conflict images " + "; ".join(parts) + " (the whole 95% interval is on that side of 0.5)."
-
-
-def interpret(arms: Sequence[ArmResult], baseline_name: str = "random-init") -> list[str]:
-    """The interpretation paragraphs: only claims that the numbers and their intervals support."""
-    baseline = next((a for a in arms if a.name == baseline_name), None)
-    if baseline is None:
-        raise ValueError(f"no arm named {baseline_name!r} among {[a.name for a in arms]}")
-    pretrained = [a for a in arms if a.pretrained]
-    paragraphs = [probe_verdict(arms, baseline, "linear") + " " + probe_verdict(arms, baseline, "knn")]
-    beats = [a for a in pretrained if a.linear.above(baseline.linear) or a.knn.above(baseline.knn)]
-    if not beats:
-        paragraphs.append(
-            "Since pretraining did not produce better features than random weights here, the shape-bias "
-            "numbers below describe probes on weak features and say little about what the masking teaches; "
-            "a longer pretraining budget is needed to answer the question."
-        )
-    paragraphs.append(" ".join(shape_bias_comparisons(arms)))
-    paragraphs.append(baseline_shape_bias(arms, baseline))
-    preference = cue_preference(arms)
-    if preference:
-        paragraphs.append(preference)
-    paragraphs.append(
-        "Shape-only and texture-only accuracy show how well each probe reads each cue on its own: "
-        + "; ".join(
-            f"{a.name} {_pct(a.shape_only_accuracy)} shape-only, {_pct(a.texture_only_accuracy)} texture-only"
-            for a in arms
-        )
-        + "."
-    )
-    paragraphs.append(
-        "Caveat: one seed and a small budget. The intervals cover the sampling of test images only, not "
-        "seed-to-seed variation of pretraining, so a difference that is outside them here may still not "
-        "hold across seeds."
-    )
-    return paragraphs
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown
+# Tables
 
 
 RESULT_HEADERS = [
@@ -412,38 +260,3 @@ def loss_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     ax.set_title("Pretraining loss per arm" + (" against the reference runs" if references else ""), fontsize=10)
     ax.legend(fontsize=7 if references else 8, frameon=False)
     return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# The report
-
-RESULTS_NOTE = (
-    "Accuracies are on held-out images; the probe, k-NN and shape-bias columns of one row use the same "
-    "frozen encoder. Shape bias = shape decisions / (shape + texture decisions) on cue-conflict images; "
-    "Neither = the cue-conflict decisions that name neither the shape's nor the texture's class, which the "
-    "shape bias leaves out."
-)
-
-
-def encoders_document(
-    title: str,
-    arms: Sequence[ArmResult],
-    intro: str = "",
-    figures: Sequence[Figure | Image] = (),
-    baseline_name: str = "random-init",
-    sections: Sequence[tuple[str, Sequence[Block]]] = (),
-    run_dirs: Sequence[tuple[str, Path]] = (),
-) -> Document:
-    """The report of single-seed encoders as a Document: results, interpretation, figures (`figures`:
-    Figure and Image blocks), extra `sections` (heading, blocks), the registry runs and their folders."""
-    doc = Document(title, [" ".join(intro.split())] if intro else [])
-    doc.section("Results").add(results_table(arms), Paragraph(RESULTS_NOTE))
-    doc.section("Interpretation").add(*[Paragraph(p) for p in interpret(arms, baseline_name)])
-    if figures:
-        doc.section("Figures").add(*figures)
-    for heading, blocks in sections:
-        doc.section(heading).add(*blocks)
-    runs = doc.section("Runs in the registry").add(runs_table(arms))
-    if run_dirs:
-        runs.add(Links(list(run_dirs)))
-    return doc

@@ -2,9 +2,9 @@
 reference encoders' pretraining seeds), then the user's own run beside the references. Built as a
 Document, rendered like every other report.
 
-The text says only what the numbers support. A verdict (blockmae.quickstart.verdicts) is the mean over
-seeds of the per-seed paired difference with a t-interval over seeds, Holm-adjusted across the report's
-verdicts: "inside the noise" only when that interval covers 0, "higher"/"lower" when it excludes 0 and the
+The text says only what the numbers support. A verdict (blockmae.report.decisions, the policy of every
+report) is the mean over seeds of the per-seed paired difference with a t-interval over seeds,
+Holm-adjusted across the report's verdicts: "inside the noise" only when that interval covers 0, "higher"/"lower" when it excludes 0 and the
 adjusted p < 0.05, otherwise "not resolved with N seeds". Every verdict is printed beside both arms'
 training stage, and an arm whose probe has not learned shape gets no shape-bias verdict. Each seed's
 per-image tests are secondary detail, labelled as conditional on that seed's training; with one seed per
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from blockmae.quickstart.verdicts import HIGHER, INSIDE, LOWER, NOT_INTERPRETABLE
+from blockmae.report.decisions import (
+    HIGHER, INSIDE, LOWER, NOT_INTERPRETABLE, conditional_on_seed, interval_scope, per_image_word,
+)
 from blockmae.report.document import Block, Bullets, Cell, Document, Figure, Image, Links, Paragraph, Table
 from blockmae.report.encoders import ArmResult, results_table, runs_table
 
@@ -75,8 +77,8 @@ class QuickstartResults:
     own_figures: list[Figure | Image] = field(default_factory=list)
     settings: list[str] = field(default_factory=list)
     run_dirs: list[tuple[str, Path]] = field(default_factory=list)
-    verdicts: list[Any] = field(default_factory=list)  # blockmae.quickstart.verdicts.Verdict, decided
-    stages: dict[str, Any] = field(default_factory=dict)  # arm -> blockmae.quickstart.verdicts.ArmStage
+    verdicts: list[Any] = field(default_factory=list)  # blockmae.report.decisions.Verdict, decided
+    stages: dict[str, Any] = field(default_factory=dict)  # arm -> blockmae.report.decisions.ArmStage
     seed_indices: list[int] = field(default_factory=list)  # the answer's seed indices
     trained: bool = True  # your run took place (--train)
 
@@ -96,10 +98,8 @@ def _difference(c: Any) -> str:
 
 
 def per_image_verdict(c: Any) -> str:
-    """A per-image test's word: inside the noise only when its interval covers 0."""
-    if c.interval_holds_zero:
-        return "inside the noise"
-    return "significant (p < 0.01)" if c.significant else "interval excludes 0, p >= 0.01"
+    """A per-image test's word (blockmae.report.decisions.per_image_word)."""
+    return per_image_word(c.low, c.high, c.p)
 
 
 def comparisons_table(table_id: str, caption: str, comparisons: Sequence[Any]) -> Table:
@@ -137,17 +137,12 @@ def verdict_interval(v: Any) -> str:
     return f"{mean} [{_metric_value(v.metric, v.low)}, {_metric_value(v.metric, v.high)}]"
 
 
-def _over(v: Any) -> str:
-    if v.interval_over == "seeds":
-        return f"95% t-interval over {len(v.seeds)} seeds"
-    return f"seed {v.seeds[0]} only: the interval covers test images only, not another pretraining seed"
-
-
 def verdict_sentence(v: Any) -> str:
     """One sentence per verdict, saying no more than the verdict's rule allows."""
     if v.verdict == NOT_INTERPRETABLE:
         return f"{v.first} vs {v.second}, shape bias: no verdict, because {v.reason}."
-    detail = f"{verdict_interval(v)}, {_over(v)}" + (f"; Holm-adjusted {_p(v.p_holm)}" if v.p_holm is not None else "")
+    holm = f"; Holm-adjusted {_p(v.p_holm)}" if v.p_holm is not None else ""
+    detail = f"{verdict_interval(v)}, {interval_scope(v)}{holm}"
     if v.verdict in (HIGHER, LOWER):
         return f"{v.first} has a {v.verdict} {v.metric} than {v.second} ({detail})."
     if v.verdict == INSIDE:
@@ -203,7 +198,7 @@ def verdicts_table(verdicts: Sequence[Any], stages: Mapping[str, Any]) -> Table:
         table.add(first=v.first, second=v.second, metric=v.metric, seeds=", ".join(map(str, v.seeds)),
                   per_seed=", ".join(_metric_value(v.metric, d) for d in v.differences),
                   mean=Cell(verdict_interval(v), v.mean),
-                  over="seeds" if v.interval_over == "seeds" else "test images (one seed)",
+                  over="seeds" if v.seed_level else f"test images ({conditional_on_seed(v.seeds[0])})",
                   p=Cell("-" if v.p is None else _p(v.p), v.p), holm=Cell("-" if v.p_holm is None else _p(v.p_holm),
                                                                           v.p_holm),
                   verdict=v.verdict, stage_first=stage_phrase(stages[v.first]) if v.first in stages else "-",

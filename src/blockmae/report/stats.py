@@ -44,13 +44,6 @@ class Interval:
     low: float
     high: float
 
-    def overlaps(self, other: "Interval") -> bool:
-        return self.low <= other.high and other.low <= self.high
-
-    def above(self, other: "Interval") -> bool:
-        """Higher than `other`, with the two intervals apart."""
-        return self.low > other.high
-
     def contains(self, x: float) -> bool:
         return self.low <= x <= self.high
 
@@ -164,11 +157,6 @@ class PairedComparison:
     @property
     def n(self) -> int:
         return len(self.deltas)
-
-    @property
-    def outside_noise(self) -> bool:
-        """True only when the 95% interval of the mean delta excludes 0."""
-        return self.interval is not None and not self.interval.contains(0.0)
 
 
 def paired_t_test(deltas: Sequence[float]) -> float | None:

@@ -1,21 +1,18 @@
-"""Experiment registry: one SQLite file (`registry.sqlite`) in the output root lists every run.
+"""The registry's store: one SQLite file (`registry.sqlite`) in the output root lists every run, and each run
+also leaves its own `run_record.json` in its run dir (from which :func:`reindex` rebuilds the file).
 
 A run is recorded when it starts (status ``running``) and finished with ``completed``, ``failed``
 or ``interrupted`` plus its final metrics. A run still marked ``running`` whose process is gone
 (same host: its pid is dead or reused; other host: no heartbeat for ``STALE_AFTER_S``) is shown as
 ``interrupted``; the stored row is left alone so that a slow heartbeat never rewrites history.
-
-Also the ``blockmae runs`` command (``add_arguments``/``run``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import random
 import socket
@@ -29,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import write_json_atomic
-from blockmae.text import table as text_table
+from blockmae.registry.query import select
 
 DB_NAME = "registry.sqlite"
 DEFAULT_ROOT = Path("outputs")
@@ -121,21 +117,6 @@ def pid_alive(pid: int, proc_start: str | None) -> bool:
     return True
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, Mapping):
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
-    else:
-        out[prefix] = value
-
-
-def flatten(d: Mapping[str, Any]) -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    out: dict[str, Any] = {}
-    _flatten("", d, out)
-    return out
-
-
 @dataclass
 class RunRecord:
     """One row of the registry, with its effective status."""
@@ -164,70 +145,6 @@ class RunRecord:
         d = asdict(self)
         d["duration_s"] = self.duration_s
         return d
-
-    def field_value(self, key: str) -> tuple[bool, Any]:
-        """Look `key` up: 'metrics.x' / 'config.x' explicitly, else a column, a config key, a metric."""
-        columns = {k: v for k, v in asdict(self).items() if k not in ("config", "metrics", "history")}
-        cfg, met = flatten(self.config), flatten(self.metrics)
-        if key.startswith("metrics."):
-            sub = key[len("metrics."):]
-            return (sub in met, met.get(sub))
-        if key.startswith("config."):
-            sub = key[len("config."):]
-            return (sub in cfg, cfg.get(sub))
-        for table in (columns, cfg, met):
-            if key in table:
-                return True, table[key]
-        return False, None
-
-
-_OPS = ("!=", ">=", "<=", "=", ">", "<")
-
-
-def parse_condition(expr: str) -> tuple[str, str, str]:
-    """'mask.block=2' -> ('mask.block', '=', '2'); operators = != > >= < <=."""
-    for i, ch in enumerate(expr):
-        for op in _OPS:
-            if expr.startswith(op, i) and i > 0:
-                key, value = expr[:i].strip(), expr[i + len(op):].strip()
-                if key and value[:1] in ("=", "<", ">", "!", "~"):
-                    raise BlockMAEError(f"--where '{expr}': unknown operator; use one of = != > >= < <= "
-                                        f"(e.g. --where mask.block=2, --where top1>=0.5)")
-                if key and op in ("<", "<=", ">", ">=") and not _is_number(value):
-                    raise BlockMAEError(f"--where '{expr}': {op} compares numbers, and {value!r} is not one")
-                if key:
-                    return key, op, value
-                break
-    raise BlockMAEError(f"--where '{expr}' is not of the form key=value (also != > >= < <=), e.g. --where mask.block=2")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
-def _coerce(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _matches(actual: Any, op: str, wanted: Any) -> bool:
-    if isinstance(wanted, str):
-        wanted = _coerce(wanted)
-    if op in ("=", "!="):
-        equal = actual == wanted or str(actual) == str(wanted)
-        if isinstance(actual, bool) or isinstance(wanted, bool):
-            equal = str(actual).lower() == str(wanted).lower()
-        return equal if op == "=" else not equal
-    try:
-        a, w = float(actual), float(wanted)
-    except (TypeError, ValueError):
-        a, w = str(actual), str(wanted)  # type: ignore[assignment]
-    return {">": a > w, ">=": a >= w, "<": a < w, "<=": a <= w}[op]
 
 
 class Registry:
@@ -434,28 +351,8 @@ class Registry:
         with self._connect() as con:
             rows = _fetch_rows(con, "WHERE kind=?" if kind is not None else "", (kind,) if kind is not None else ())
             history = _fetch_history(con, None)
-        if where is None:
-            conditions: list[tuple[str, str, Any]] = []
-        elif isinstance(where, Mapping):
-            conditions = [(k, "=", v) for k, v in where.items()]
-        else:
-            conditions = [parse_condition(w) for w in where]
-        records = [self._record(r, history.get(r["id"], [])) for r in rows]
-        if records:
-            _check_keys([key for key, _, _ in conditions], records)
-        out = []
-        for rec in records:
-            if status is not None and rec.status != status:
-                continue
-            ok = True
-            for key, op, value in conditions:
-                found, actual = rec.field_value(key)
-                if not found or not _matches(actual, op, value):
-                    ok = False
-                    break
-            if ok:
-                out.append(rec)
-        return out
+        records = select([self._record(r, history.get(r["id"], [])) for r in rows], where)
+        return [r for r in records if status is None or r.status == status]
 
     def _record(self, row: dict[str, Any], history: list[dict[str, Any]] | None = None) -> RunRecord:
         status = row["status"]
@@ -569,18 +466,6 @@ def reindex(root: str | Path) -> tuple[int, Path | None]:
     return len(rows), kept
 
 
-def _check_keys(keys: Sequence[str], records: Sequence[RunRecord]) -> None:
-    unknown = [k for k in keys if not any(r.field_value(k)[0] for r in records)]
-    if not unknown:
-        return
-    columns = [k for k in asdict(records[0]) if k not in ("config", "metrics", "history")]
-    metrics = sorted({k for r in records for k in flatten(r.metrics)})
-    config = sorted({k for r in records for k in flatten(r.config)})
-    shown = config[:25] + ([f"... ({len(config) - 25} more, see --json)"] if len(config) > 25 else [])
-    raise BlockMAEError(f"--where: no run has the key '{unknown[0]}'; valid keys: columns {', '.join(columns)}; "
-                        f"metrics {', '.join(metrics) or '-'}; config {', '.join(shown) or '-'}")
-
-
 @dataclass
 class TrackedRun:
     """Handle given by :meth:`Registry.track`; fill `metrics` before the block ends."""
@@ -595,114 +480,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-# -- the `blockmae runs` command ---------------------------------------------------------------
-
-# Metrics shown in the table, in this order of preference (the first few that a run has).
-KEY_METRICS = (
-    "top1", "top5", "knn_top1", "knn_top5", "shape_bias", "shape_only_acc", "texture_only_as_shape",
-    "frac_neither", "epoch", "loss",
-)
-
-
-def key_metrics(metrics: Mapping[str, Any], limit: int = 4) -> str:
-    """A short `name=value` summary; shape bias shows its interval; other numbers fill up to `limit`."""
-    flat = flatten(metrics)
-    keys = [k for k in KEY_METRICS if k in flat]
-    if len(keys) < limit:
-        keys += [k for k, v in flat.items() if k not in keys and k not in ("shape_bias_low", "shape_bias_high")
-                 and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    parts = []
-    for k in keys[:limit]:
-        text = f"{k}={_fmt_value(flat[k])}"
-        if k == "shape_bias" and "shape_bias_low" in flat and "shape_bias_high" in flat:
-            text += f"[{_fmt_value(flat['shape_bias_low'])},{_fmt_value(flat['shape_bias_high'])}]"
-        parts.append(text)
-    return " ".join(parts)
-
-
-def _fmt_time(ts: float | None) -> str:
-    return "-" if ts is None else _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def _parent_label(parent: str | None, records: Sequence[RunRecord]) -> str:
-    """The id of the registered run whose directory holds `parent`, else the path's tail."""
-    if not parent:
-        return "-"
-    if any(r.id == parent for r in records):
-        return parent
-    try:
-        path = Path(parent).resolve()
-    except OSError:
-        return parent
-    for rec in records:
-        if rec.run_dir and (path == Path(rec.run_dir) or Path(rec.run_dir) in path.parents):
-            return rec.id
-    parts = Path(parent).parts
-    return str(Path(*parts[-2:])) if len(parts) > 2 else parent
-
-
-def format_table(records: Sequence[RunRecord], all_records: Sequence[RunRecord] | None = None) -> str:
-    header = ("id", "kind", "name", "status", "parent", "start", "duration", "metrics")
-    rows = [
-        (
-            r.id, r.kind, r.name or "-", r.status, _parent_label(r.parent, all_records or records),
-            _fmt_time(r.started_at), _fmt_duration(r.duration_s), key_metrics(r.metrics) or "-",
-        )
-        for r in records
-    ]
-    return text_table(header, rows)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="output root holding registry.sqlite (default: outputs)")
-    parser.add_argument("--kind", help="only runs of this kind (pretrain, probe, knn, shape-bias, ...)")
-    parser.add_argument("--status", choices=STATUSES, help="only runs with this status")
-    parser.add_argument(
-        "--where", action="append", default=[], metavar="KEY=VALUE",
-        help="filter on a dotted config key, a metric or a column (also != > >= < <=); repeatable, all must hold",
-    )
-    parser.add_argument("--last", type=number(int, ">=1"), metavar="N", help="only the N most recent matching runs")
-    parser.add_argument("--json", action="store_true", help="print the runs as a JSON list")
-    parser.add_argument("--reindex", action="store_true",
-                        help="rebuild registry.sqlite from the run_record.json files under --root (keeps the old file)")
-
-
-def run(args: argparse.Namespace) -> int:
-    root = Path(args.root)
-    if args.reindex:
-        if not root.is_dir():
-            raise BlockMAEError(f"no folder {root}; pass the output root holding the runs with --root DIR")
-        count, kept = reindex(root)
-        print(f"reindexed {count} runs into {root / DB_NAME}" + (f" (the old file is kept as {kept})" if kept else ""))
-        return 0
-    if not (root / DB_NAME).is_file():
-        raise BlockMAEError(f"no registry at {root / DB_NAME}; run something first or pass --root DIR")
-    registry = Registry(root)
-    records = registry.list_runs(kind=args.kind, where=list(args.where), status=args.status)
-    if args.last is not None:
-        records = records[-args.last:]
-    if args.json:
-        print(json.dumps([r.to_dict() for r in records], indent=2, default=str))
-        return 0
-    if not records:
-        print("no matching runs", file=sys.stderr)
-        return 0
-    print(format_table(records, registry.list_runs()))
-    return 0

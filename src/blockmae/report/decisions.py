@@ -1,13 +1,14 @@
-"""The answer's verdicts: arm against arm over pretraining seeds, each with the arms' training stage.
+"""The one decision policy of every report (the quickstart's answer, sweep and registry studies): arm
+against arm over pretraining seeds, each verdict with the arms' training stage where it is known.
 
-An arm is one mask (1x1, 2x2, 4x4) or random init; it has one encoder per seed index (a reference
-pretrained with that seed, or random weights drawn with it), all scored on the same test images. For a
-pair of arms and a metric (linear top-1, k-NN top-1, shape-only accuracy, shape bias):
+An arm is one setting (a mask, random init, an ablated value); it has one encoder per seed index (pretrained
+with that seed, or random weights drawn with it), all scored on the same test images. For a pair of arms
+and a metric:
 
 * the per-seed paired difference, first minus second at the same seed index;
 * its mean over the seeds with a 95% Student t-interval over seeds and the paired t-test's p; with a
   single shared seed there is no seed-level interval, and the per-image test of that seed stands in (its
-  interval covers the sampling of test images only, and the verdict says so);
+  interval covers the sampling of test images only, and the verdict says so: :func:`interval_scope`);
 * Holm's adjustment of the p-values across the whole family of verdicts;
 * the verdict: "inside the noise" when the interval covers 0; "higher" or "lower" when it excludes 0
   and the Holm-adjusted p < ALPHA; otherwise "not resolved with N seeds".
@@ -26,6 +27,8 @@ from typing import Any, Mapping, Sequence
 from blockmae.report.stats import Interval, holm, paired_t_test, t_interval, wilson_interval
 
 ALPHA = 0.05  # family-wise level of the Holm-adjusted verdicts
+# The level at which one seed's per-image test (secondary detail, no multiplicity control) is called significant.
+PER_IMAGE_ALPHA = 0.01
 # An arm has learned shape when every seed's shape-only accuracy has a 95% Wilson lower bound of at
 # least this many times chance (issue 19: twice chance, 20% on ShapeTex's 10 classes).
 LEARNED_SHAPE_CHANCE_FACTOR = 2.0
@@ -42,6 +45,21 @@ RULES = (f"per pair of arms and metric, the per-seed paired difference (same see
 
 def not_resolved(n_seeds: int) -> str:
     return f"not resolved with {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+
+
+def per_image_word(low: float, high: float, p: float) -> str:
+    """The word for one seed's per-image test shown as secondary detail: inside the noise only when its
+    interval covers 0."""
+    if low <= 0.0 <= high:
+        return INSIDE
+    if p < PER_IMAGE_ALPHA:
+        return f"significant (p < {PER_IMAGE_ALPHA:g})"
+    return f"interval excludes 0, p >= {PER_IMAGE_ALPHA:g}"
+
+
+def conditional_on_seed(seed: int) -> str:
+    """The label of every per-image interval or test: it covers test images, not pretraining seeds."""
+    return f"conditional on seed {seed}; says nothing about training seeds"
 
 
 @dataclass(frozen=True)
@@ -99,7 +117,7 @@ def arm_stage(arm: str, per_seed: Mapping[int, SeedResult], chance: float,
 
 @dataclass(frozen=True)
 class PerImageTest:
-    """A per-image test of one pair at one seed (blockmae.quickstart.comparisons.Comparison's numbers)."""
+    """A per-image test of one pair at one seed (McNemar, a paired bootstrap): its difference, interval and p."""
 
     difference: float
     low: float
@@ -131,18 +149,32 @@ class Verdict:
     def tested(self) -> bool:
         return self.p is not None
 
+    @property
+    def seed_level(self) -> bool:
+        """Whether the verdict is a claim about pretraining seeds (not one seed's test images)."""
+        return self.interval_over == "seeds"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def pair_verdict(first: str, second: str, metric: str, a: Mapping[int, SeedResult], b: Mapping[int, SeedResult],
+def interval_scope(v: Verdict) -> str:
+    """What a verdict's interval covers, in words: seeds, or one seed's test images."""
+    if v.seed_level:
+        return f"95% t-interval over {len(v.seeds)} seeds"
+    return (f"{conditional_on_seed(v.seeds[0])} (seed {v.seeds[0]} only: the interval covers test images only, not "
+            "another pretraining seed)")
+
+
+def pair_verdict(first: str, second: str, metric: str, a: Mapping[int, float], b: Mapping[int, float],
                  per_image: Mapping[int, PerImageTest] | None = None) -> Verdict | None:
-    """The paired comparison of two arms on `metric` over the seed indices both have (None: none shared).
-    The verdict word is set by :func:`decide` once the whole family is known."""
+    """The paired comparison of two arms on `metric` from their per-seed values (seed index -> value), over
+    the seed indices both have (None: none shared). The verdict word is set by :func:`decide` once the
+    whole family is known."""
     seeds = tuple(sorted(set(a) & set(b)))
     if not seeds:
         return None
-    diffs = tuple(a[s].metric(metric) - b[s].metric(metric) for s in seeds)
+    diffs = tuple(a[s] - b[s] for s in seeds)
     mean = sum(diffs) / len(diffs)
     if len(seeds) > 1:
         interval = t_interval(diffs)
