@@ -61,3 +61,24 @@ def test_the_writer_rule_tells_kinds_and_owners(tmp_path):
         claim_output_file(tmp_path / "r.txt", (".html",))
     with pytest.raises(BlockMAEError, match="is inside a pretrain folder"):
         claim_output_file(run / "r.html", (".html",), kind="report")
+
+
+def test_image_progress_prints_plain_lines_only_where_there_is_no_terminal():
+    """A long loop over images writes a line every interval to a file (a cluster's .out); short loops and
+    terminals (where the bar is) print no such line."""
+    import io
+
+    from blockmae import progress
+
+    clock = iter([0.0, 10.0, 40.0, 50.0, 75.0, 80.0]).__next__
+    out = io.StringIO()
+    with progress.ImageProgress(100, "mvh edge", interval_s=30, stream=out, terminal=False, clock=clock) as bar:
+        for _ in range(4):  # at 10, 40, 50 and 75 s
+            bar.update(20)
+    lines = out.getvalue().splitlines()
+    assert lines == ["mvh edge: 40/100 img  1.0 img/s  ETA 0:01:00", "mvh edge: 80/100 img  1.1 img/s  ETA 0:00:19",
+                     "mvh edge: 80/100 img  1.0 img/s  ETA 0:00:20"], lines
+    quiet = io.StringIO()
+    with progress.ImageProgress(100, "short", interval_s=1e9, stream=quiet, terminal=False) as bar:
+        bar.update(100)
+    assert quiet.getvalue() == ""
