@@ -74,12 +74,11 @@ from blockmae.errors import BlockMAEError
 from blockmae.evaluation.cli_probe import run_probe
 from blockmae.evaluation.cli_shape_bias import encoder_for_head
 from blockmae.evaluation.config import EVAL_SPLITS, ProbeConfig
-from blockmae.evaluation.features import RANDOM, Encoder, encode_batch, load_encoder, resolve_device
+from blockmae.evaluation.features import encode_batch, resolve_device
 from blockmae.evaluation.linear import load_head
 from blockmae.evaluation.metrics import topk_correct
 from blockmae.fileio import claim_output_dir, write_json_atomic, write_text_atomic
-from blockmae.models.external import canonical_spec, is_foreign
-from blockmae.models.io import load_mae
+from blockmae.models.factory import RANDOM, Encoder, canonical_spec, is_foreign, load_encoder
 from blockmae.registry import Registry
 from blockmae.report.stats import wilson_interval
 from blockmae.visualisation import save_figure
@@ -353,11 +352,8 @@ def resolve_probe(args: argparse.Namespace, device: torch.device) -> tuple[Encod
 def load_diagnostic_encoder(args: argparse.Namespace, device: torch.device) -> Encoder:
     if not args.checkpoint:
         raise BlockMAEError("pass --checkpoint PATH (or 'random')")
-    arch = None
-    if args.checkpoint == RANDOM and args.arch_from:
-        arch = dict(load_mae(args.arch_from)[0].arch)
-    return load_encoder(args.checkpoint, args.preset, args.img_size, args.patch_size, args.init_seed, device,
-                        arch=arch)
+    return load_encoder(args.checkpoint, device, preset=args.preset, img_size=args.img_size,
+                        patch_size=args.patch_size, seed=args.init_seed, arch_from=args.arch_from)
 
 
 def parent_run(registry: Any, checkpoint: str) -> str:

@@ -47,7 +47,7 @@ from blockmae.diagnostics.base import (
     command,
 )
 from blockmae.errors import BlockMAEError
-from blockmae.evaluation.features import Encoder
+from blockmae.models.factory import Encoder
 from blockmae.mvh.distortions import DISTORTIONS, distort, needs_amplitude
 from blockmae.mvh.distortions import levels as distortion_levels
 from blockmae.mvh.decisions import (

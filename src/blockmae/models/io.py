@@ -1,4 +1,4 @@
-"""Model weights on disk (safetensors + JSON architecture) and interop with Hugging Face ViTMAE.
+"""Model weights on disk: safetensors + JSON architecture (read back by ``models.factory.load_encoder``).
 
 File format: a plain safetensors file holding the model's state dict; its header metadata carries
 ``format`` = ``blockmae.mae``, ``arch`` (JSON of the constructor arguments, enough to rebuild the model)
@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
-from blockmae.models.mae import ARCH_KEYS, MaskedAutoencoderViT
+from blockmae.models.mae import MaskedAutoencoderViT
 
 FORMAT = "blockmae.mae"
 WEIGHTS_NAME = "model.safetensors"
@@ -51,26 +50,6 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
         raise BlockMAEError(f"no {WEIGHTS_NAME} in {path} or {path / 'checkpoints' / 'last'}; pass a "
                             f".safetensors file, a checkpoint directory or a run directory")
     raise BlockMAEError(f"checkpoint {path} does not exist")
-
-
-def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskedAutoencoderViT, dict]:
-    """Rebuild a model saved by :func:`save_mae`; returns (model, metadata)."""
-    file = resolve_weights_path(path)
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            header = handle.metadata() or {}
-        state = load_file(str(file), device=str(device))
-    except (SafetensorError, OSError) as err:
-        raise BlockMAEError(f"{file} is not a readable safetensors file ({err})") from None
-    if header.get("format") != FORMAT or "arch" not in header:
-        raise BlockMAEError(f"{file} has no blockmae architecture in its header (was it written by save_mae?)")
-    arch = json.loads(header["arch"])
-    unknown = sorted(set(arch) - set(ARCH_KEYS))
-    if unknown:
-        raise BlockMAEError(f"{file} names unknown architecture keys {unknown}; valid keys: {list(ARCH_KEYS)}")
-    model = MaskedAutoencoderViT(**arch)
-    load_compatible_state(model, state, source=str(file))
-    return model.to(device), json.loads(header.get("metadata", "{}"))
 
 
 def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

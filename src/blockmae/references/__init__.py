@@ -1,8 +1,8 @@
 """Reference encoders shipped with the package: trained MAEs (encoder + decoder, float16) with what made them.
 
 Each reference is a folder ``resources/references/<id>/`` (id ``quickstart-block{b}-s{seed}``) holding
-``model.safetensors`` (written by ``blockmae.models.io.save_mae``, so ``load_mae`` and
-``blockmae.evaluation.features.load_encoder`` take its path as is and load it into the float32 model),
+``model.safetensors`` (written by ``blockmae.models.io.save_mae``, so
+``blockmae.models.factory.load_encoder`` takes its path as is and loads it into the float32 model),
 ``metrics.jsonl`` (the training run's, verbatim) and ``manifest.json``: checksums, the run's full config,
 the command that trained it, versions, device, images seen, final loss, wall time and, when it was
 measured, the evaluation. ``package_reference`` builds a folder from a finished pretraining run dir;
@@ -224,7 +224,7 @@ def expected_arch(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def weights_arch(ref: Reference) -> dict[str, Any]:
-    """The architecture recorded in the reference's weights file (what load_mae builds)."""
+    """The architecture recorded in the reference's weights file (what models.factory.load_encoder builds)."""
     header, _ = _weights_header(ref.weights_path)
     if "arch" not in header:
         raise BlockMAEError(f"{ref.weights_path} has no blockmae architecture in its header")
@@ -442,9 +442,10 @@ def write_half_precision(checkpoint: Path, path: Path, metadata: dict[str, Any])
     """The checkpoint's MAE in float16 at `path` (save_mae); returns its parameter count."""
     import torch
 
-    from blockmae.models.io import load_mae, save_mae
+    from blockmae.models.factory import load_encoder
+    from blockmae.models.io import save_mae
 
-    model, _ = load_mae(checkpoint)
+    model = load_encoder(checkpoint).mae
     model = model.to(torch.float16)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values()):
         raise BlockMAEError(f"{checkpoint}: a weight does not fit in float16 (overflow); this run cannot be shipped "
