@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.base import command
+from blockmae.diagnostics.cli import command
 from blockmae.diagnostics.lowpass import Lowpass
 
 

@@ -31,7 +31,7 @@ from blockmae.evaluation.knn import knn_classify
 from blockmae.evaluation.linear import load_head, save_head, train_linear_probe, train_linear_probe_forward
 from blockmae.evaluation.metrics import NO_DECISION, read_run_output
 from blockmae.fileio import claim_output_dir, write_json_atomic
-from blockmae.models.factory import RANDOM, Encoder, canonical_spec, load_encoder
+from blockmae.models.factory import Encoder, canonical_spec, checkpoint_stem, load_encoder
 from blockmae.registry import Registry, flatten
 
 PREDICTIONS = "predictions.json"  # per-image top-1 classes of a probe run, written just before results.json
@@ -54,13 +54,7 @@ def class_ids(cfg: ProbeConfig, dataset: Any) -> list[str]:
 
 
 def default_name(cfg: ProbeConfig) -> str:
-    ckpt = cfg.checkpoint
-    if ckpt != RANDOM:
-        path = Path(ckpt)
-        parts = [p for p in path.parts if p not in ("checkpoints", "last", "model.safetensors")]
-        ckpt = parts[-1] if parts else path.stem
-    name = f"{cfg.kind}-{Path(ckpt).stem}-{cfg.data.dataset}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.kind}-{checkpoint_stem(cfg.checkpoint)}-{cfg.data.dataset}")
 
 
 def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:

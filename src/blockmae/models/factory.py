@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,14 @@ def canonical_spec(spec: str) -> str:
         if spec.startswith(prefix):
             return f"{prefix}{Path(spec[len(prefix):]).resolve()}"
     return str(Path(spec).resolve())
+
+
+def checkpoint_stem(spec: str) -> str:
+    """A short file-name-safe name of a checkpoint: its run folder's name (or 'random')."""
+    if spec != RANDOM:
+        parts = [p for p in Path(spec).parts if p not in ("checkpoints", "last", "model.safetensors")]
+        spec = Path(parts[-1]).stem if parts else Path(spec).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
 
 
 def load_encoder(

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from blockmae.data.cue_conflict import CATEGORIES, load_category_mapping
-from blockmae.diagnostics.base import imagenet_normalise, to_unit
+from blockmae.diagnostics.context import imagenet_normalise, to_unit
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import encode_batch
 from blockmae.evaluation.shape_bias import category_probabilities

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from blockmae.config import load_config
 from blockmae.diagnostics import by_name
-from blockmae.diagnostics.base import run_diagnostic
 from blockmae.diagnostics.by_name import diagnostic_modules
+from blockmae.diagnostics.runner import run_diagnostic
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.cli_probe import run_probe
 from blockmae.evaluation.cli_shape_bias import run_shape_bias
