@@ -20,7 +20,7 @@ from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 def _check(encoder: Encoder, spec: str, size: int, mean: tuple, std: tuple, kind: type) -> None:
     assert isinstance(encoder.model, kind) and encoder.checkpoint == spec
     assert encoder.image_size == size and encoder.arch["img_size"] == size
-    assert encoder.mean == pytest.approx(mean) and encoder.std == pytest.approx(std)
+    assert encoder.normalisation == (pytest.approx(mean), pytest.approx(std))
     assert encoder.weights_hash == weights_hash(encoder.model) and len(encoder.weights_hash) == 16
     assert not encoder.model.training and not any(p.requires_grad for p in encoder.model.parameters())
 

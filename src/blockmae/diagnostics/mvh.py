@@ -37,10 +37,10 @@ import torch
 
 from blockmae.data.mvh import DATASETS, OWN_DATASETS, Stimulus, find_stimuli, load_stimuli
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.cli import command
 from blockmae.diagnostics.context import Context
 from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row
 from blockmae.diagnostics.probes import Probe
+from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
 from blockmae.models.factory import Encoder, checkpoint_stem
 from blockmae.mvh.distortions import DISTORTIONS, distort, needs_amplitude

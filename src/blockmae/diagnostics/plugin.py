@@ -2,7 +2,7 @@
 results helpers its `evaluate` uses; what the shared machinery does for it.
 
 A diagnostic is ONE module ``blockmae/diagnostics/<name>.py`` holding a subclass of :class:`Diagnostic`
-and the two functions the `blockmae` command expects, made by ``diagnostics.cli.command``::
+and the two functions the `blockmae` command expects, made by ``diagnostics.runner.command``::
 
     class Lowpass(Diagnostic):
         name = "lowpass"                      # registry kind, `blockmae eval lowpass`, outputs/lowpass/
@@ -17,37 +17,39 @@ and the two functions the `blockmae` command expects, made by ``diagnostics.cli.
     add_arguments, run = command(Lowpass)
 
 (``Diagnostic``, ``DiagnosticResult`` and ``accuracy_row`` from here, ``Context`` from diagnostics/context.py,
-``command`` from diagnostics/cli.py) plus one row in ``blockmae.diagnostics.DIAGNOSTICS`` (``("lowpass", "blockmae.diagnostics.lowpass", help)``)
-and, if wanted, a thin script ``eval/<script>.py`` running ``blockmae.cli.main(["eval", "<name>", *argv])``.
+``command`` from diagnostics/runner.py) plus one row in ``blockmae.diagnostics.DIAGNOSTICS`` (``("lowpass",
+"blockmae.diagnostics.lowpass", help)``) and, if wanted, a thin script ``eval/<script>.py`` running
+``blockmae.cli.main(["eval", "<name>", *argv])``.
 
 What the shared modules do, so that `evaluate` does not:
 
-* Common arguments (diagnostics/cli.py): ``--checkpoint`` (run dir, checkpoint dir,
-  ``.safetensors`` or ``random`` with ``--preset/--img-size/--patch-size/--arch-from/--init-seed``),
-  ``--probe RUN`` (optional), ``--probe-config``/``--probe-set`` (settings of a probe trained here),
+* Common arguments (diagnostics/runner.py): ``--checkpoint`` (run dir, checkpoint dir, ``.safetensors`` or
+  ``random`` with ``--preset/--img-size/--patch-size/--arch-from/--init-seed``), ``--probe RUN`` (optional),
+  ``--probe-config``/``--probe-set`` (settings of a probe trained here),
   ``--data/--root/--split/--num-images`` (the evaluation images), ``--batch-size``, ``--device``,
-  ``--autocast/--no-autocast`` (bf16; default on where the device has fast bf16, i.e. CUDA),
-  ``--out`` (run dir), ``--output-root`` (registry root), ``--name``, ``--seed``.
-* Encoder and probe (diagnostics/probes.py; the encoder from ``models.factory.load_encoder``; a diagnostic that loads its model itself, e.g. a classifier
-  with its own head, overrides :meth:`Diagnostic.resolve_model`): with ``--probe`` the head is loaded
-  and its weights hash is checked against the encoder's. With only ``--checkpoint``, the standard linear probe
-  (``evaluation.cli_probe.run_probe``, ``ProbeConfig`` defaults or ``--probe-config`` plus
-  ``--probe-set`` overrides) is trained on the dataset the checkpoint was pretrained on (its run's
-  ``config.yaml``; ``--data`` overrides), unless the registry already holds a completed probe run for the
-  same weights hash and the same settings, which is reused. The command says which.
-* The images (diagnostics/context.py): :meth:`Context.dataset` loads the evaluation split (the probe's dataset, root and eval
-  split unless ``--data/--root/--split`` say otherwise; ``--num-images`` takes a seeded random subset);
-  :meth:`Context.scores` classifies a dataset in batches on the device, after an optional batched
-  ``transform(images, index)`` on float images in [0, 1] at the encoder's input size (filters,
+  ``--autocast/--no-autocast`` (bf16; default on where the device has fast bf16, i.e. CUDA), ``--out`` (run
+  dir), ``--output-root`` (registry root), ``--name``, ``--seed``.
+* Encoder and probe (diagnostics/probes.py; the encoder from ``models.factory.load_encoder``; a diagnostic
+  that loads its model itself, e.g. a classifier with its own head, overrides
+  :meth:`Diagnostic.resolve_model`): with ``--probe`` the head is loaded and its weights hash is checked
+  against the encoder's. With only ``--checkpoint``, the standard linear probe
+  (``evaluation.cli_probe.run_probe``, ``ProbeConfig`` defaults or ``--probe-config`` plus ``--probe-set``
+  overrides) is trained on the dataset the checkpoint was pretrained on (its run's ``config.yaml``; ``--data``
+  overrides), unless the registry already holds a completed probe run for the same weights hash and the same
+  settings, which is reused. The command says which.
+* The images (diagnostics/context.py): :meth:`Context.dataset` loads the evaluation split (the probe's
+  dataset, root and eval split unless ``--data/--root/--split`` say otherwise; ``--num-images`` takes a seeded
+  random subset); :meth:`Context.scores` classifies a dataset in batches on the device, after an optional
+  batched ``transform(images, index)`` on float images in [0, 1] at the encoder's input size (filters,
   recombinations...), with a progress bar. :meth:`Context.features` gives frozen features instead.
-* Outputs (diagnostics/runner.py), in the run dir (``--out``, default ``<output-root>/<name>/<checkpoint>-<time>``):
-  ``results.json`` = ``{"run_id", "diagnostic", "settings", "encoder", "probe", "levels", "summary",
-  "figures"}`` where ``levels`` maps a curve name to its rows (one per level, accuracies with their 95%
-  intervals, e.g. from :func:`accuracy_row`) and ``summary`` holds the headline numbers (also the
-  registry row's metrics); every figure written by :meth:`Context.save_figure` lands in ``figures/`` as
-  PNG beside a CSV of the numbers drawn. The registry row has kind = the diagnostic's name and parent =
-  the checkpoint's pretraining run id (or the checkpoint's path when no run is registered), so
-  ``blockmae runs --kind lowpass`` lists them. results.json is written last and atomically.
+* Outputs (diagnostics/runner.py), in the run dir (``--out``, default
+  ``<output-root>/<name>/<checkpoint>-<time>``): ``results.json`` = ``{"run_id", "diagnostic", "settings",
+  "encoder", "probe", "levels", "summary", "figures"}`` where ``levels`` maps a curve name to its rows (one
+  per level, accuracies with their 95% intervals, e.g. from :func:`accuracy_row`) and ``summary`` holds the
+  headline numbers (also the registry row's metrics); every figure written by :meth:`Context.save_figure`
+  lands in ``figures/`` as PNG beside a CSV of the numbers drawn. The registry row has kind = the diagnostic's
+  name and parent = the checkpoint's pretraining run id (or the checkpoint's path when no run is registered),
+  so ``blockmae runs --kind lowpass`` lists them. results.json is written last and atomically.
 """
 
 from __future__ import annotations

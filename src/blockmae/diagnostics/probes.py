@@ -1,8 +1,5 @@
-"""A diagnostic's encoder and probe head: given (``--probe``), reused from the registry (a completed probe
-run for the same weights hash and settings), or trained now with the standard linear probe on the dataset the
-checkpoint was pretrained on (see diagnostics/plugin.py). The encoder itself comes from the one model
-factory, ``models.factory.load_encoder``.
-"""
+"""A diagnostic's encoder (``models.factory.load_encoder``) and probe head: given, reused from the registry,
+or trained now (diagnostics/plugin.py says when)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Running a diagnostic: the run dir, device and autocast, encoder and probe, the registry row and
-results.json (:func:`run_diagnostic`); one run per checkpoint plus their comparison (:func:`run_several`).
+"""A diagnostic as a `blockmae eval NAME` command and its run: the common arguments every diagnostic takes,
+:func:`command` (a module's ``add_arguments, run`` from its Diagnostic subclass), and :func:`run_diagnostic`:
+the run dir, device and autocast, encoder and probe, the diagnostic, the registry row and results.json (see
+diagnostics/plugin.py); :func:`run_several`: one run per checkpoint plus their comparison.
 """
 
 from __future__ import annotations
@@ -8,10 +10,11 @@ import argparse
 import datetime as _dt
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from blockmae.config import number
 from blockmae.diagnostics.context import Context
 from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult
 from blockmae.diagnostics.probes import load_diagnostic_encoder, resolve_probe
@@ -21,6 +24,62 @@ from blockmae.evaluation.features import resolve_device
 from blockmae.fileio import claim_output_dir, write_json_atomic
 from blockmae.models.factory import RANDOM, canonical_spec, checkpoint_stem, is_foreign
 from blockmae.registry import Registry
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, several_checkpoints: bool = False) -> None:
+    encoder = parser.add_argument_group("encoder and probe")
+    several = {"nargs": "+"} if several_checkpoints else {}
+    encoder.add_argument("--checkpoint", **several,
+                         help="pretraining run dir, checkpoint dir, .safetensors file, or 'random' "
+                              "(default with --probe: the probe's checkpoint)"
+                              + ("; several: one run each plus a comparison (see the docs)" if several else ""))
+    encoder.add_argument("--probe", help="probe run dir or head.safetensors (default: train the standard linear "
+                                         "probe, or reuse one already trained for the same weights and settings)")
+    encoder.add_argument("--probe-config", help="probe YAML for a probe trained here: a file or a shipped name (e.g. linear_probe)")
+    encoder.add_argument("--probe-set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override of a probe trained here, e.g. linear.epochs=20 (repeatable)")
+    encoder.add_argument("--preset", default="vit_micro", help="checkpoint=random: architecture preset")
+    encoder.add_argument("--arch-from", help="checkpoint=random: copy this checkpoint's architecture")
+    encoder.add_argument("--img-size", type=number(int, ">=1"), default=32, help="checkpoint=random: input size")
+    encoder.add_argument("--patch-size", type=number(int, ">=1"), default=4, help="checkpoint=random: patch size")
+    encoder.add_argument("--init-seed", type=number(int, ">=0"),
+                         default=0, help="checkpoint=random: initialisation seed")
+    data = parser.add_argument_group("evaluation images")
+    data.add_argument("--data", help="dataset (default: the probe's; without --probe: the checkpoint's pretraining "
+                                     "dataset, shapetex for random)")
+    data.add_argument("--root", help="dataset root (default: the probe's or the pretraining run's)")
+    data.add_argument("--split", help="split evaluated (default: the probe's eval split)")
+    data.add_argument("--num-images", type=number(int, ">=1"),
+                      help="evaluate a seeded random subset of this many images")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=number(int, ">=1"), default=256, help="images per batch (default 256)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    run.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                     help="bf16 autocast (default: on for CUDA with bf16, off elsewhere)")
+    run.add_argument("--out", help="run directory (default: <output-root>/<diagnostic>/<checkpoint>-<time>)")
+    run.add_argument("--output-root", default="outputs", help="registry and probe root (default: outputs)")
+    run.add_argument("--name", help="run name (default: derived from the checkpoint)")
+    run.add_argument("--seed", type=number(int, ">=0"), default=0, help="seed of subsets, donors and bootstraps")
+
+
+def command(diagnostic: type[Diagnostic]) -> tuple[Callable[[argparse.ArgumentParser], None],
+                                                   Callable[[argparse.Namespace], int]]:
+    """(add_arguments, run) for `blockmae.cli` from a Diagnostic subclass."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_common_arguments(parser, several_checkpoints=diagnostic.compares_checkpoints)
+        diagnostic.add_options(parser.add_argument_group(f"{diagnostic.name} options"))
+
+    def run(args: argparse.Namespace) -> int:
+        checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+        if len(checkpoints) > 1:
+            run_several(diagnostic, args, checkpoints)
+            return 0
+        args.checkpoint = checkpoints[0]
+        run_diagnostic(diagnostic(), args)
+        return 0
+
+    return add_arguments, run
 
 
 def parent_run(registry: Any, checkpoint: str) -> str:

@@ -31,6 +31,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
+from blockmae.models.io import load_compatible_state
 from blockmae.models.mae import POOLS, attention_capture
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
@@ -147,23 +148,6 @@ def read_weights(file: Path) -> dict[str, Tensor]:
     return state
 
 
-def strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
-    expected = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
-                  f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(expected[wrong[0]].shape)}")
-        raise BlockMAEError(f"{source} does not fit the model it names: {detail}")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
-        raise BlockMAEError(f"{source}: {bad} holds NaN or infinite values (diverged or damaged weights); "
-                            f"use another checkpoint")
-    model.load_state_dict(state)
-
-
 def weights_geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
     """Depth, patch and image size from the blocks, the patch projection and the position table (square grids)."""
     out: dict[str, int] = {}
@@ -206,7 +190,7 @@ def load_timm(name: str, file: Path) -> ForeignViT:
         raise BlockMAEError(f"timm:{name} is not a Vision Transformer (no patch embedding and blocks); only "
                             f"ViT-family timm models can be probed")
     model = fit_to_weights(probe, name, state, num_classes=0)
-    strict_load(model, state, str(file), ignore=("head.",))
+    load_compatible_state(model, state, str(file), ignore=("head.",))
     cfg = model.pretrained_cfg
     return ForeignViT(model, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                       f"timm:{name}:{file}", "timm")
@@ -217,7 +201,7 @@ def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
     file = path / "model.safetensors"
     model_args = {**config.get("model_args", {}), "num_classes": 0}
     model = timm.create_model(config["architecture"], pretrained=False, **model_args)
-    strict_load(model, read_weights(file), str(file), ignore=("head.",))
+    load_compatible_state(model, read_weights(file), str(file), ignore=("head.",))
     cfg = config.get("pretrained_cfg", {})
     return ForeignViT(model, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                       str(path), "timm")
@@ -244,5 +228,5 @@ def load_official_mae(file: Path) -> ForeignViT:
     pooled = "fc_norm.weight" in state and "norm.weight" not in state  # fine-tuned with global pooling
     vit = timm_vit(embed_dim, depth, MAE_WIDTH_HEADS.get(embed_dim, max(1, embed_dim // 64)), geometry["patch_size"],
                    geometry["img_size"], mlp_ratio, 1e-6, "avg" if pooled else "token")
-    strict_load(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
+    load_compatible_state(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
     return ForeignViT(vit, IMAGENET_MEAN, IMAGENET_STD, f"mae:{file}", "mae")

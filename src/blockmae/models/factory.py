@@ -1,19 +1,15 @@
 """Every encoder blockmae takes, from one function: :func:`load_encoder` (spec -> :class:`Encoder`).
 
-Specs (a string; the spec a probe head or a registry row records is :func:`canonical_spec`'s):
+Specs: a blockmae run dir, checkpoint dir or ``.safetensors`` file (``models.io.save_mae``'s; the shipped
+references too): the :class:`MaskedAutoencoderViT`, decoder included (``Encoder.mae``). ``timm:NAME:FILE``, an
+official MAE ``.pth`` (``mae:FILE``), a Hugging Face ViT / ViTMAE directory (``hf:DIR``) or a timm export
+directory: a ``ForeignViT`` (models/external.py; HF in models/hf.py). ``random``: an untrained MAE seeded with
+``seed``, of architecture ``arch``, else the checkpoint ``arch_from``'s, else ``preset`` at ``img_size``/``patch_size``.
 
-* a blockmae run dir, checkpoint dir or ``.safetensors`` file (written by ``models.io.save_mae``; the
-  shipped references are such files): the :class:`MaskedAutoencoderViT`, decoder included (``Encoder.mae``);
-* ``timm:NAME:FILE``, an official MAE ``.pth`` (or ``mae:FILE``), a Hugging Face ViT / ViTMAE directory
-  (or ``hf:DIR``), a timm export directory: a :class:`~blockmae.models.external.ForeignViT`
-  (models/external.py; the HF mapping in models/hf.py);
-* ``random``: an untrained MAE seeded with ``seed``, of architecture ``arch`` (a model's ``arch``),
-  else that of the checkpoint ``arch_from``, else the preset with ``img_size``/``patch_size``.
-
-Which function is for what: ``load_encoder`` is the one way to get a model that evaluations, diagnostics,
-fine-tuning, export and figures read (frozen, eval mode, with its identity: weights hash, input size and
-normalisation). ``models.presets.build_mae`` builds a fresh trainable MAE from a config (pretraining), and
-``MaskedAutoencoderViT(**arch)`` is the class itself; ``models.io.save_mae`` writes one.
+Which function is for what: ``load_encoder`` is the one way to a model that evaluations, diagnostics,
+fine-tuning, export and figures read (frozen, with its weights hash, input size and normalisation);
+``models.presets.build_mae`` builds a fresh trainable MAE from a config (pretraining); ``MaskedAutoencoderViT``
+is the class; ``models.io.save_mae`` writes one.
 """
 
 from __future__ import annotations
@@ -42,27 +38,27 @@ from blockmae.models.presets import build_mae
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 RANDOM = "random"
-FOREIGN_PREFIXES = ("timm:", "hf:", "mae:")
 
 
 @dataclass
 class Encoder:
-    """A frozen encoder plus what identifies it (for caches, head metadata and the registry).
-
-    `mean`/`std`: the normalisation its weights were trained with. The evaluation pipelines always hand
-    ImageNet-normalised images (blockmae.normalisation); a foreign model converts them to its own."""
+    """A frozen encoder plus what identifies it (for caches, head metadata and the registry)."""
 
     model: nn.Module
     checkpoint: str  # the spec as given, or "random"
     weights_hash: str
     arch: dict[str, Any]
     metadata: dict[str, Any]
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
 
     @property
     def image_size(self) -> int:
         return int(self.arch.get("img_size", 64))
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) its weights were trained with: a foreign model's own (in its arch), else ImageNet's.
+        The evaluation pipelines always hand ImageNet-normalised images; a foreign model converts them."""
+        return tuple(self.arch.get("mean", IMAGENET_MEAN)), tuple(self.arch.get("std", IMAGENET_STD))
 
     @property
     def mae(self) -> MaskedAutoencoderViT:
@@ -85,7 +81,7 @@ def weights_hash(model: nn.Module) -> str:
 
 def is_foreign(spec: str) -> bool:
     """Whether ``spec`` names a foreign model rather than a blockmae checkpoint (or ``random``)."""
-    if spec.startswith(FOREIGN_PREFIXES):
+    if spec.startswith(("timm:", "hf:", "mae:")):
         return True
     path = Path(spec)
     return (path.suffix in (".pth", ".pt") and path.is_file()) or hf_config(path) is not None
@@ -122,9 +118,9 @@ def load_encoder(
     for ``random`` only."""
     spec = str(spec)
     if spec == RANDOM:
-        torch.manual_seed(seed)
         if arch is None and arch_from:
-            arch = _read_header(resolve_weights_path(arch_from))[0]
+            arch = _load_blockmae(arch_from)[0].arch
+        torch.manual_seed(seed)
         model = MaskedAutoencoderViT(**arch) if arch is not None else build_mae(preset, img_size=img_size,
                                                                                 patch_size=patch_size)
         metadata: dict[str, Any] = {"seed": seed, **({} if arch is not None else {"preset": preset})}
@@ -134,11 +130,7 @@ def load_encoder(
         model, metadata = _load_blockmae(spec)
     model = model.to(device).eval()
     model.requires_grad_(False)
-    if isinstance(model, ForeignViT):
-        mean, std = tuple(model.arch["mean"]), tuple(model.arch["std"])
-    else:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return Encoder(model, spec, weights_hash(model), dict(model.arch), dict(metadata), mean, std)
+    return Encoder(model, spec, weights_hash(model), dict(model.arch), dict(metadata))
 
 
 def _load_foreign(spec: str) -> ForeignViT:
@@ -157,11 +149,14 @@ def _load_foreign(spec: str) -> ForeignViT:
     return load_timm_dir(path, config) if "architecture" in config else load_hf(path, config)
 
 
-def _read_header(file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(architecture, metadata) from the header of a file written by ``models.io.save_mae``."""
+def _load_blockmae(path: str) -> tuple[MaskedAutoencoderViT, dict[str, Any]]:
+    """The model a file written by ``models.io.save_mae`` holds (its architecture is in the header) and the
+    metadata saved with it."""
+    file = resolve_weights_path(path)
     try:
         with safe_open(str(file), framework="pt") as handle:
             header = handle.metadata() or {}
+        state = load_file(str(file))
     except (SafetensorError, OSError) as err:
         raise BlockMAEError(f"{file} is not a readable safetensors file ({err})") from None
     if header.get("format") != FORMAT or "arch" not in header:
@@ -170,16 +165,6 @@ def _read_header(file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = sorted(set(arch) - set(ARCH_KEYS))
     if unknown:
         raise BlockMAEError(f"{file} names unknown architecture keys {unknown}; valid keys: {list(ARCH_KEYS)}")
-    return arch, json.loads(header.get("metadata", "{}"))
-
-
-def _load_blockmae(path: str) -> tuple[MaskedAutoencoderViT, dict[str, Any]]:
-    file = resolve_weights_path(path)
-    arch, metadata = _read_header(file)
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise BlockMAEError(f"{file} is not a readable safetensors file ({err})") from None
     model = MaskedAutoencoderViT(**arch)
     load_compatible_state(model, state, source=str(file))
-    return model, metadata
+    return model, json.loads(header.get("metadata", "{}"))

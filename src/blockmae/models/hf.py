@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
-from blockmae.models.external import ForeignViT, read_weights, strict_load, timm_vit
+from blockmae.models.external import ForeignViT, read_weights, timm_vit
+from blockmae.models.io import load_compatible_state
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -147,7 +148,7 @@ def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
                    float(config.get("layer_norm_eps", 1e-12)))
     if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
         raise BlockMAEError(f"{path}: only gelu ViTs with qkv biases map onto timm's ViT")
-    strict_load(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
+    load_compatible_state(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
     _, mean, std = hf_preprocessing(path)
     return ForeignViT(vit, mean, std, f"hf:{path}", "hf")
 

@@ -52,9 +52,12 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
     raise BlockMAEError(f"checkpoint {path} does not exist")
 
 
-def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state)`` with a one-line BlockMAEError naming any key or shape mismatch."""
+def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                          ignore: tuple[str, ...] = ()) -> None:
+    """``model.load_state_dict(state)`` with a one-line BlockMAEError naming any key or shape mismatch or
+    non-finite weight; keys starting with an `ignore` prefix are left out (a decoder, a head)."""
     expected = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

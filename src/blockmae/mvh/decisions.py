@@ -31,9 +31,10 @@ from blockmae.diagnostics.context import imagenet_normalise, to_unit
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import encode_batch
 from blockmae.evaluation.shape_bias import category_probabilities
-from blockmae.models.external import fit_to_weights, hf_config, parse_timm_spec, read_weights, strict_load
+from blockmae.models.external import fit_to_weights, hf_config, parse_timm_spec, read_weights
 from blockmae.models.factory import Encoder, weights_hash
 from blockmae.models.hf import hf_preprocessing, load_hf_image_classifier
+from blockmae.models.io import load_compatible_state
 from blockmae.mvh.categories import IMAGENET_INDICES
 
 IMAGENET_CLASSES = 1000
@@ -118,8 +119,7 @@ class ImageNetClassifier(DecisionMaker):
         """The classifier as an `Encoder` record (identity for the registry and results.json)."""
         arch = {"img_size": self.image_size, "source": self.source.split(":")[0], "model": self.source,
                 "mean": list(self.mean), "std": list(self.std), "num_classes": IMAGENET_CLASSES}
-        return Encoder(self.model, self.source, weights_hash(self.model), arch, {"decision_maker": "imagenet-1k"},
-                       self.mean, self.std)
+        return Encoder(self.model, self.source, weights_hash(self.model), arch, {"decision_maker": "imagenet-1k"})
 
 
 class ProbeDecisionMaker(DecisionMaker):
@@ -191,7 +191,7 @@ def load_timm_classifier(spec: str, name: str | None = None) -> ImageNetClassifi
             model = timm.create_model(model_name, pretrained=False)
             if hasattr(model, "patch_embed"):  # a ViT trained at another size or patch: rebuild to fit
                 model = fit_to_weights(model, model_name, state)
-            strict_load(model, state, str(file))
+            load_compatible_state(model, state, str(file))
     except BlockMAEError:
         raise
     except Exception as err:  # noqa: BLE001  (unknown names, offline hub, ...: the user's spec)
