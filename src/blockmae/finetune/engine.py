@@ -21,8 +21,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.data import Mixup, create_transform
 from timm.layers import trunc_normal_
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -40,7 +39,7 @@ from blockmae.fileio import atomic_path, write_json_atomic
 from blockmae.finetune.config import FinetuneConfig
 from blockmae.models.export import timm_model_args, timm_model_name, to_timm_vit
 from blockmae.models.factory import RANDOM, load_encoder
-from blockmae.models.io import load_compatible_state, resolve_weights_path
+from blockmae.models.io import load_compatible_state, read_safetensors
 from blockmae.registry import Registry, flatten
 from blockmae.report.stats import wilson_interval
 
@@ -98,14 +97,12 @@ def save_classifier(model: nn.Module, path: str | Path, metadata: dict | None = 
 
 def load_classifier(path: str | Path) -> nn.Module:
     """A fine-tuned classifier saved by this engine (a run dir, checkpoint dir or weights file) as a timm model."""
-    file = resolve_weights_path(path)
-    with safe_open(str(file), framework="pt") as handle:
-        header = handle.metadata() or {}
+    file, header, state = read_safetensors(path)
     if header.get("format") != WEIGHTS_FORMAT:
         raise BlockMAEError(f"{file} is not a fine-tuned classifier (format {header.get('format')!r})")
     spec = json.loads(header["timm"])
     model = timm.create_model(spec["name"], pretrained=False, num_classes=spec["num_classes"], **spec["model_args"])
-    load_compatible_state(model, load_file(str(file)), source=str(file))
+    load_compatible_state(model, state, source=str(file))
     return model
 
 

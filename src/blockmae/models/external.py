@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
 from blockmae.models.io import load_compatible_state
-from blockmae.models.mae import POOLS, attention_capture
+from blockmae.models.mae import attention_capture, check_layer, check_pool, pool_tokens
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 MAE_WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official MAE/DeiT sizes; else 64-wide heads
@@ -75,9 +75,7 @@ class ForeignViT(nn.Module):
         if layer is None:
             return self.vit.forward_features(x)
         depth = len(self.vit.blocks)
-        if not -depth <= layer < depth:
-            raise BlockMAEError(f"layer={layer} is out of range for an encoder with {depth} blocks "
-                                f"(use 0..{depth - 1} or -{depth}..-1)")
+        check_layer(layer, depth)
         (spatial, prefix), = self.vit.forward_intermediates(
             x, indices=[layer % depth], return_prefix_tokens=True, norm=True, stop_early=True, output_fmt="NLC",
             intermediates_only=True)
@@ -85,18 +83,10 @@ class ForeignViT(nn.Module):
 
     def forward_features(self, imgs: Tensor, pool: str = "cls", layer: int | None = None) -> Tensor:
         """``cls``: the first prefix token; ``avg``: the mean of the patch tokens; ``both``: concatenated."""
-        if pool not in POOLS:
-            raise BlockMAEError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+        check_pool(pool)
         if pool != "avg" and self.num_prefix_tokens == 0:
             raise BlockMAEError(f"{self.arch['model']} has no cls token; use encoder.pool=avg")
-        tokens = self.tokens(imgs, layer)
-        cls_feat = tokens[:, 0]
-        avg_feat = tokens[:, self.num_prefix_tokens:].mean(dim=1)
-        if pool == "cls":
-            return cls_feat
-        if pool == "avg":
-            return avg_feat
-        return torch.cat([cls_feat, avg_feat], dim=-1)
+        return pool_tokens(self.tokens(imgs, layer), pool, self.num_prefix_tokens)
 
     def forward(self, imgs: Tensor) -> Tensor:
         return self.forward_features(imgs)

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torch import nn
 
 from blockmae.errors import BlockMAEError
@@ -32,7 +30,7 @@ from blockmae.models.external import (
     ForeignViT, hf_config, load_official_mae, load_timm, load_timm_dir, parse_timm_spec,
 )
 from blockmae.models.hf import load_hf
-from blockmae.models.io import FORMAT, load_compatible_state, resolve_weights_path
+from blockmae.models.io import FORMAT, load_compatible_state, read_safetensors
 from blockmae.models.mae import ARCH_KEYS, MaskedAutoencoderViT
 from blockmae.models.presets import build_mae
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
@@ -152,13 +150,7 @@ def _load_foreign(spec: str) -> ForeignViT:
 def _load_blockmae(path: str) -> tuple[MaskedAutoencoderViT, dict[str, Any]]:
     """The model a file written by ``models.io.save_mae`` holds (its architecture is in the header) and the
     metadata saved with it."""
-    file = resolve_weights_path(path)
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            header = handle.metadata() or {}
-        state = load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise BlockMAEError(f"{file} is not a readable safetensors file ({err})") from None
+    file, header, state = read_safetensors(path)
     if header.get("format") != FORMAT or "arch" not in header:
         raise BlockMAEError(f"{file} has no blockmae architecture in its header (was it written by save_mae?)")
     arch = json.loads(header["arch"])

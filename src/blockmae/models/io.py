@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
@@ -50,6 +51,17 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
         raise BlockMAEError(f"no {WEIGHTS_NAME} in {path} or {path / 'checkpoints' / 'last'}; pass a "
                             f".safetensors file, a checkpoint directory or a run directory")
     raise BlockMAEError(f"checkpoint {path} does not exist")
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[Path, dict[str, str], dict[str, torch.Tensor]]:
+    """(file, header metadata, state dict) of a weights file, checkpoint dir or run dir (resolve_weights_path)."""
+    file = resolve_weights_path(path)
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return file, header, load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise BlockMAEError(f"{file} is not a readable safetensors file ({err})") from None
 
 
 def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
