@@ -147,9 +147,11 @@ def _edited_manifest(w: Path, t: Path, key: str, value) -> list:
 
 
 def _nan_checkpoint(w: Path, t: Path) -> Path:
-    from blockmae.models.io import load_mae, save_mae
+    from blockmae.models.factory import load_encoder
+    from blockmae.models.io import save_mae
 
-    model, meta = load_mae(w / "base")
+    encoder = load_encoder(w / "base")
+    model, meta = encoder.mae, encoder.metadata
     model.blocks[0].attn.qkv.weight.data[0, 0] = float("nan")
     return save_mae(model, t / "nan.safetensors", meta)
 
@@ -158,9 +160,9 @@ def _nan_pth(w: Path, t: Path) -> Path:
     import torch
 
     from blockmae.models.export import encoder_state_dict
-    from blockmae.models.io import load_mae
+    from blockmae.models.factory import load_encoder
 
-    state = encoder_state_dict(load_mae(w / "base")[0])
+    state = encoder_state_dict(load_encoder(w / "base").mae)
     state["blocks.0.mlp.fc1.weight"][0, 0] = float("inf")
     torch.save({"model": state}, t / "nan.pth")
     return t / "nan.pth"

@@ -5,13 +5,14 @@ import torch
 
 from blockmae.data.base import ImageTensorDataset
 from blockmae.evaluation.config import LinearConfig
-from blockmae.evaluation.features import encoder_features, extract_features, load_encoder
+from blockmae.evaluation.features import encoder_features, extract_features
+from blockmae.models.factory import load_encoder
 from blockmae.evaluation.linear import train_linear_probe_forward
 
 
 @pytest.fixture(scope="module")
 def encoder():
-    return load_encoder("random", "vit_nano", img_size=16, patch_size=4, seed=0)
+    return load_encoder("random", preset="vit_nano", img_size=16, patch_size=4, seed=0)
 
 
 def _dataset(n=40, size=16, seed=0, name="toy"):
@@ -23,8 +24,8 @@ def _dataset(n=40, size=16, seed=0, name="toy"):
 
 
 def test_random_encoder_is_reproducible_and_identified(encoder):
-    again = load_encoder("random", "vit_nano", img_size=16, patch_size=4, seed=0)
-    other = load_encoder("random", "vit_nano", img_size=16, patch_size=4, seed=1)
+    again = load_encoder("random", preset="vit_nano", img_size=16, patch_size=4, seed=0)
+    other = load_encoder("random", preset="vit_nano", img_size=16, patch_size=4, seed=1)
     assert again.weights_hash == encoder.weights_hash != other.weights_hash
     assert encoder.image_size == 16 and not any(p.requires_grad for p in encoder.model.parameters())
 
@@ -64,7 +65,7 @@ def test_random_baseline_can_copy_an_architecture(encoder):
     from blockmae.evaluation.cli_shape_bias import encoder_for_head
 
     arch = {**encoder.arch, "depth": 1, "pos_embed": "learned"}
-    baseline = load_encoder("random", "vit_micro", seed=3, arch=arch)
+    baseline = load_encoder("random", preset="vit_micro", seed=3, arch=arch)
     assert baseline.arch == arch and len(baseline.model.blocks) == 1
     # A head of that baseline finds the same untrained encoder again from its metadata alone.
     meta = {"checkpoint": "random", "encoder": {"seed": 3}, "arch": arch, "weights_hash": baseline.weights_hash}

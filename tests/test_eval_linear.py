@@ -104,12 +104,13 @@ def test_default_recipe_converges_on_badly_scaled_non_separable_features():
 def random_vit_features_on_real_images():
     """Random-init vit_nano cls features of the real Tiny-ImageNet mini set (200 train / 100 val, 10 classes)."""
     from blockmae.data import load_dataset
-    from blockmae.evaluation.features import extract_features, load_encoder
+    from blockmae.evaluation.features import extract_features
+    from blockmae.models.factory import load_encoder
 
     root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tiny-imagenet-200-mini"
     if not root.is_dir():
         pytest.skip(f"real sample data not found at {root}")
-    encoder = load_encoder("random", "vit_nano", 32, 4)
+    encoder = load_encoder("random", preset="vit_nano", img_size=32, patch_size=4)
     splits = [load_dataset("tiny-imagenet", s, root=str(root), image_size=32) for s in ("train", "val")]
     return [(extract_features(encoder.model, ds), ds.labels) for ds in splits]
 

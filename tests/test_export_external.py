@@ -1,7 +1,7 @@
 """Export to timm / Hugging Face, and foreign ViTs (timm, official MAE .pth, HF directories) as encoders.
 
 No network: every foreign model is built randomly initialised here, saved in its format, loaded back through
-`evaluation.features.load_encoder`, and compared with the original model's own outputs.
+`models.factory.load_encoder`, and compared with the original model's own outputs.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from conftest import transformers_or_skip
 import torch
 
 from blockmae.cli import main
-from blockmae.evaluation.features import load_encoder
+from blockmae.models.factory import load_encoder
 from blockmae.models import build_mae, save_mae
 from blockmae.models.export import export_hf, export_timm, largest_difference, timm_load_kwargs
 
@@ -114,7 +114,7 @@ def test_timm_name_and_weights_file_load_with_the_models_normalisation(tmp_path,
         torch.testing.assert_close(enc.model.forward_features(imagenet, pool="avg", layer=0), tokens.mean(1),
                                    rtol=0, atol=1e-5)
     # the normalisation is part of the identity: the same weights read at ImageNet's mean/std hash differently
-    from blockmae.evaluation.features import weights_hash
+    from blockmae.models.factory import weights_hash
     from blockmae.models.external import ForeignViT
 
     assert weights_hash(ForeignViT(enc.model.vit, IMAGENET_MEAN, IMAGENET_STD, "x", "timm")) != enc.weights_hash

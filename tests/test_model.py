@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from blockmae.errors import BlockMAEError
 from blockmae.masking import Mask, MaskGenerator, mask_from_noise
-from blockmae.models import PRESETS, MaskedAutoencoderViT, build_mae, load_mae, save_mae
+from blockmae.models import PRESETS, MaskedAutoencoderViT, build_mae, load_encoder, save_mae
 
 POS_EMBEDS = ["sincos", "learned", "rope", "none"]
 IMG, PATCH = 32, 4  # an 8x8 patch grid
@@ -242,13 +242,14 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     path = save_mae(model, tmp_path / "w" / "model.safetensors", metadata={"epoch": 3, "note": "x"})
     assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temp file left
     for source in (path, path.parent):
-        loaded, meta = load_mae(source)
+        encoder = load_encoder(source)
+        loaded, meta = encoder.mae, encoder.metadata
         assert meta == {"epoch": 3, "note": "x"} and loaded.arch == model.arch
         assert loaded.state_dict().keys() == model.state_dict().keys()
         assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     run_dir = tmp_path / "run"
     save_mae(model, run_dir / "checkpoints" / "last" / "model.safetensors")
-    loaded, _ = load_mae(run_dir)
+    loaded = load_encoder(run_dir).mae
     noise = torch.rand(2, N)
     assert torch.equal(loaded.eval()(images(), noise=noise).pred, model(images(), noise=noise).pred)
 
@@ -257,32 +258,32 @@ def test_load_errors_name_the_problem(tmp_path):
     model = tiny()
     path = save_mae(model, tmp_path / "model.safetensors")
     with pytest.raises(BlockMAEError, match="does not exist"):
-        load_mae(tmp_path / "missing.safetensors")
+        load_encoder(tmp_path / "missing.safetensors")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(BlockMAEError, match="no model.safetensors"):
-        load_mae(tmp_path / "empty_dir")
+        load_encoder(tmp_path / "empty_dir")
     save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(BlockMAEError, match="no blockmae architecture"):
-        load_mae(tmp_path / "plain.safetensors")
+        load_encoder(tmp_path / "plain.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(BlockMAEError, match="not a readable"):
-        load_mae(tmp_path / "junk.safetensors")
+        load_encoder(tmp_path / "junk.safetensors")
 
     state = load_file(str(path))
     arch = {**model.arch, "embed_dim": 128, "num_heads": 2}  # header claims a wider model
     save_file(state, str(tmp_path / "wide.safetensors"), metadata={"format": "blockmae.mae",
                                                                      "arch": json.dumps(arch)})
     with pytest.raises(BlockMAEError, match=r"cls_token has shape \(1, 1, 64\) but the model expects \(1, 1, 128\)"):
-        load_mae(tmp_path / "wide.safetensors")
+        load_encoder(tmp_path / "wide.safetensors")
     del state["norm.weight"]
     save_file(state, str(tmp_path / "short.safetensors"), metadata={"format": "blockmae.mae",
                                                                       "arch": json.dumps(model.arch)})
     with pytest.raises(BlockMAEError, match=r"missing \['norm.weight'\]"):
-        load_mae(tmp_path / "short.safetensors")
+        load_encoder(tmp_path / "short.safetensors")
     save_file(state, str(tmp_path / "future.safetensors"), metadata={"format": "blockmae.mae",
                                                                        "arch": json.dumps({**model.arch, "x": 1})})
     with pytest.raises(BlockMAEError, match=r"unknown architecture keys \['x'\]"):
-        load_mae(tmp_path / "future.safetensors")
+        load_encoder(tmp_path / "future.safetensors")
 
 
 def test_failed_save_keeps_the_previous_file(tmp_path):

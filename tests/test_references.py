@@ -57,9 +57,9 @@ def test_package_writes_the_folder_and_its_manifest(packaged, run_dir):
     assert m["schema"] == 1 and m["id"] == "quickstart-block2-s0" and (m["block"], m["seed"]) == (2, 0)
     assert m["mask"] == {"family": "block", "block": 2, "ratio": 0.75, "align": "free"}
     assert m["weights"]["dtype"] == "float16" and m["weights"]["bytes"] == (folder / "model.safetensors").stat().st_size
-    from blockmae.models import load_mae
+    from blockmae.models import load_encoder
 
-    model, _ = load_mae(run_dir)
+    model = load_encoder(run_dir).mae
     assert m["weights"]["parameters"] == sum(p.numel() for p in model.parameters())
     assert m["config"]["train"]["batch_size"] == 32 and m["config"]["model"]["preset"] == "vit_nano"
     assert m["command"] == TRAIN_COMMAND and m["package_command"][:3] == ["blockmae", "weights", "package"]
@@ -112,11 +112,11 @@ def test_one_changed_byte_fails_verify(packaged, tmp_path, capsys):
 
 
 def test_verify_catches_size_dtype_architecture_and_metrics(packaged, tmp_path):
-    from blockmae.models import load_mae, save_mae
+    from blockmae.models import load_encoder, save_mae
 
     root = _copy(packaged, tmp_path)
     folder = root / "quickstart-block2-s0"
-    model, _ = load_mae(folder)  # float32 again
+    model = load_encoder(folder).mae  # float32 again
     save_mae(model, folder / "model.safetensors")
     with open(folder / "metrics.jsonl", "a") as fh:
         fh.write("\n")
@@ -151,7 +151,7 @@ def test_truncated_manifest_is_a_one_line_error(packaged, tmp_path, capsys):
 
 
 def test_packaged_weights_load_as_the_encoder_within_fp16_tolerance(packaged, run_dir):
-    from blockmae.evaluation.features import load_encoder
+    from blockmae.models.factory import load_encoder
 
     ref = find_reference(2, 0, root=packaged)
     full = load_encoder(str(run_dir))

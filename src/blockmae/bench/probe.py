@@ -16,7 +16,8 @@ from blockmae.data import load_dataset
 from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import LinearConfig
-from blockmae.evaluation.features import extract_features, load_encoder, resolve_device
+from blockmae.evaluation.features import extract_features, resolve_device
+from blockmae.models.factory import load_encoder
 from blockmae.evaluation.linear import train_linear_probe, train_linear_probe_forward
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.images < 2:
         raise BlockMAEError("--epochs must be >= 1 and --images >= 2")
     device = resolve_device(args.device)
-    encoder = load_encoder("random", args.preset, args.image_size, args.patch_size, device=device)
+    encoder = load_encoder("random", device, preset=args.preset, img_size=args.image_size, patch_size=args.patch_size)
     train = load_dataset("shapetex", "train", image_size=args.image_size, num_images=args.images)
     val = load_dataset("shapetex", "val", image_size=args.image_size, num_images=args.eval_images)
     cfg = LinearConfig(epochs=args.epochs, batch_size=args.batch_size, warmup_epochs=min(2, args.epochs))

@@ -1,6 +1,8 @@
-"""Texture-vs-shape diagnostics of frozen encoders, one module each; the shared shape is in `base`.
+"""Texture-vs-shape diagnostics of frozen encoders, one module each, on shared modules: plugin.py (the
+Diagnostic interface, its result and helpers), probes.py (encoder and probe), context.py (the evaluation
+context, image and output helpers), runner.py (common arguments, `command`, a run and its outputs).
 
-Adding one: a new module with a `base.Diagnostic` subclass and `add_arguments, run = base.command(Cls)`,
+Adding one: a new module with a `plugin.Diagnostic` subclass and `add_arguments, run = runner.command(Cls)`,
 a row in `DIAGNOSTICS` (it becomes `blockmae eval NAME`, and the sweep and the quickstart find it by name),
 optionally a thin `eval/<script>.py` (see docs/diagnostics.md).
 """

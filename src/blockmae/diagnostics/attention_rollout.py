@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 
 from blockmae.config import number
 from blockmae.diagnostics import attention as att, attention_figures as figs, occlusion as occ
-from blockmae.diagnostics.base import (
-    Context, Diagnostic, DiagnosticResult, accuracy_row, command, take_subset, to_unit, write_figure,
-)
+from blockmae.diagnostics.context import Context, take_subset, to_unit, write_figure
+from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row
+from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path, write_json_atomic
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from blockmae.diagnostics import DIAGNOSTICS
-from blockmae.diagnostics.base import Diagnostic, run_diagnostic
+from blockmae.diagnostics.plugin import Diagnostic
+from blockmae.diagnostics.runner import run_diagnostic
 from blockmae.errors import BlockMAEError
 
 

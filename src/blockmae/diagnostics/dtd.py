@@ -23,7 +23,9 @@ import torch
 from blockmae.data.dtd import LAYOUT, PARTITIONS, find_data_dir, list_items
 from blockmae.data.roots import resolve_root
 from blockmae.config import number
-from blockmae.diagnostics.base import Context, Diagnostic, DiagnosticResult, accuracy_row, command
+from blockmae.diagnostics.context import Context
+from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row
+from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import LinearConfig
 from blockmae.evaluation.linear import train_linear_probe

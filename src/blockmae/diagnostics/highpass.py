@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.base import command
 from blockmae.diagnostics.lowpass import Lowpass
+from blockmae.diagnostics.runner import command
 
 
 class Highpass(Lowpass):

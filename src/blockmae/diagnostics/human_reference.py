@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from blockmae.diagnostics.base import write_csv
+from blockmae.diagnostics.context import write_csv
 from blockmae.errors import BlockMAEError, error_line
 
 EXPERIMENTS = ("low-pass", "high-pass")

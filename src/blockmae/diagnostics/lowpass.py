@@ -19,10 +19,12 @@ import torch
 
 from blockmae.config import number
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.base import Context, Diagnostic, DiagnosticResult, accuracy_row, command, correct_count
+from blockmae.diagnostics.context import Context
 from blockmae.diagnostics.curves import (accuracy_figure, auc_intervals, curve_summary, human_auc,
                                         human_comparison_figure, level_label, normalised)
 from blockmae.diagnostics.human_reference import human_curve
+from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row, correct_count
+from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.metrics import top1_predictions
 

@@ -38,17 +38,12 @@ import torch
 
 from blockmae.data.mvh import DATASETS, OWN_DATASETS, Stimulus, find_stimuli, load_stimuli
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.base import (
-    Context,
-    Diagnostic,
-    DiagnosticResult,
-    Probe,
-    accuracy_row,
-    checkpoint_stem,
-    command,
-)
+from blockmae.diagnostics.context import Context
+from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row
+from blockmae.diagnostics.probes import Probe
+from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
-from blockmae.evaluation.features import Encoder
+from blockmae.models.factory import Encoder, checkpoint_stem
 from blockmae.mvh.distortions import (
     DISTORTIONS,
     distort,

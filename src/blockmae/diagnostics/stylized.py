@@ -27,10 +27,10 @@ import torch
 
 from blockmae.config import number
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.base import (
-    Context, Diagnostic, DiagnosticResult, accuracy_row, command, correct_count, to_unit,
-)
+from blockmae.diagnostics.context import Context, to_unit
 from blockmae.diagnostics.curves import accuracy_figure, curve_summary
+from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row, correct_count
+from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.metrics import topk_correct
 from blockmae.evaluation.shape_bias import shape_bias_from_decisions

@@ -26,13 +26,12 @@ from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
 from blockmae.engine.lock import RunLock
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
-from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
+from blockmae.evaluation.features import encoder_features, resolve_device
 from blockmae.evaluation.knn import knn_classify
 from blockmae.evaluation.linear import load_head, save_head, train_linear_probe, train_linear_probe_forward
 from blockmae.evaluation.metrics import NO_DECISION, read_run_output
 from blockmae.fileio import claim_output_dir, write_json_atomic
-from blockmae.models.external import canonical_spec
-from blockmae.models.io import load_mae
+from blockmae.models.factory import Encoder, canonical_spec, checkpoint_stem, load_encoder
 from blockmae.registry import Registry, flatten
 
 PREDICTIONS = "predictions.json"  # per-image top-1 classes of a probe run, written just before results.json
@@ -54,18 +53,8 @@ def class_ids(cfg: ProbeConfig, dataset: Any) -> list[str]:
     return list(dataset.class_names)
 
 
-def parent_of(checkpoint: str) -> str:
-    return RANDOM if checkpoint == RANDOM else canonical_spec(checkpoint)
-
-
 def default_name(cfg: ProbeConfig) -> str:
-    ckpt = cfg.checkpoint
-    if ckpt != RANDOM:
-        path = Path(ckpt)
-        parts = [p for p in path.parts if p not in ("checkpoints", "last", "model.safetensors")]
-        ckpt = parts[-1] if parts else path.stem
-    name = f"{cfg.kind}-{Path(ckpt).stem}-{cfg.data.dataset}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.kind}-{checkpoint_stem(cfg.checkpoint)}-{cfg.data.dataset}")
 
 
 def load_split(cfg: ProbeConfig, split: str, image_size: int) -> Any:
@@ -119,10 +108,8 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
     device = resolve_device(cfg.device)
     if encoder is None:
         e = cfg.encoder
-        arch = None
-        if cfg.checkpoint == RANDOM and e.arch_from:
-            arch = dict(load_mae(e.arch_from)[0].arch)
-        encoder = load_encoder(cfg.checkpoint, e.preset, e.img_size, e.patch_size, e.seed, device, arch=arch)
+        encoder = load_encoder(cfg.checkpoint, device, preset=e.preset, img_size=e.img_size, patch_size=e.patch_size,
+                               seed=e.seed, arch_from=e.arch_from)
     encoder.model.to(device)
     name = cfg.name or default_name(cfg)
     root = Path(cfg.output_root)
@@ -143,7 +130,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
         raise
     registry = Registry(root)
     head_path = None
-    with lock, registry.track(kind, run_dir, config, parent=parent_of(cfg.checkpoint), name=name) as run:
+    with lock, registry.track(kind, run_dir, config, parent=canonical_spec(cfg.checkpoint), name=name) as run:
         train_ds = load_split(cfg, cfg.data.train_split, encoder.image_size)
         eval_ds = load_split(cfg, cfg.data.eval_split, encoder.image_size)
         cache = root / "feature_cache" if cfg.data.cache_features else None
@@ -170,7 +157,7 @@ def run_probe(cfg: ProbeConfig, encoder: Encoder | None = None, verbose: bool = 
             history = result.history
             head_meta = {
                 "pool": pool, "layer": layer, "class_names": list(train_ds.class_names),
-                "class_ids": class_ids(cfg, train_ds), "dataset": cfg.data.dataset, "checkpoint": parent_of(cfg.checkpoint),
+                "class_ids": class_ids(cfg, train_ds), "dataset": cfg.data.dataset, "checkpoint": canonical_spec(cfg.checkpoint),
                 "weights_hash": encoder.weights_hash, "encoder": to_dict(cfg.encoder), "arch": encoder.arch,
                 "image_size": encoder.image_size,
             }

@@ -21,13 +21,14 @@ from blockmae.data import load_dataset
 from blockmae.data.cue_conflict import load_category_mapping
 from blockmae.config import number
 from blockmae.errors import BlockMAEError
-from blockmae.evaluation.features import RANDOM, Encoder, encoder_features, load_encoder, resolve_device
+from blockmae.evaluation.features import encoder_features, resolve_device
 from blockmae.evaluation.linear import LinearProbeHead, head_scores, load_head
 from blockmae.evaluation.metrics import read_run_output
 from blockmae.evaluation.shape_bias import (
     HUMAN_SHAPE_BIAS_TIN_SUBSET, category_decisions, cue_conflict_shape_bias, shapetex_shape_bias,
 )
 from blockmae.fileio import write_json_atomic
+from blockmae.models.factory import RANDOM, Encoder, load_encoder
 from blockmae.registry import Registry
 
 FULL_TIN_SUBSET = 550  # conflicting cue-conflict images whose two categories have Tiny-ImageNet classes
@@ -47,9 +48,9 @@ def encoder_for_head(meta: dict[str, Any], checkpoint: str | None, device: torch
     if not checkpoint:
         raise BlockMAEError("the probe head does not name its checkpoint; pass --checkpoint PATH")
     enc_cfg = meta.get("encoder", {})
-    encoder = load_encoder(checkpoint, enc_cfg.get("preset", "vit_micro"), int(enc_cfg.get("img_size", 32)),
-                           int(enc_cfg.get("patch_size", 4)), int(enc_cfg.get("seed", 0)), device,
-                           arch=meta.get("arch") if checkpoint == RANDOM else None)
+    encoder = load_encoder(checkpoint, device, preset=enc_cfg.get("preset", "vit_micro"),
+                           img_size=int(enc_cfg.get("img_size", 32)), patch_size=int(enc_cfg.get("patch_size", 4)),
+                           seed=int(enc_cfg.get("seed", 0)), arch=meta.get("arch"))
     if meta.get("weights_hash") and meta["weights_hash"] != encoder.weights_hash:
         raise BlockMAEError(f"the probe head was trained on other weights ({meta['weights_hash']}) than {checkpoint} "
                             f"({encoder.weights_hash}); pass the checkpoint the probe was trained on")

@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Dict, Optional
 
 from blockmae.config import check_numbers
 from blockmae.errors import BlockMAEError
+from blockmae.models.mae import POOLS
 
-POOLS = ("cls", "avg", "both")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROBE_KINDS = ("linear", "knn", "both")
 

@@ -1,4 +1,5 @@
-"""Features of a frozen encoder over an ImageTensorDataset, with an optional on-disk cache.
+"""Features of a frozen encoder (models.factory.load_encoder) over an ImageTensorDataset, with an optional
+on-disk cache.
 
 Images go through the pipeline's evaluation path (TensorBatchLoader without augmentation: antialiased
 resize to the encoder's input when sizes differ, ImageNet normalisation) and are encoded under no_grad
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,60 +24,7 @@ from blockmae.data.loader import TensorBatchLoader
 from blockmae.engine.distributed import resolve_device as engine_resolve_device
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
-from blockmae.models import MaskedAutoencoderViT, build_mae
-from blockmae.models.external import canonical_spec, is_foreign, load_foreign
-from blockmae.models.io import load_mae
-
-RANDOM = "random"
-
-
-@dataclass
-class Encoder:
-    """A frozen MAE encoder plus what identifies it (for caches, head metadata and the registry)."""
-
-    model: nn.Module
-    checkpoint: str  # path as given, or "random"
-    weights_hash: str
-    arch: dict[str, Any]
-    metadata: dict[str, Any]
-
-    @property
-    def image_size(self) -> int:
-        return int(self.arch.get("img_size", 64))
-
-
-def weights_hash(model: nn.Module) -> str:
-    """sha256 over the state dict (names, shapes, bytes): identifies the weights wherever they came from."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:16]
-
-
-def load_encoder(
-    checkpoint: str, preset: str = "vit_micro", img_size: int = 32, patch_size: int = 4, seed: int = 0,
-    device: str | torch.device = "cpu", arch: dict[str, Any] | None = None,
-) -> Encoder:
-    """Load a checkpoint (file, checkpoint dir or run dir; or a foreign ViT, see models/external.py), or, for
-    checkpoint=random, build an untrained model seeded with `seed`: of architecture `arch` when given (e.g. a
-    pretrained run's), else `preset`."""
-    if checkpoint == RANDOM:
-        torch.manual_seed(seed)
-        if arch is not None:
-            model = MaskedAutoencoderViT(**arch)
-        else:
-            model = build_mae(preset, img_size=img_size, patch_size=patch_size)
-        metadata: dict[str, Any] = {"seed": seed, **({} if arch is not None else {"preset": preset})}
-    elif is_foreign(checkpoint):  # timm:NAME:FILE, official MAE .pth, HF directory (models/external.py)
-        model, metadata = load_foreign(checkpoint), {"foreign": canonical_spec(checkpoint)}
-    else:
-        model, metadata = load_mae(checkpoint)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return Encoder(model, checkpoint, weights_hash(model), dict(model.arch), dict(metadata or {}))
+from blockmae.models.factory import Encoder
 
 
 def resolve_device(device: str) -> torch.device:
@@ -99,16 +46,17 @@ def encode_batch(
 def extract_features(
     model: nn.Module, dataset: Any, pool: str = "cls", layer: int | None = None, batch_size: int = 256,
     device: str | torch.device = "cpu", autocast: bool = False, image_size: int | None = None,
-    desc: str = "features",
+    desc: str = "features", progress: bool = True,
 ) -> torch.Tensor:
-    """Features (N, D) of every image of `dataset` in order (no augmentation), on the CPU."""
+    """Features (N, D) of every image of `dataset` in order (no augmentation), on the CPU; `progress`: a bar
+    on a terminal (off where another bar runs, e.g. the online monitor inside pretraining)."""
     if len(dataset) == 0:
         raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to extract features from")
     loader = TensorBatchLoader(dataset, batch_size, device, augment=None, shuffle=False, drop_last=False,
                                image_size=image_size)
     model.eval()
     out = []
-    with tqdm(total=len(dataset), desc=desc, unit="img", unit_scale=True, disable=not sys.stderr.isatty(),
+    with tqdm(total=len(dataset), desc=desc, unit="img", unit_scale=True, disable=not (progress and sys.stderr.isatty()),
               leave=False) as bar:
         for images, _ in loader:
             out.append(encode_batch(model, images, pool, layer, autocast).cpu())

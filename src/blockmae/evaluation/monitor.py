@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockmae.data import load_dataset, subset
-from blockmae.data.augment import normalize
 from blockmae.engine.config import PretrainConfig
 from blockmae.engine.distributed import resolve_device, torchrun_env
 from blockmae.engine.pretrain import Monitor, pretrain
+from blockmae.evaluation.features import extract_features
 from blockmae.evaluation.knn import knn_scores
 from blockmae.evaluation.metrics import topk_accuracy
 
@@ -88,13 +88,9 @@ class OnlineMonitor:
             self.held_out.update({f"_{name}": split(name) for name in SHAPETEX_PROBES})
         self.cfg, self.device = cfg, device
 
-    @torch.no_grad()
-    def _features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        out = []
-        for start in range(0, len(images), 256):
-            batch = normalize(images[start:start + 256].to(self.device))
-            out.append(model.forward_features(batch, pool="avg").float().cpu())
-        return torch.cat(out)
+    def _features(self, model: nn.Module, dataset: Any) -> torch.Tensor:
+        """Mean-pooled features of the resident images at the training size, without a bar of their own."""
+        return extract_features(model, dataset, pool="avg", batch_size=256, device=self.device, progress=False)
 
     def measure(self, model: nn.Module) -> dict[str, float]:
         """One record: knn_top1, linear_top1 and, on ShapeTex, both on shape_only and texture_only."""
@@ -102,13 +98,13 @@ class OnlineMonitor:
         was_training = model.training
         model.eval()
         try:
-            bank = self._features(model, self.train.images)
+            bank = self._features(model, self.train)
             classes = self.train.num_classes
             with torch.enable_grad():
                 head = logistic_regression(bank, self.train.labels, classes)
             record: dict[str, float] = {}
             for suffix, ds in self.held_out.items():
-                feats = self._features(model, ds.images)
+                feats = self._features(model, ds)
                 knn = knn_scores(bank, self.train.labels, feats, classes, mon.k, mon.temperature)
                 with torch.no_grad():
                     linear = head(feats)

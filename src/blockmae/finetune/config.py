@@ -15,7 +15,7 @@ from blockmae.config import check_numbers
 from blockmae.engine.config import DEVICES, PRECISIONS, OptimConfig, TrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import EVAL_SPLITS
-from blockmae.models.external import is_foreign
+from blockmae.models.factory import RANDOM, is_foreign
 
 POOLS = ("avg", "cls")
 
@@ -107,7 +107,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         check_numbers(self)
-        if self.checkpoint != "random" and is_foreign(self.checkpoint):
+        if self.checkpoint != RANDOM and is_foreign(self.checkpoint):
             raise BlockMAEError(f"checkpoint={self.checkpoint}: fine-tuning reads blockmae checkpoints only, not "
                                 f"foreign encoders (timm:, mae:, hf:); probe it with `blockmae probe`, or fine-tune "
                                 f"it with timm's own scripts")

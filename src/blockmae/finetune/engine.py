@@ -21,8 +21,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.data import Mixup, create_transform
 from timm.layers import trunc_normal_
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -36,15 +35,14 @@ from blockmae.data.loader import TensorBatchLoader, folder_loader
 from blockmae.engine import distributed as dist
 from blockmae.engine.loop import TrainingLoop, seed_everything, started
 from blockmae.errors import BlockMAEError
-from blockmae.evaluation.features import load_encoder
 from blockmae.fileio import atomic_path, write_json_atomic
 from blockmae.finetune.config import FinetuneConfig
 from blockmae.models.export import timm_model_args, timm_model_name, to_timm_vit
-from blockmae.models.io import load_compatible_state, load_mae, resolve_weights_path
+from blockmae.models.factory import RANDOM, load_encoder
+from blockmae.models.io import load_compatible_state, read_safetensors
 from blockmae.registry import Registry, flatten
 from blockmae.report.stats import wilson_interval
 
-RANDOM = "random"
 WEIGHTS_FORMAT = "blockmae.finetune"
 # Settings a resumed run must share with the checkpoint (epochs may grow; paths, logging, device may change).
 _MUST_MATCH = ("checkpoint", "model.", "data.dataset", "data.train_split", "data.num_images", "data.options",
@@ -56,12 +54,10 @@ _MUST_MATCH = ("checkpoint", "model.", "data.dataset", "data.train_split", "data
 def load_pretrained(cfg: FinetuneConfig) -> tuple[Any, str]:
     """(the blockmae MAE whose encoder is fine-tuned, the parent recorded in the registry)."""
     m = cfg.model
-    if cfg.checkpoint == RANDOM:
-        arch = dict(load_mae(m.arch_from)[0].arch) if m.arch_from else None
-        encoder = load_encoder(RANDOM, m.preset, m.img_size, m.patch_size, cfg.run.seed, arch=arch)
-        return encoder.model, RANDOM
-    model, _ = load_mae(cfg.checkpoint)
-    return model, str(_run_dir_of(Path(cfg.checkpoint)))
+    encoder = load_encoder(cfg.checkpoint, preset=m.preset, img_size=m.img_size, patch_size=m.patch_size,
+                           seed=cfg.run.seed, arch_from=m.arch_from)
+    parent = RANDOM if cfg.checkpoint == RANDOM else str(_run_dir_of(Path(cfg.checkpoint)))
+    return encoder.mae, parent
 
 
 def _run_dir_of(path: Path) -> Path:
@@ -101,14 +97,12 @@ def save_classifier(model: nn.Module, path: str | Path, metadata: dict | None = 
 
 def load_classifier(path: str | Path) -> nn.Module:
     """A fine-tuned classifier saved by this engine (a run dir, checkpoint dir or weights file) as a timm model."""
-    file = resolve_weights_path(path)
-    with safe_open(str(file), framework="pt") as handle:
-        header = handle.metadata() or {}
+    file, header, state = read_safetensors(path)
     if header.get("format") != WEIGHTS_FORMAT:
         raise BlockMAEError(f"{file} is not a fine-tuned classifier (format {header.get('format')!r})")
     spec = json.loads(header["timm"])
     model = timm.create_model(spec["name"], pretrained=False, num_classes=spec["num_classes"], **spec["model_args"])
-    load_compatible_state(model, load_file(str(file)), source=str(file))
+    load_compatible_state(model, state, source=str(file))
     return model
 
 

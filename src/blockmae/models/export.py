@@ -26,7 +26,7 @@ from torch import nn
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import claim_output_dir, mark_output, output_lock, staged_dir
 from blockmae.models.hf import _HF_RENAMES, build_hf_vitmae, quiet_transformers, require_transformers
-from blockmae.models.io import load_mae
+from blockmae.models.factory import load_encoder
 from blockmae.models.mae import MaskedAutoencoderViT
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
@@ -232,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     claim_output_dir(args.out, EXPORT_KIND, force=args.force)
-    model, _ = load_mae(args.checkpoint)
+    model = load_encoder(args.checkpoint).mae
     with output_lock(args.out):
         claim_output_dir(args.out, EXPORT_KIND, force=args.force)  # again: another writer may have come first
         out = export_timm(model, args.out, args.pool) if args.fmt == "timm" else export_hf(model, args.out)

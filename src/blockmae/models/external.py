@@ -1,17 +1,18 @@
 """Foreign ViTs behind the interface the evaluations use (``forward_features(imgs, pool, layer)``,
 ``attention_maps``, ``arch``), so a probe, shape bias or diagnostic runs on them as on a blockmae run.
 
-Checkpoint specs (``evaluation.features.load_encoder`` dispatches here when :func:`is_foreign` says so):
+Checkpoint specs (``models.factory.load_encoder`` dispatches here when ``factory.is_foreign`` says so):
 
 * ``timm:<model_name>:<weights file>``: a timm model (``.safetensors``, or ``.pth``/``.bin`` loaded with
   ``weights_only=True``); patch and image size are read from the weights when they differ from the name's;
 * ``mae:<file.pth>`` or any ``.pth``/``.pt`` file: an official facebookresearch/mae checkpoint (``model`` key);
   pretrained or fine-tuned (``fc_norm`` + ``head``, global pooling) ones alike;
-* ``hf:<dir>`` or any directory with a transformers ``config.json``: a ``ViTMAE*`` or ``ViT*`` model;
+* ``hf:<dir>`` or any directory with a transformers ``config.json``: a ``ViTMAE*`` or ``ViT*`` model
+  (read by models/hf.py, the one home of Hugging Face glue, onto :func:`timm_vit`);
 * a timm export directory (``config.json`` with ``architecture``, from ``blockmae export --format timm``).
 
 Every one becomes a timm model: the MAE and HF names are mapped onto timm's ViT names (for HF by the one
-mapping of models/io.py). The wrapper re-normalises the evaluation pipeline's ImageNet-normalised input to
+mapping of models/hf.py). The wrapper re-normalises the evaluation pipeline's ImageNet-normalised input to
 the model's own mean/std and reports the model's own input size, so images are resized to it.
 """
 
@@ -30,11 +31,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
-from blockmae.models.hf import hf_to_timm_names
-from blockmae.models.mae import POOLS, attention_capture
+from blockmae.models.io import load_compatible_state
+from blockmae.models.mae import attention_capture, check_layer, check_pool, pool_tokens
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
-PREFIXES = ("timm:", "hf:", "mae:")
 MAE_WIDTH_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # official MAE/DeiT sizes; else 64-wide heads
 
 
@@ -75,9 +75,7 @@ class ForeignViT(nn.Module):
         if layer is None:
             return self.vit.forward_features(x)
         depth = len(self.vit.blocks)
-        if not -depth <= layer < depth:
-            raise BlockMAEError(f"layer={layer} is out of range for an encoder with {depth} blocks "
-                                f"(use 0..{depth - 1} or -{depth}..-1)")
+        check_layer(layer, depth)
         (spatial, prefix), = self.vit.forward_intermediates(
             x, indices=[layer % depth], return_prefix_tokens=True, norm=True, stop_early=True, output_fmt="NLC",
             intermediates_only=True)
@@ -85,18 +83,10 @@ class ForeignViT(nn.Module):
 
     def forward_features(self, imgs: Tensor, pool: str = "cls", layer: int | None = None) -> Tensor:
         """``cls``: the first prefix token; ``avg``: the mean of the patch tokens; ``both``: concatenated."""
-        if pool not in POOLS:
-            raise BlockMAEError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+        check_pool(pool)
         if pool != "avg" and self.num_prefix_tokens == 0:
             raise BlockMAEError(f"{self.arch['model']} has no cls token; use encoder.pool=avg")
-        tokens = self.tokens(imgs, layer)
-        cls_feat = tokens[:, 0]
-        avg_feat = tokens[:, self.num_prefix_tokens:].mean(dim=1)
-        if pool == "cls":
-            return cls_feat
-        if pool == "avg":
-            return avg_feat
-        return torch.cat([cls_feat, avg_feat], dim=-1)
+        return pool_tokens(self.tokens(imgs, layer), pool, self.num_prefix_tokens)
 
     def forward(self, imgs: Tensor) -> Tensor:
         return self.forward_features(imgs)
@@ -131,45 +121,6 @@ def parse_timm_spec(spec: str) -> tuple[str, Path | None]:
     return name, Path(file) if file else None
 
 
-def is_foreign(spec: str) -> bool:
-    """Whether ``spec`` names a foreign model rather than a blockmae checkpoint (or ``random``)."""
-    if spec.startswith(PREFIXES):
-        return True
-    path = Path(spec)
-    return (path.suffix in (".pth", ".pt") and path.is_file()) or hf_config(path) is not None
-
-
-def canonical_spec(spec: str) -> str:
-    """``spec`` with its file made absolute (what a probe head records to find the encoder again)."""
-    for prefix in ("timm:", "hf:", "mae:"):
-        if spec.startswith(prefix):
-            rest = spec[len(prefix):]
-            if prefix == "timm:":
-                name, file = parse_timm_spec(spec)
-                return f"timm:{name}:{file.resolve()}" if file else spec
-            return f"{prefix}{Path(rest).resolve()}"
-    return str(Path(spec).resolve())
-
-
-def load_foreign(spec: str) -> ForeignViT:
-    """The :class:`ForeignViT` that ``spec`` names (see the module docstring), on the CPU, in eval mode."""
-    if spec.startswith("timm:"):
-        name, file = parse_timm_spec(spec)
-        if file is None:
-            raise BlockMAEError(f"'{spec}': write timm:<model_name>:<weights file> (no downloads: the weights "
-                                f"file is required)")
-        model = load_timm(name, file)
-    elif spec.startswith("mae:") or (Path(spec).suffix in (".pth", ".pt") and not spec.startswith("hf:")):
-        model = load_official_mae(Path(spec[4:] if spec.startswith("mae:") else spec))
-    else:
-        path = Path(spec[3:] if spec.startswith("hf:") else spec)
-        config = hf_config(path)
-        if config is None:
-            raise BlockMAEError(f"{path} is not a model directory (no config.json)")
-        model = load_timm_dir(path, config) if "architecture" in config else load_hf(path, config)
-    return model.eval()
-
-
 def read_weights(file: Path) -> dict[str, Tensor]:
     if not file.is_file():
         raise BlockMAEError(f"weights file {file} does not exist")
@@ -185,23 +136,6 @@ def read_weights(file: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise BlockMAEError(f"{file} holds no state dict")
     return state
-
-
-def strict_load(model: nn.Module, state: Mapping[str, Tensor], source: str, ignore: tuple[str, ...] = ()) -> None:
-    expected = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
-                  f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model {tuple(expected[wrong[0]].shape)}")
-        raise BlockMAEError(f"{source} does not fit the model it names: {detail}")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
-        raise BlockMAEError(f"{source}: {bad} holds NaN or infinite values (diverged or damaged weights); "
-                            f"use another checkpoint")
-    model.load_state_dict(state)
 
 
 def weights_geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, int]:
@@ -223,6 +157,16 @@ def weights_geometry(state: Mapping[str, Tensor], num_prefix: int) -> dict[str, 
     return out
 
 
+def fit_to_weights(vit: nn.Module, name: str, state: Mapping[str, Tensor], **create_args: Any) -> nn.Module:
+    """The timm ViT `vit` (made by ``timm.create_model(name, **create_args)``), made again with the patch size,
+    image size and depth of `state` where they differ from the name's (a ViT trained at another size)."""
+    geometry = weights_geometry(state, getattr(vit, "num_prefix_tokens", 1))
+    current = {"patch_size": vit.patch_embed.patch_size[0], "img_size": vit.patch_embed.img_size[0],
+               "depth": len(vit.blocks)}
+    changed = {k: v for k, v in geometry.items() if current.get(k) != v}
+    return timm.create_model(name, pretrained=False, **create_args, **changed) if changed else vit
+
+
 def load_timm(name: str, file: Path) -> ForeignViT:
     recorded = hf_config(file.parent) if file.is_file() else None
     if recorded and recorded.get("architecture") == name and file.name == "model.safetensors":
@@ -235,14 +179,10 @@ def load_timm(name: str, file: Path) -> ForeignViT:
     if not (hasattr(probe, "patch_embed") and hasattr(probe, "blocks")):
         raise BlockMAEError(f"timm:{name} is not a Vision Transformer (no patch embedding and blocks); only "
                             f"ViT-family timm models can be probed")
-    geometry = weights_geometry(state, getattr(probe, "num_prefix_tokens", 1))
-    current = {"patch_size": probe.patch_embed.patch_size[0], "img_size": probe.patch_embed.img_size[0],
-               "depth": len(probe.blocks)}
-    changed = {k: v for k, v in geometry.items() if current.get(k) != v}
-    model = timm.create_model(name, pretrained=False, num_classes=0, **changed) if changed else probe
-    strict_load(model, state, str(file), ignore=("head.",))
+    model = fit_to_weights(probe, name, state, num_classes=0)
+    load_compatible_state(model, state, str(file), ignore=("head.",))
     cfg = model.pretrained_cfg
-    return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+    return ForeignViT(model, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                       f"timm:{name}:{file}", "timm")
 
 
@@ -251,14 +191,15 @@ def load_timm_dir(path: Path, config: dict[str, Any]) -> ForeignViT:
     file = path / "model.safetensors"
     model_args = {**config.get("model_args", {}), "num_classes": 0}
     model = timm.create_model(config["architecture"], pretrained=False, **model_args)
-    strict_load(model, read_weights(file), str(file), ignore=("head.",))
+    load_compatible_state(model, read_weights(file), str(file), ignore=("head.",))
     cfg = config.get("pretrained_cfg", {})
-    return ForeignViT(model, tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+    return ForeignViT(model, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
                       str(path), "timm")
 
 
-def _vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int, mlp_ratio: float,
-         eps: float, global_pool: str = "token") -> nn.Module:
+def timm_vit(embed_dim: int, depth: int, num_heads: int, patch_size: int, img_size: int, mlp_ratio: float,
+             eps: float, global_pool: str = "token") -> nn.Module:
+    """timm's VisionTransformer in the shape of an MAE / HF ViT (qkv biases, LayerNorm with `eps`, no head)."""
     return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                              num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
                              global_pool=global_pool, fc_norm=global_pool == "avg",
@@ -275,43 +216,7 @@ def load_official_mae(file: Path) -> ForeignViT:
     geometry = weights_geometry(state, 1)
     depth = geometry["depth"]
     pooled = "fc_norm.weight" in state and "norm.weight" not in state  # fine-tuned with global pooling
-    vit = _vit(embed_dim, depth, MAE_WIDTH_HEADS.get(embed_dim, max(1, embed_dim // 64)), geometry["patch_size"],
-               geometry["img_size"], mlp_ratio, 1e-6, "avg" if pooled else "token")
-    strict_load(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
+    vit = timm_vit(embed_dim, depth, MAE_WIDTH_HEADS.get(embed_dim, max(1, embed_dim // 64)), geometry["patch_size"],
+                   geometry["img_size"], mlp_ratio, 1e-6, "avg" if pooled else "token")
+    load_compatible_state(vit, state, str(file), ignore=("decoder", "mask_token", "head."))
     return ForeignViT(vit, IMAGENET_MEAN, IMAGENET_STD, f"mae:{file}", "mae")
-
-
-def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
-    model_type = config.get("model_type")
-    if model_type not in ("vit", "vit_mae"):
-        raise BlockMAEError(f"{path}: model_type {model_type!r} is not a ViT or ViTMAE (transformers) model")
-
-    files = sorted(path.glob("*.safetensors"))
-    if files:
-        hf_state: dict[str, Tensor] = {}
-        for file in files:
-            hf_state.update(load_file(str(file)))
-    else:
-        hf_state = read_weights(path / "pytorch_model.bin")
-    # ViTForImageClassification / ViTMAEForPreTraining keep the encoder under vit.; ViTModel / ViTMAEModel do not
-    prefixed = any(k.startswith("vit.") for k in hf_state)
-    state = hf_to_timm_names({k: v for k, v in hf_state.items() if not k.startswith(("pooler.", "classifier."))},
-                             vit_model=not prefixed)
-    patch, size = int(config.get("patch_size", 16)), int(config.get("image_size", 224))
-    vit = _vit(int(config["hidden_size"]), int(config["num_hidden_layers"]), int(config["num_attention_heads"]),
-               patch, size, config.get("intermediate_size", 4 * config["hidden_size"]) / config["hidden_size"],
-               float(config.get("layer_norm_eps", 1e-12)))
-    if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
-        raise BlockMAEError(f"{path}: only gelu ViTs with qkv biases map onto timm's ViT")
-    strict_load(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
-    mean, std = _hf_normalisation(path)
-    return ForeignViT(vit, mean, std, f"hf:{path}", "hf")
-
-
-def _hf_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """preprocessor_config.json's image_mean/std; without one, ImageNet's (MAE's and the Hub ViTMAE's)."""
-    file = path / "preprocessor_config.json"
-    if file.is_file():
-        pre = json.loads(file.read_text())
-        return tuple(pre.get("image_mean", IMAGENET_MEAN)), tuple(pre.get("image_std", IMAGENET_STD))
-    return IMAGENET_MEAN, IMAGENET_STD

@@ -1,16 +1,24 @@
 """Hugging Face glue in one place: transformers as an optional peer (`require_transformers`,
-`quiet_transformers`), ViTMAE <-> blockmae/timm names, and a ViTMAE with a blockmae model's architecture."""
+`quiet_transformers`), ViTMAE <-> blockmae/timm names, a ViTMAE with a blockmae model's architecture, HF ViT /
+ViTMAE directories as encoders (`load_hf`, for models.factory), HF image classifiers (`load_hf_image_classifier`,
+for model-vs-human) and the input size and normalisation an image processor records (`hf_preprocessing`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from torch import Tensor
+from safetensors.torch import load_file
+from torch import Tensor, nn
 
 from blockmae.errors import BlockMAEError
+from blockmae.models.external import ForeignViT, read_weights, timm_vit
+from blockmae.models.io import load_compatible_state
+from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 
 def require_transformers() -> Any:
@@ -115,3 +123,58 @@ def build_hf_vitmae(arch: Mapping[str, Any]) -> torch.nn.Module:
         qkv_bias=True, hidden_act="gelu",
     )
     return ViTMAEForPreTraining(config)
+
+
+def load_hf(path: Path, config: dict[str, Any]) -> ForeignViT:
+    """A transformers ViT / ViTMAE directory (``config``: its config.json) as timm's ViT, without transformers."""
+    model_type = config.get("model_type")
+    if model_type not in ("vit", "vit_mae"):
+        raise BlockMAEError(f"{path}: model_type {model_type!r} is not a ViT or ViTMAE (transformers) model")
+
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        hf_state: dict[str, Tensor] = {}
+        for file in files:
+            hf_state.update(load_file(str(file)))
+    else:
+        hf_state = read_weights(path / "pytorch_model.bin")
+    # ViTForImageClassification / ViTMAEForPreTraining keep the encoder under vit.; ViTModel / ViTMAEModel do not
+    prefixed = any(k.startswith("vit.") for k in hf_state)
+    state = hf_to_timm_names({k: v for k, v in hf_state.items() if not k.startswith(("pooler.", "classifier."))},
+                             vit_model=not prefixed)
+    patch, size = int(config.get("patch_size", 16)), int(config.get("image_size", 224))
+    vit = timm_vit(int(config["hidden_size"]), int(config["num_hidden_layers"]), int(config["num_attention_heads"]),
+                   patch, size, config.get("intermediate_size", 4 * config["hidden_size"]) / config["hidden_size"],
+                   float(config.get("layer_norm_eps", 1e-12)))
+    if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
+        raise BlockMAEError(f"{path}: only gelu ViTs with qkv biases map onto timm's ViT")
+    load_compatible_state(vit, state, str(path), ignore=("decoder", "mask_token", "vit.pooler."))
+    _, mean, std = hf_preprocessing(path)
+    return ForeignViT(vit, mean, std, f"hf:{path}", "hf")
+
+
+def hf_preprocessing(path: Path) -> tuple[int | None, tuple[float, ...], tuple[float, ...]]:
+    """(input size, image_mean, image_std) of a directory's preprocessor_config.json. The size is the side the
+    image processor feeds the model (crop_size, else size: height / shortest_edge / int; None when absent);
+    without the file or its statistics, ImageNet's (MAE's and the Hub ViTMAE's)."""
+    file = path / "preprocessor_config.json"
+    pre = json.loads(file.read_text()) if file.is_file() else {}
+    size = None
+    for key in ("crop_size", "size"):
+        value = pre.get(key)
+        if isinstance(value, dict):
+            value = next((value[f] for f in ("height", "shortest_edge") if isinstance(value.get(f), int)), None)
+        if isinstance(value, int):
+            size = value
+            break
+    return size, tuple(pre.get("image_mean", IMAGENET_MEAN)), tuple(pre.get("image_std", IMAGENET_STD))
+
+
+def load_hf_image_classifier(path: Path) -> nn.Module:
+    """transformers' ``AutoModelForImageClassification`` from a local directory; one-line errors."""
+    transformers = require_transformers()
+    try:
+        with quiet_transformers():
+            return transformers.AutoModelForImageClassification.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # noqa: BLE001  (a damaged or foreign directory)
+        raise BlockMAEError(f"cannot load {path} as an image classifier: {str(err).splitlines()[0][:200]}") from None

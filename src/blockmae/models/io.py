@@ -1,4 +1,4 @@
-"""Model weights on disk (safetensors + JSON architecture) and interop with Hugging Face ViTMAE.
+"""Model weights on disk: safetensors + JSON architecture (read back by ``models.factory.load_encoder``).
 
 File format: a plain safetensors file holding the model's state dict; its header metadata carries
 ``format`` = ``blockmae.mae``, ``arch`` (JSON of the constructor arguments, enough to rebuild the model)
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
-from blockmae.models.mae import ARCH_KEYS, MaskedAutoencoderViT
+from blockmae.models.mae import MaskedAutoencoderViT
 
 FORMAT = "blockmae.mae"
 WEIGHTS_NAME = "model.safetensors"
@@ -53,29 +53,23 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
     raise BlockMAEError(f"checkpoint {path} does not exist")
 
 
-def load_mae(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MaskedAutoencoderViT, dict]:
-    """Rebuild a model saved by :func:`save_mae`; returns (model, metadata)."""
+def read_safetensors(path: str | os.PathLike) -> tuple[Path, dict[str, str], dict[str, torch.Tensor]]:
+    """(file, header metadata, state dict) of a weights file, checkpoint dir or run dir (resolve_weights_path)."""
     file = resolve_weights_path(path)
     try:
         with safe_open(str(file), framework="pt") as handle:
             header = handle.metadata() or {}
-        state = load_file(str(file), device=str(device))
+        return file, header, load_file(str(file))
     except (SafetensorError, OSError) as err:
         raise BlockMAEError(f"{file} is not a readable safetensors file ({err})") from None
-    if header.get("format") != FORMAT or "arch" not in header:
-        raise BlockMAEError(f"{file} has no blockmae architecture in its header (was it written by save_mae?)")
-    arch = json.loads(header["arch"])
-    unknown = sorted(set(arch) - set(ARCH_KEYS))
-    if unknown:
-        raise BlockMAEError(f"{file} names unknown architecture keys {unknown}; valid keys: {list(ARCH_KEYS)}")
-    model = MaskedAutoencoderViT(**arch)
-    load_compatible_state(model, state, source=str(file))
-    return model.to(device), json.loads(header.get("metadata", "{}"))
 
 
-def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(state)`` with a one-line BlockMAEError naming any key or shape mismatch."""
+def load_compatible_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                          ignore: tuple[str, ...] = ()) -> None:
+    """``model.load_state_dict(state)`` with a one-line BlockMAEError naming any key or shape mismatch or
+    non-finite weight; keys starting with an `ignore` prefix are left out (a decoder, a head)."""
     expected = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -251,20 +251,11 @@ class MaskedAutoencoderViT(nn.Module):
         (0-based, negative counts from the end); None = the last. The encoder's final LayerNorm is
         applied to intermediate outputs too, so ``layer=-1`` equals the default.
         """
-        if pool not in POOLS:
-            raise BlockMAEError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+        check_pool(pool)
         self._check_images(imgs)
         depth = len(self.blocks)
-        if layer is not None and not -depth <= layer < depth:
-            raise BlockMAEError(f"layer={layer} is out of range for an encoder with {depth} blocks "
-                                f"(use 0..{depth - 1} or -{depth}..-1)")
-        tokens = self.forward_encoder(imgs, depth=None if layer is None else layer % depth + 1)
-        cls_feat, avg_feat = tokens[:, 0], tokens[:, 1:].mean(dim=1)
-        if pool == "cls":
-            return cls_feat
-        if pool == "avg":
-            return avg_feat
-        return torch.cat([cls_feat, avg_feat], dim=-1)
+        check_layer(layer, depth)
+        return pool_tokens(self.forward_encoder(imgs, depth=None if layer is None else layer % depth + 1), pool)
 
     def capturing_attention(self) -> Any:
         """Capture the encoder's attention probabilities for the calls made inside this block only.
@@ -315,6 +306,25 @@ class MaskedAutoencoderViT(nn.Module):
         if tuple(mask.ids_restore.shape) != expected:
             raise BlockMAEError(f"mask has shape {tuple(mask.ids_restore.shape)}; expected {expected} for the "
                                 f"{self.grid_size[0]}x{self.grid_size[1]} patch grid")
+
+
+def check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise BlockMAEError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+
+
+def check_layer(layer: int | None, depth: int) -> None:
+    """``layer`` must index one of `depth` blocks (0-based, negative from the end) or be None (the last)."""
+    if layer is not None and not -depth <= layer < depth:
+        raise BlockMAEError(f"layer={layer} is out of range for an encoder with {depth} blocks "
+                            f"(use 0..{depth - 1} or -{depth}..-1)")
+
+
+def pool_tokens(tokens: Tensor, pool: str, num_prefix_tokens: int = 1) -> Tensor:
+    """(B, D) features of (B, prefix + N, D) tokens: ``cls`` the first token, ``avg`` the mean of the patch
+    tokens, ``both`` the two concatenated (B, 2D)."""
+    cls_feat, avg_feat = tokens[:, 0], tokens[:, num_prefix_tokens:].mean(dim=1)
+    return cls_feat if pool == "cls" else avg_feat if pool == "avg" else torch.cat([cls_feat, avg_feat], dim=-1)
 
 
 @contextmanager

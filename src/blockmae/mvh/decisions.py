@@ -18,7 +18,6 @@ input size (antialiased bilinear, the evaluation path's resize) when they differ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,12 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from blockmae.data.cue_conflict import CATEGORIES, load_category_mapping
-from blockmae.diagnostics.base import imagenet_normalise, to_unit
+from blockmae.diagnostics.context import imagenet_normalise, to_unit
 from blockmae.errors import BlockMAEError
-from blockmae.evaluation.features import Encoder, encode_batch, weights_hash
+from blockmae.evaluation.features import encode_batch
 from blockmae.evaluation.shape_bias import category_probabilities
-from blockmae.models.external import hf_config, parse_timm_spec, read_weights, strict_load, weights_geometry
-from blockmae.models.hf import quiet_transformers, require_transformers
+from blockmae.models.external import fit_to_weights, hf_config, parse_timm_spec, read_weights
+from blockmae.models.factory import Encoder, weights_hash
+from blockmae.models.hf import hf_preprocessing, load_hf_image_classifier
+from blockmae.models.io import load_compatible_state
 from blockmae.mvh.categories import IMAGENET_INDICES
 
 IMAGENET_CLASSES = 1000
@@ -189,13 +190,8 @@ def load_timm_classifier(spec: str, name: str | None = None) -> ImageNetClassifi
             state = read_weights(file)
             model = timm.create_model(model_name, pretrained=False)
             if hasattr(model, "patch_embed"):  # a ViT trained at another size or patch: rebuild to fit
-                geometry = weights_geometry(state, getattr(model, "num_prefix_tokens", 1))
-                current = {"patch_size": model.patch_embed.patch_size[0], "img_size": model.patch_embed.img_size[0],
-                           "depth": len(model.blocks)}
-                changed = {k: v for k, v in geometry.items() if current.get(k) != v}
-                if changed:
-                    model = timm.create_model(model_name, pretrained=False, **changed)
-            strict_load(model, state, str(file))
+                model = fit_to_weights(model, model_name, state)
+            load_compatible_state(model, state, str(file))
     except BlockMAEError:
         raise
     except Exception as err:  # noqa: BLE001  (unknown names, offline hub, ...: the user's spec)
@@ -210,19 +206,6 @@ def load_timm_classifier(spec: str, name: str | None = None) -> ImageNetClassifi
     return ImageNetClassifier(model, size, config["mean"], config["std"], name or model_name, spec)
 
 
-def _hf_input_size(pre: dict[str, Any]) -> int | None:
-    """The side the image processor feeds the model: crop_size, else size (height / shortest_edge / int)."""
-    for key in ("crop_size", "size"):
-        value = pre.get(key)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, dict):
-            for field in ("height", "shortest_edge"):
-                if isinstance(value.get(field), int):
-                    return value[field]
-    return None
-
-
 def load_hf_classifier(path: Path, spec: str, name: str | None = None) -> ImageNetClassifier:
     config = _hf_classifier_config(path)
     if config is None:
@@ -230,15 +213,7 @@ def load_hf_classifier(path: Path, spec: str, name: str | None = None) -> ImageN
                             f"*ForImageClassification architecture)")
     if len(config.get("id2label", {})) != IMAGENET_CLASSES:
         raise BlockMAEError(f"{path} has {len(config.get('id2label', {}))} labels, not ImageNet-1k's 1000")
-    transformers = require_transformers()
-    try:
-        with quiet_transformers():
-            model = transformers.AutoModelForImageClassification.from_pretrained(str(path), local_files_only=True)
-    except Exception as err:  # noqa: BLE001  (a damaged or foreign directory)
-        raise BlockMAEError(f"cannot load {path} as an image classifier: {str(err).splitlines()[0][:200]}") from None
-    pre_file = path / "preprocessor_config.json"
-    pre = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
-    size = _hf_input_size(pre) or int(config.get("image_size", 224))
-    mean = pre.get("image_mean", (0.485, 0.456, 0.406))
-    std = pre.get("image_std", (0.229, 0.224, 0.225))
-    return ImageNetClassifier(model, size, mean, std, name or path.name, f"hf:{path}")
+    model = load_hf_image_classifier(path)
+    size, mean, std = hf_preprocessing(path)
+    return ImageNetClassifier(model, size or int(config.get("image_size", 224)), mean, std, name or path.name,
+                              f"hf:{path}")

@@ -19,8 +19,8 @@ from blockmae.config import load_config
 from blockmae.diagnostics.by_name import run_named_diagnostic
 from blockmae.evaluation.cli_probe import run_probe
 from blockmae.evaluation.cli_shape_bias import run_shape_bias
-from blockmae.evaluation.features import load_encoder
 from blockmae.models import build_mae
+from blockmae.models.factory import load_encoder
 from blockmae.quickstart.config import BASELINE, CPU_CONFIG, QuickstartConfig, arm_name
 from blockmae.quickstart.folder import Progress, Stages
 from blockmae.report.quickstart import headline_keys
@@ -88,9 +88,10 @@ def load_quickstart_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec)
     depth, pos_embed ... overrides included), not just the preset's."""
     e = probe_config(cfg, out, spec, "linear").encoder
     if spec.checkpoint != "random":
-        return load_encoder(spec.checkpoint, e.preset, e.img_size, e.patch_size, e.seed)
-    return load_encoder(spec.checkpoint, e.preset, e.img_size, e.patch_size, init_seed(cfg, spec),
-                        arch=random_init_arch(cfg))
+        return load_encoder(spec.checkpoint, preset=e.preset, img_size=e.img_size, patch_size=e.patch_size,
+                            seed=e.seed)
+    return load_encoder(spec.checkpoint, preset=e.preset, img_size=e.img_size, patch_size=e.patch_size,
+                        seed=init_seed(cfg, spec), arch=random_init_arch(cfg))
 
 
 def evaluate_encoder(cfg: QuickstartConfig, out: Path, spec: EncoderSpec, stages: Stages, progress: Progress,

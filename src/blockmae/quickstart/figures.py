@@ -12,7 +12,7 @@ from blockmae.data import load_dataset
 from blockmae.data.augment import normalize
 from blockmae.engine.logs import loss_curve, read_metrics
 from blockmae.masking import MaskGenerator, canonical_mask
-from blockmae.models.io import load_mae
+from blockmae.models.factory import load_encoder
 from blockmae.quickstart.config import BASELINE, QuickstartConfig, arm_key, arm_name
 from blockmae.quickstart.evaluate import EncoderSpec
 from blockmae.report.document import Image
@@ -37,7 +37,7 @@ def reconstructions(cfg: QuickstartConfig, out: Path, specs: Sequence[EncoderSpe
                                                   pc.mask.align)(count, generator=gen)
     figures = []
     for spec in specs:
-        model, _ = load_mae(spec.checkpoint)
+        model = load_encoder(spec.checkpoint).mae
         model.float().eval()
         path = out / "figures" / f"reconstructions_{spec.key}.png"
         with torch.no_grad():

@@ -1,8 +1,8 @@
 """Reference encoders shipped with the package: trained MAEs (encoder + decoder, float16) with what made them.
 
 Each reference is a folder ``resources/references/<id>/`` (id ``quickstart-block{b}-s{seed}``) holding
-``model.safetensors`` (written by ``blockmae.models.io.save_mae``, so ``load_mae`` and
-``blockmae.evaluation.features.load_encoder`` take its path as is and load it into the float32 model),
+``model.safetensors`` (written by ``blockmae.models.io.save_mae``, so
+``blockmae.models.factory.load_encoder`` takes its path as is and loads it into the float32 model),
 ``metrics.jsonl`` (the training run's, verbatim) and ``manifest.json``: checksums, the run's full config,
 the command that trained it, versions, device, images seen, final loss, wall time and, when it was
 measured, the evaluation.

@@ -21,7 +21,8 @@ from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import replace_dir, sha256_file, write_text_atomic, writing
 from blockmae.masking import canonical_mask
-from blockmae.models.io import load_mae, save_mae
+from blockmae.models.factory import load_encoder
+from blockmae.models.io import save_mae
 from blockmae.references.store import (
     MANIFEST_NAME, METRICS_NAME, REQUIRED_FILES, SCHEMA, WEIGHTS_DTYPE, WEIGHTS_NAME, Reference, config_sha256,
     load_reference, metrics_rows, plain_file_name,
@@ -98,7 +99,7 @@ def _check_identity(config: Any, block: int | None, seed: int | None, run_dir: P
 
 def write_half_precision(checkpoint: Path, path: Path, metadata: dict[str, Any]) -> int:
     """The checkpoint's MAE in float16 at `path` (save_mae); returns its parameter count."""
-    model, _ = load_mae(checkpoint)
+    model = load_encoder(checkpoint).mae
     model = model.to(torch.float16)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values()):
         raise BlockMAEError(f"{checkpoint}: a weight does not fit in float16 (overflow); this run cannot be shipped "

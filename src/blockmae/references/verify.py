@@ -50,7 +50,7 @@ def expected_arch(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def weights_arch(ref: Reference) -> dict[str, Any]:
-    """The architecture recorded in the reference's weights file (what load_mae builds)."""
+    """The architecture recorded in the reference's weights file (what models.factory.load_encoder builds)."""
     header, _ = _weights_header(ref.weights_path)
     if "arch" not in header:
         raise BlockMAEError(f"{ref.weights_path} has no blockmae architecture in its header")

@@ -18,13 +18,13 @@ from typing import Any, Callable
 
 from blockmae.config import load_config
 from blockmae.diagnostics import by_name
-from blockmae.diagnostics.base import run_diagnostic
 from blockmae.diagnostics.by_name import diagnostic_modules
+from blockmae.diagnostics.runner import run_diagnostic
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.cli_probe import run_probe
 from blockmae.evaluation.cli_shape_bias import run_shape_bias
 from blockmae.evaluation.config import ProbeConfig
-from blockmae.evaluation.features import load_encoder
+from blockmae.models.factory import load_encoder
 from blockmae.sweep.spec import EvaluationSpec, SweepSpec
 
 DEFAULT_PROBE_CONFIG = "linear_probe"  # a shipped config (blockmae.config.resolve_config_path)
@@ -56,7 +56,7 @@ class EvalContext:
     def encoder(self) -> Any:
         """The milestone's frozen encoder, loaded once for all its evaluations."""
         if "encoder" not in self.cache:
-            self.cache["encoder"] = load_encoder(str(self.checkpoint), "vit_micro", 32, 4, self.seed)
+            self.cache["encoder"] = load_encoder(self.checkpoint, seed=self.seed)
         return self.cache["encoder"]
 
 

@@ -20,8 +20,8 @@ from blockmae.data.augment import denormalize, resize_normalize
 from blockmae.config import number
 from blockmae.errors import BlockMAEError
 from blockmae.masking import Mask, standard_masks
-from blockmae.models.io import load_mae
 from blockmae.fileio import claim_output_file
+from blockmae.models.factory import load_encoder
 from blockmae.visualisation import save_figure
 from blockmae.visualisation.reconstructions import reconstruction_figure, reconstruction_panels
 
@@ -82,7 +82,8 @@ def epochs_figure(models: Sequence[tuple[str, torch.nn.Module]], images: torch.T
 
 def draw_reconstructions(checkpoints: Sequence[str], out: str | Path, data: str = "shapetex", root: str | None = None,
                          count: int = 4, seed: int = 0, ratio: float | None = None) -> Path:
-    loaded = [(path, *load_mae(path)) for path in checkpoints]
+    encoders = [load_encoder(path) for path in checkpoints]
+    loaded = [(path, encoder.mae, encoder.metadata) for path, encoder in zip(checkpoints, encoders)]
     arch = loaded[0][1].arch
     for path, model, _ in loaded[1:]:
         if (model.arch["img_size"], model.arch["patch_size"]) != (arch["img_size"], arch["patch_size"]):
