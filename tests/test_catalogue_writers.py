@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from blockmae.cli import main
-from blockmae.engine.lock import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -427,7 +426,7 @@ def test_catalogue(world, tmp_path, monkeypatch, capsys, case_id, target, make_a
     holder = None
     if isinstance(make_args, str):
         holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from blockmae.engine.lock import RunLock; "
-                                   f"RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(locked)],
+                                   "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(locked)],
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"
     try:

@@ -16,15 +16,17 @@ PLAIN_INTERVAL_S = 30.0
 
 
 class ImageProgress:
-    """`with ImageProgress(total, desc) as progress: ... progress.update(batch_size)`."""
+    """`with ImageProgress(total, desc) as progress: ... progress.update(batch_size)`; `enabled=False`: silent
+    (e.g. where another bar runs, as the online monitor inside pretraining)."""
 
     def __init__(self, total: int, desc: str, interval_s: float = PLAIN_INTERVAL_S, stream: TextIO | None = None,
-                 terminal: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total, self.desc, self.interval_s = total, desc, interval_s
+                 terminal: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 enabled: bool = True) -> None:
+        self.total, self.desc, self.interval_s, self.enabled = total, desc, interval_s, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = self.stream.isatty() if terminal is None else terminal
         self.bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, file=self.stream,
-                        disable=not self.terminal)
+                        disable=not (enabled and self.terminal))
         self.done = 0
         self.clock = clock
         self.start = self.last_line = clock()
@@ -34,7 +36,7 @@ class ImageProgress:
         self.done += n
         self.bar.update(n)
         now = self.clock()
-        if not self.terminal and now - self.last_line >= self.interval_s:
+        if self.enabled and not self.terminal and now - self.last_line >= self.interval_s:
             self._line(now)
 
     def _line(self, now: float) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,6 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from blockmae.config import number
 from blockmae.diagnostics import attention as att, attention_figures as figs, occlusion as occ
@@ -30,6 +28,7 @@ from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_r
 from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path, write_json_atomic
+from blockmae.progress import ImageProgress
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _BOOTSTRAP_SAMPLES = 2000
@@ -231,8 +230,7 @@ class AttentionRollout(Diagnostic):
         sub_clean = self._clean_pass(ctx, sub)
         total = sum(len(sub) * occ.sliding_block_masks(self.grid, b)[0].shape[0] for b in args.blocks)
         sliding: dict[int, dict[str, Tensor]] = {}
-        with tqdm(total=total, desc="attention: sliding occluders", unit="img", unit_scale=True, leave=False,
-                  disable=not sys.stderr.isatty()) as bar:
+        with ImageProgress(total, "attention: sliding occluders") as bar:
             for b in args.blocks:
                 sliding[b] = self._sliding(ctx, sub, sub_clean, sub_figure, b, bar)
         sub_correct = sub_clean["correct"].float()

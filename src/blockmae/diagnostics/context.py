@@ -7,14 +7,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from blockmae.data import load_dataset, subset
 from blockmae.diagnostics.probes import Probe, pretraining_data
@@ -24,6 +22,7 @@ from blockmae.evaluation.features import encode_batch
 from blockmae.fileio import write_text_atomic
 from blockmae.models.factory import Encoder
 from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from blockmae.progress import ImageProgress
 from blockmae.visualisation import save_figure
 
 # A batched image transform: (images float (B, 3, H, W) in [0, 1] on the device, dataset indices (B,)) -> images.
@@ -107,8 +106,7 @@ class Context:
         n = len(dataset)
         if n == 0:
             raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to evaluate")
-        with tqdm(total=n, desc=desc, unit="img", unit_scale=True, leave=False,
-                  disable=not sys.stderr.isatty()) as bar:
+        with ImageProgress(n, desc) as bar:
             for start in range(0, n, self.batch_size):
                 index = torch.arange(start, min(start + self.batch_size, n))
                 images = dataset.images[start:start + len(index)].to(self.device, non_blocking=True)

@@ -11,20 +11,19 @@ are never served by mistake.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from blockmae.data.loader import TensorBatchLoader
 from blockmae.engine.distributed import resolve_device as engine_resolve_device
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import atomic_path
 from blockmae.models.factory import Encoder
+from blockmae.progress import ImageProgress
 
 
 def resolve_device(device: str) -> torch.device:
@@ -49,15 +48,15 @@ def extract_features(
     desc: str = "features", progress: bool = True,
 ) -> torch.Tensor:
     """Features (N, D) of every image of `dataset` in order (no augmentation), on the CPU; `progress`: a bar
-    on a terminal (off where another bar runs, e.g. the online monitor inside pretraining)."""
+    on a terminal, plain lines in a log file (off where another bar runs, e.g. the online monitor inside
+    pretraining)."""
     if len(dataset) == 0:
         raise BlockMAEError(f"dataset '{dataset.name}' is empty: nothing to extract features from")
     loader = TensorBatchLoader(dataset, batch_size, device, augment=None, shuffle=False, drop_last=False,
                                image_size=image_size)
     model.eval()
     out = []
-    with tqdm(total=len(dataset), desc=desc, unit="img", unit_scale=True, disable=not (progress and sys.stderr.isatty()),
-              leave=False) as bar:
+    with ImageProgress(len(dataset), desc, enabled=progress) as bar:
         for images, _ in loader:
             out.append(encode_batch(model, images, pool, layer, autocast).cpu())
             bar.update(images.shape[0])

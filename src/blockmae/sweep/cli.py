@@ -220,7 +220,7 @@ def status(args: argparse.Namespace) -> int:
     for arm in record["arms"]:
         counts[arm["status"]] = counts.get(arm["status"], 0) + 1
     evals = [e for a in record["arms"] for e in a["evaluations"]]
-    print(f"arms: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(record['arms'])}); evaluations: "
+    print("arms: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" (of {len(record['arms'])}); evaluations: "
           f"{sum(e['status'] == 'completed' for e in evals)}/{len(evals)} completed")
     return 0
 
