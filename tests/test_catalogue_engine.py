@@ -21,7 +21,7 @@ import pytest
 
 from blockmae.cli import main
 from blockmae.engine import checkpoint as ckpt
-from blockmae.engine.lock import LOCK_NAME, RunLock
+from blockmae.lock import LOCK_NAME, RunLock
 from blockmae.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -425,7 +425,7 @@ def test_catalogue(world, tmp_path, monkeypatch, capsys, case_id, target, make_a
     before = _snapshot(folder) if folder is not None else None
     holder = None
     if isinstance(make_args, str):
-        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from blockmae.engine.lock import RunLock; "
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from blockmae.lock import RunLock; "
                                    "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(locked)],
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"

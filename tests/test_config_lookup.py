@@ -62,7 +62,7 @@ def test_an_unknown_name_is_one_line_listing_the_shipped_names(tmp_path, monkeyp
 def test_a_spec_naming_configs_paths_plans_outside_the_checkout(tmp_path, monkeypatch):
     """The shipped specs say `base: configs/smoke.yaml`; from any folder they resolve to the shipped files."""
     from blockmae.sweep.evaluations import probe_config
-    from blockmae.sweep.spec import load_spec
+    from blockmae.sweep.load import load_spec
 
     monkeypatch.chdir(tmp_path)
     spec = load_spec("ablations/smoke_block_size")

@@ -21,7 +21,7 @@ from blockmae.config import load_config
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine.config import PretrainConfig
 from blockmae.engine.distributed import DistInfo
-from blockmae.engine.lock import LOCK_NAME, RunLock
+from blockmae.lock import LOCK_NAME, RunLock
 from blockmae.engine.loop import claim_run_dir
 from blockmae.engine.pretrain import Pretrainer
 

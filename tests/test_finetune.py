@@ -182,7 +182,7 @@ def test_two_ranks_refuse_a_locked_run_dir_and_a_damaged_checkpoint(tmp_path, pr
     import os
 
     from blockmae.engine import checkpoint as ckpt
-    from blockmae.engine.lock import LOCK_NAME, RunLock
+    from blockmae.lock import LOCK_NAME, RunLock
 
     run_dir = tmp_path / "ft"
     args = [f"checkpoint={pretrained}", f"run.dir={run_dir}", "run.registry=false", "train.epochs=1"]

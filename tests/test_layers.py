@@ -30,19 +30,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # blockmae.mvh: trials, conditions, categories and metrics are pure data-level code
     ("models, data", ("blockmae.models", "blockmae.data", "blockmae.visualisation.reconstructions", "blockmae.mvh")),
     # report.stats: pure statistics (no imports of its own), used from the diagnostics up
-    # engine.lock: the run-dir lock (errors, fileio, registry below it); fileio.output_lock guards commands' outputs
+    # lock: the run-dir lock (errors, fileio, registry below it), also guarding commands' outputs (output_lock)
     ("foundations", ("blockmae.masking", "blockmae.config", "blockmae.fileio", "blockmae.errors", "blockmae.registry",
                      "blockmae.text", "blockmae.normalisation", "blockmae.visualisation", "blockmae.report.stats",
-                     "blockmae.engine.lock", "blockmae")),
+                     "blockmae.lock", "blockmae")),
 ]
 HEAVY_OPTIONAL = ("transformers", "matplotlib", "submitit", "playwright", "scipy")
-# Internal imports still inside a function, each with the reason it is not at the top yet.
-ALLOWED_LOCAL = {
-    # the spec's evaluations are checked by sweep.evaluations, which builds on the spec's types
-    ("blockmae.sweep.spec", "blockmae.sweep.evaluations"),
-    # fileio.output_lock takes the run-dir lock, whose module imports fileio (and engine's __init__ is heavy)
-    ("blockmae.fileio", "blockmae.engine.lock"),
-}
+# Internal imports inside a function, each with the reason it is not at the top (none left).
+ALLOWED_LOCAL: set[tuple[str, str]] = set()
 
 
 def layer_of(name: str) -> int:

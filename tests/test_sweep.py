@@ -11,7 +11,7 @@ import pytest
 from blockmae.cli import main
 from blockmae.errors import BlockMAEError
 from blockmae.sweep.executors import slot_devices
-from blockmae.sweep.spec import load_spec
+from blockmae.sweep.load import load_spec
 from blockmae.sweep.state import effective_status
 
 REPO = Path(__file__).resolve().parents[1]

@@ -246,12 +246,3 @@ def claim_output_file(path: str | Path, suffixes: tuple[str, ...], *, option: st
         raise BlockMAEError(f"{option} {path} is inside {_a(found)} folder ({path.parent}); {kind} never writes into "
                             f"another command's output: choose another path")
     return path
-
-
-def output_lock(path: str | Path) -> Any:
-    """The run-dir lock (engine.lock.RunLock, as pretraining takes) guarding the output `path` while it is
-    written: for a folder that is replaced whole, a lock file beside it (`.NAME.lock`)."""
-    from blockmae.engine.lock import RunLock  # the lock module imports this one
-
-    path = Path(path)
-    return RunLock(path.parent, lock_name=f".{path.name}.lock", what=str(path))

@@ -18,7 +18,7 @@ from blockmae.config import number
 from blockmae.diagnostics.context import Context
 from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult
 from blockmae.diagnostics.probes import load_diagnostic_encoder, resolve_probe
-from blockmae.engine.lock import RunLock
+from blockmae.lock import RunLock
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import resolve_device
 from blockmae.fileio import claim_output_dir, write_json_atomic

@@ -32,7 +32,7 @@ from blockmae.config import to_dict
 from blockmae.engine import checkpoint as ckpt
 from blockmae.engine import distributed as dist
 from blockmae.engine.environment import run_dir_for, write_run_files
-from blockmae.engine.lock import RunLock
+from blockmae.lock import RunLock
 from blockmae.engine.logs import LogWindow, RunLogger, memory_mb, plain_progress_line, progress_bar
 from blockmae.engine.optim import build_scheduler, optimizer_step
 from blockmae.errors import BlockMAEError

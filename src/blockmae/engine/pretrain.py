@@ -7,7 +7,7 @@ weights, optimiser state, RNG state and position (epoch, optimiser steps into it
 is therefore the same run, bit for bit on the CPU. Crops and masks are drawn for the global batch and
 each rank takes its rows, so a run on W ranks sees the same images and masks as a run on one.
 
-One process writes a run dir at a time (`engine.lock`); the run dir defaults to a name derived from the
+One process writes a run dir at a time (`lock`); the run dir defaults to a name derived from the
 settings, so the same command finds its run again and resumes it.
 """
 

@@ -23,7 +23,7 @@ from blockmae.config import add_config_arguments, load_config, to_dict, to_yaml
 from blockmae.data import load_dataset, subset
 from blockmae.data.roots import resolve_root
 from blockmae.data.tiny_imagenet import LAYOUT, find_data_dir, read_wnids
-from blockmae.engine.lock import RunLock
+from blockmae.lock import RunLock
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import ProbeConfig
 from blockmae.evaluation.features import encoder_features, resolve_device

@@ -24,7 +24,8 @@ from timm.models import save_for_hf
 from torch import nn
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import claim_output_dir, mark_output, output_lock, staged_dir
+from blockmae.fileio import claim_output_dir, mark_output, staged_dir
+from blockmae.lock import output_lock
 from blockmae.models.hf import _HF_RENAMES, build_hf_vitmae, quiet_transformers, require_transformers
 from blockmae.models.factory import load_encoder
 from blockmae.models.mae import MaskedAutoencoderViT

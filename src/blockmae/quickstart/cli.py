@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from blockmae.config import add_config_arguments, number, to_yaml
-from blockmae.engine.lock import RunLock
+from blockmae.lock import RunLock
 from blockmae.fileio import claim_output_dir
 from blockmae.quickstart.config import CPU_CONFIG, GPU_CONFIG, load_quickstart_config
 from blockmae.quickstart.run import run_quickstart

@@ -11,7 +11,8 @@ from typing import Any
 from blockmae import quickstart
 from blockmae.config import number
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import claim_output_dir, output_kind, output_lock
+from blockmae.fileio import claim_output_dir, output_kind
+from blockmae.lock import output_lock
 from blockmae.references.package import package_reference
 from blockmae.references.store import REFERENCES_DIR, reference_id
 from blockmae.references.verify import verify_reference

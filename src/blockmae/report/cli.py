@@ -12,12 +12,13 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from blockmae.errors import BlockMAEError
-from blockmae.fileio import claim_output_file, output_lock
+from blockmae.fileio import claim_output_file
+from blockmae.lock import output_lock
 from blockmae.report.analysis import study_document
 from blockmae.report.hparams import export_hparams
 from blockmae.report.model import load_studies
 from blockmae.report.write import write_document
-from blockmae.sweep.spec import load_spec
+from blockmae.sweep.load import load_spec
 from blockmae.sweep.state import check_evaluations_current, check_identity
 
 

@@ -15,13 +15,14 @@ from typing import Any
 from tqdm import tqdm
 
 from blockmae.config import number
-from blockmae.engine.lock import RunLock
+from blockmae.lock import RunLock
 from blockmae.errors import BlockMAEError
 from blockmae.fileio import claim_output_dir, write_json_atomic
 from blockmae.sweep import executors
 from blockmae.sweep.executors import EXECUTORS
 from blockmae.sweep.plan import format_plan, measured_rates
-from blockmae.sweep.spec import SweepSpec, load_spec
+from blockmae.sweep.load import load_spec
+from blockmae.sweep.spec import SweepSpec
 from blockmae.sweep.state import (
     PLAN_NAME, TASK_NAME, arm_task, check_evaluations_current, check_identity, effective_status, plan_record,
     read_json, read_state, sweep_record, write_plan, write_sweep_json,

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from blockmae.config import load_config, resolve_config_path, to_dict
+from blockmae.config import load_config, to_dict
 from blockmae.engine.config import PretrainConfig
 from blockmae.errors import BlockMAEError
 from blockmae.registry import config_hash, flatten
@@ -255,25 +254,6 @@ def semantic(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
-
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and check a sweep spec; the arms are expanded (and each config validated) here."""
-    path = resolve_config_path(path, "sweep spec")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise BlockMAEError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise BlockMAEError(f"{path}: a sweep spec is a mapping with at least `base` (see docs/ablations.md)")
-    spec = parse_spec(raw, str(path))
-    spec.arms()
-    spec.baseline_arm()
-    # evaluations.py builds on this module's types: imported here, the one internal import kept local
-    from blockmae.sweep.evaluations import check_evaluations
-
-    check_evaluations(spec)
-    return spec
-
 
 def parse_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
     unknown = [k for k in raw if k not in SPEC_KEYS]

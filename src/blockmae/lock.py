@@ -135,3 +135,10 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def output_lock(path: str | Path) -> Any:
+    """The run-dir lock (lock.RunLock, as pretraining takes) guarding the output `path` while it is
+    written: for a folder that is replaced whole, a lock file beside it (`.NAME.lock`)."""
+    path = Path(path)
+    return RunLock(path.parent, lock_name=f".{path.name}.lock", what=str(path))
