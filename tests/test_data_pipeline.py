@@ -401,3 +401,16 @@ def test_iteration_keeps_the_epoch_it_started_with() -> None:
     batches = iter(loader)
     loader.set_epoch(1)  # too late for the iteration already started
     assert all(torch.equal(x, e) for (x, _), e in zip(batches, expected))
+
+
+def test_one_normalisation_for_uint8_and_unit_float_images():
+    """The diagnostics' float path (filter in [0, 1], then normalise) gives the encoder what the data pipeline
+    gives it from uint8 images."""
+    from blockmae.data.augment import normalize_unit, resize_normalize, unit_float
+
+    batch = torch.randint(0, 256, (2, 3, 40, 40), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for size in (40, 32):
+        unit = unit_float(batch, size)
+        assert unit.min() >= 0 and unit.max() <= 1
+        assert torch.allclose(normalize_unit(unit), resize_normalize(batch, size), atol=1e-5)
+    assert torch.equal(unit_float(unit_float(batch, 40), 40), unit_float(batch, 40))  # floats taken as [0, 1]

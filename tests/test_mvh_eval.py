@@ -184,9 +184,9 @@ def test_hf_image_classifier_at_its_own_size(tmp_path, mvh_root, capsys):
     decided = maker.decide(torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8))
     assert decided.probabilities.shape == (2, 16) and torch.isfinite(decided.probabilities).all()
     # the same logits as the model on the normalised, resized input
-    from blockmae.diagnostics.context import to_unit
+    from blockmae.data.augment import unit_float
 
-    x = to_unit(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8), 32)
+    x = unit_float(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8), 32)
     with torch.no_grad():
         expected = mean_category_probabilities(maker.model(pixel_values=(x - 0.5) / 0.25).logits.softmax(1))
     assert torch.allclose(maker.decide(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)).probabilities, expected)

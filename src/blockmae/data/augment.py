@@ -80,6 +80,24 @@ def denormalize(
     return (batch * std_t + mean_t).clamp(0.0, 1.0)
 
 
+def unit_float(batch: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Images as floats in [0, 1] at `image_size` (antialiased bilinear, the evaluation resize): uint8 batches
+    are divided by 255, float ones taken as already in [0, 1] (the diagnostics filter these)."""
+    x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0)
+
+
+def normalize_unit(
+    x: torch.Tensor,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Float images in [0, 1] -> the encoder's input, (x - mean) / std, as `normalize` gives for uint8."""
+    return _normalize_float(x * 255.0, mean, std)
+
+
 def resize_normalize(
     batch: torch.Tensor,
     image_size: int,

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from blockmae.config import number
 from blockmae.diagnostics import attention as att, attention_figures as figs, occlusion as occ
-from blockmae.diagnostics.context import Context, take_subset, to_unit, write_figure
+from blockmae.data.augment import unit_float
+from blockmae.diagnostics.context import Context, take_subset, write_figure
 from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row
 from blockmae.diagnostics.runner import command
 from blockmae.errors import BlockMAEError
@@ -61,7 +62,7 @@ def channel_stats(dataset: Any, size: int, chunk: int = 1024) -> tuple[Tensor, T
     """Per-channel mean and std (3,) of a dataset's images in [0, 1] at `size`, computed in chunks."""
     total, squares, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
     for start in range(0, len(dataset), chunk):
-        x = to_unit(dataset.images[start:start + chunk], size).double()
+        x = unit_float(dataset.images[start:start + chunk], size).double()
         total += x.sum((0, 2, 3))
         squares += (x * x).sum((0, 2, 3))
         count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -184,7 +185,7 @@ class AttentionRollout(Diagnostic):
         for start in range(0, len(pairs), ctx.batch_size):
             chunk = pairs[start:start + ctx.batch_size]
             image_index, position = chunk // positions, chunk % positions
-            images = to_unit(ds.images[image_index].to(ctx.device), ctx.image_size)
+            images = unit_float(ds.images[image_index].to(ctx.device), ctx.image_size)
             pred, batch_maps, _ = self._forward(ctx, self._occlude(ctx, images, masks[position], noise))
             correct.append((pred.cpu() == labels_all[image_index]))
             maps.append(batch_maps.cpu())

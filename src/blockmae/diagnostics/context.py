@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from blockmae.data import load_dataset, subset
+from blockmae.data.augment import normalize_unit, unit_float
 from blockmae.diagnostics.probes import Probe, pretraining_data
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.config import EVAL_SPLITS
 from blockmae.evaluation.features import encode_batch
 from blockmae.fileio import write_text_atomic
 from blockmae.models.factory import Encoder
-from blockmae.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from blockmae.progress import ImageProgress
 from blockmae.visualisation import save_figure
 
@@ -110,13 +109,13 @@ class Context:
             for start in range(0, n, self.batch_size):
                 index = torch.arange(start, min(start + self.batch_size, n))
                 images = dataset.images[start:start + len(index)].to(self.device, non_blocking=True)
-                yield to_unit(images, self.image_size), dataset.labels[index].to(self.device), index.to(self.device)
+                yield unit_float(images, self.image_size), dataset.labels[index].to(self.device), index.to(self.device)
                 bar.update(len(index))
 
     @torch.no_grad()
     def features_of(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen features (B, D) of float images in [0, 1] (normalised here), float32."""
-        return encode_batch(self.encoder.model, imagenet_normalise(images), self.pool, self.layer, self.autocast)
+        return encode_batch(self.encoder.model, normalize_unit(images), self.pool, self.layer, self.autocast)
 
     @torch.no_grad()
     def scores_of(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,21 +150,6 @@ def write_figure(folder: Path, stem: str, fig: Any, rows: Sequence[Mapping[str, 
     """<folder>/<stem>.png (atomically) beside <folder>/<stem>.csv, the numbers drawn."""
     write_csv(folder / f"{stem}.csv", rows)
     return save_figure(fig, folder / f"{stem}.png", dpi=120, bbox_inches="tight")
-
-
-def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float [0, 1] at `size` (antialiased bilinear, the evaluation path's resize)."""
-    x = images.float().div_(255.0)
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
-    return x
-
-
-def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
-    """Float [0, 1] images -> the encoder's input (ImageNet mean/std, as the data pipeline)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 def take_subset(dataset: Any, num_images: int | None, seed: int) -> Any:

@@ -27,7 +27,8 @@ import torch
 
 from blockmae.config import number
 from blockmae.diagnostics import filters
-from blockmae.diagnostics.context import Context, to_unit
+from blockmae.data.augment import unit_float
+from blockmae.diagnostics.context import Context
 from blockmae.diagnostics.curves import accuracy_figure, curve_summary
 from blockmae.diagnostics.plugin import Diagnostic, DiagnosticResult, accuracy_row, correct_count
 from blockmae.diagnostics.runner import command
@@ -156,7 +157,7 @@ class Stylized(Diagnostic):
     def _swap(donor_ds: Any, donors: torch.Tensor, alpha: float, ctx: Context) -> Any:
         def transform(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
             chosen = donor_ds.images[donors[index.cpu()]].to(images.device)
-            return filters.amplitude_swap(images, to_unit(chosen, ctx.image_size), alpha)
+            return filters.amplitude_swap(images, unit_float(chosen, ctx.image_size), alpha)
 
         return transform
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from blockmae.data.cue_conflict import CATEGORIES, load_category_mapping
-from blockmae.diagnostics.context import imagenet_normalise, to_unit
+from blockmae.data.augment import normalize_unit, unit_float
 from blockmae.errors import BlockMAEError
 from blockmae.evaluation.features import encode_batch
 from blockmae.evaluation.shape_bias import category_probabilities
@@ -70,8 +70,7 @@ class DecisionMaker:
     @torch.no_grad()
     def decide(self, images: Tensor) -> Decisions:
         x = images.to(self.device)
-        # to_unit divides by 255 and resizes: float images in [0, 1] are scaled up first
-        x = to_unit(x if x.dtype == torch.uint8 else x.float() * 255.0, self.image_size)
+        x = unit_float(x, self.image_size)
         return Decisions(self.categories, self.category_probabilities(x).float().cpu())
 
 
@@ -142,7 +141,7 @@ class ProbeDecisionMaker(DecisionMaker):
         return next(self.head.parameters()).device
 
     def category_probabilities(self, images: Tensor) -> Tensor:
-        feats = encode_batch(self.encoder.model, imagenet_normalise(images), self.meta.get("pool", "cls"),
+        feats = encode_batch(self.encoder.model, normalize_unit(images), self.meta.get("pool", "cls"),
                              self.meta.get("layer"), self.autocast)
         probs = self.head(feats).float().softmax(dim=1)
         return category_probabilities(probs, self.class_ids, self.mapping)[0]
