@@ -257,3 +257,22 @@ def test_probe_num_images_is_a_class_balanced_subset_of_a_real_dataset(tmp_path,
     # A second probe in the same second gets its own folder (the default run dir is stamped to the second).
     assert main([*args, "data.num_images=20"]) == 0
     assert len({r.run_dir for r in Registry(tmp_path / "out").list_runs(kind="knn")}) == 2
+
+
+@pytest.mark.slow
+def test_shape_bias_records_a_foreign_encoders_spec_as_its_parent(tmp_path, capsys):
+    """A timm encoder's shape-bias run names it as the probe does (timm:NAME:/abs/file), not as a mangled path."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "vit.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).state_dict(), str(weights))
+    spec, out = f"timm:vit_tiny_patch16_224:{weights}", tmp_path / "out"
+    assert main(["probe", f"checkpoint={spec}", "data.num_images=40", "linear.epochs=1", "linear.warmup_epochs=0",
+                 f"output_root={out}", "device=cpu"]) == 0
+    (probe,) = Registry(out).list_runs(kind="probe")
+    assert main(["eval", "shape-bias", "--probe", probe.run_dir, "--data", "shapetex", "--num-images", "20",
+                 "--output-root", str(out), "--device", "cpu"]) == 0
+    (sb,) = Registry(out).list_runs(kind="shape-bias")
+    assert sb.parent == probe.parent == f"timm:vit_tiny_patch16_224:{weights.resolve()}"

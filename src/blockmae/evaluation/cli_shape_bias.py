@@ -28,7 +28,7 @@ from blockmae.evaluation.shape_bias import (
     HUMAN_SHAPE_BIAS_TIN_SUBSET, category_decisions, cue_conflict_shape_bias, shapetex_shape_bias,
 )
 from blockmae.fileio import write_json_atomic
-from blockmae.models.factory import RANDOM, Encoder, load_encoder
+from blockmae.models.factory import Encoder, canonical_spec, load_encoder
 from blockmae.registry import Registry
 
 FULL_TIN_SUBSET = 550  # conflicting cue-conflict images whose two categories have Tiny-ImageNet classes
@@ -134,7 +134,7 @@ def run_shape_bias(probe: str | Path, data: str, checkpoint: str | None = None, 
     elif meta.get("weights_hash") not in (None, encoder.weights_hash):
         raise BlockMAEError("the probe head was trained on other weights than the encoder passed in")
     encoder.model.to(dev)
-    parent = RANDOM if encoder.checkpoint == RANDOM else str(Path(encoder.checkpoint).resolve())
+    parent = canonical_spec(encoder.checkpoint)
     probe_path = Path(probe).resolve()
     name = name or f"shape-bias-{data}-{(probe_path if probe_path.is_dir() else probe_path.parent).name}"
     out_root = Path(output_root)
