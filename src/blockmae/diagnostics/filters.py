@@ -293,7 +293,8 @@ def phase_scramble(images: torch.Tensor, width_degrees: float,
     x = greyscale(images)
     b, _, h, w = x.shape
     if h % 2 or w % 2:
-        raise ValueError(f"phase scrambling follows model-vs-human's recipe, which needs even sizes; got {h}x{w}")
+        raise ValueError(f"phase-scrambling needs even sizes (model-vs-human's recipe is defined for even "
+                         f"image sizes); got {h}x{w}")
     n = (h - 1) * (w - 1)
     half = n // 2
     shifts = (torch.rand((b, half), generator=generator, device=generator.device if generator else "cpu")

@@ -90,10 +90,10 @@ def distort(name: str, condition: str, images: torch.Tensor, generator: torch.Ge
             return filters.gaussian_lowpass(images, sigma, grey=True)
         return filters.gaussian_highpass(images, math.inf if condition == "inf" else sigma, grey=True)
     if name == "phase-scrambling":
-        if images.shape[-1] % 2 or images.shape[-2] % 2:
-            raise BlockMAEError(f"phase-scrambling follows model-vs-human's recipe, defined for even image sizes; "
-                                f"got {images.shape[-2]}x{images.shape[-1]}")
-        return filters.phase_scramble(images, float(condition), generator)
+        try:
+            return filters.phase_scramble(images, float(condition), generator)
+        except ValueError as err:  # an odd image size: the recipe is defined for even ones
+            raise BlockMAEError(str(err)) from None
     if name == "power-equalisation":
         if condition == "0":
             return filters.grey3(images)
